@@ -1,0 +1,115 @@
+//! Block stores: the back-ends a logical unit reads and writes.
+//!
+//! This crate owns the [`BlockStore`] trait (what a back-end can do, in logical blocks)
+//! and its local implementations: [`FileStore`] (regular files, sparse files and block
+//! devices, with `pread`/`pwrite` and `fdatasync`) and [`MemStore`] (RAM, for tests).
+//! It knows nothing about SCSI or iSCSI; the SCSI core maps [`BlockError`] to sense data.
+#![forbid(unsafe_code)]
+
+mod file;
+mod mem;
+
+pub use file::{FileStore, FileStoreOptions};
+pub use mem::MemStore;
+
+use std::io;
+
+/// What went wrong in a back-end. The SCSI core turns each into sense data.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The request reaches past the end of the store.
+    #[error("blocks {lba}..{lba}+{blocks} are beyond the end of the store ({capacity} blocks)")]
+    OutOfRange {
+        lba: u64,
+        blocks: u64,
+        capacity: u64,
+    },
+    /// A buffer length that is not a whole number of blocks.
+    #[error("buffer of {len} bytes is not a multiple of the {block_size}-byte block size")]
+    Misaligned { len: usize, block_size: u32 },
+    /// The store cannot do this (e.g. unmap on a block device without discard).
+    #[error("operation not supported by this back-end: {0}")]
+    Unsupported(&'static str),
+    /// The store is read-only.
+    #[error("the back-end is read-only")]
+    ReadOnly,
+    /// An I/O error from the operating system or a remote array.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a back-end can do beyond read, write and flush (SPDK's `io_type_supported`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Deallocate blocks (punch holes); unmapped blocks read back as zeroes.
+    pub unmap: bool,
+    /// Report which blocks are allocated (`lba_status`).
+    pub lba_status: bool,
+    /// Writes can be refused (a read-only store).
+    pub read_only: bool,
+    /// `write` with `fua = true` reaches stable storage before it returns.
+    pub fua: bool,
+}
+
+/// Allocation state of a run of blocks, as GET LBA STATUS reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbaStatus {
+    /// True when the blocks are mapped (hold data); false for a hole.
+    pub mapped: bool,
+    /// Number of blocks, starting at the queried LBA, that share this state (>= 1).
+    pub blocks: u64,
+}
+
+/// A store of fixed-size logical blocks. Implementations must be safe to call from many
+/// threads at once; they should not serialise unrelated I/O behind one lock.
+pub trait BlockStore: Send + Sync + 'static {
+    /// Logical block size in bytes (512 or 4096).
+    fn block_size(&self) -> u32;
+    /// Capacity in logical blocks.
+    fn num_blocks(&self) -> u64;
+    /// What the store can do beyond read, write and flush.
+    fn capabilities(&self) -> Capabilities;
+    /// Read `buf.len() / block_size` blocks starting at `lba` into `buf`.
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError>;
+    /// Write `data` starting at `lba`. With `fua`, the data is on stable storage when
+    /// this returns.
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError>;
+    /// Make every completed write durable (SYNCHRONIZE CACHE).
+    fn flush(&self) -> Result<(), BlockError>;
+    /// Deallocate `blocks` blocks at `lba`; they read back as zeroes afterwards.
+    fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        let _ = (lba, blocks);
+        Err(BlockError::Unsupported("unmap"))
+    }
+    /// Allocation state of the run of blocks starting at `lba`.
+    fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
+        let _ = lba;
+        Err(BlockError::Unsupported("lba status"))
+    }
+
+    /// Check that `blocks` blocks at `lba` lie inside the store (overflow-safe).
+    fn check_range(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.num_blocks() => Ok(()),
+            _ => Err(BlockError::OutOfRange {
+                lba,
+                blocks,
+                capacity: self.num_blocks(),
+            }),
+        }
+    }
+
+    /// Check a buffer length and range; returns the number of blocks it covers.
+    fn check_buf(&self, lba: u64, len: usize) -> Result<u64, BlockError> {
+        let bs = self.block_size();
+        if !len.is_multiple_of(bs as usize) {
+            return Err(BlockError::Misaligned {
+                len,
+                block_size: bs,
+            });
+        }
+        let blocks = (len / bs as usize) as u64;
+        self.check_range(lba, blocks)?;
+        Ok(blocks)
+    }
+}
