@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run every check: fmt, clippy, the Rust test suites
+# (unit, integration, bounded fuzz runs) and libiscsi's conformance suite against a node.
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v iscsi-test-cu >/dev/null || need+=(libiscsi-bin)
+command -v tgtd >/dev/null || need+=(tgt)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing ${need[*]}"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --workspace --bins
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
+echo "== libiscsi conformance (iscsi-test-cu)"
+./initiator-tests/conformance.sh

@@ -1,0 +1,863 @@
+//! Full feature phase of one connection (RFC 7143 §4.2, §11): reads PDUs, enforces the
+//! command window, gathers write data (immediate, unsolicited, R2T-solicited), runs SCSI
+//! commands on the blocking pool, handles task management, text, NOP and logout, and
+//! pings idle initiators. Everything it sends goes through the writer task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use iscsi_wire::lun::decode_lun;
+use iscsi_wire::pdu::{self, LogoutReason, Request, ScsiCommand};
+use iscsi_wire::text;
+use parking_lot::Mutex;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{FrameError, PduCodec};
+use crate::seq::CmdSnCheck;
+use crate::server::ServerShared;
+use crate::session::Session;
+use crate::writer::{Out, Residual};
+
+/// Reject reasons (RFC 7143 §11.17.1).
+pub mod reject {
+    pub const DATA_DIGEST: u8 = 0x02;
+    pub const PROTOCOL_ERROR: u8 = 0x04;
+    pub const NOT_SUPPORTED: u8 = 0x05;
+    pub const TASK_IN_PROGRESS: u8 = 0x07;
+    pub const INVALID_FIELD: u8 = 0x09;
+}
+
+/// Task management responses (§11.6.1).
+mod tmf_rsp {
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const REJECTED: u8 = 255;
+}
+
+/// Per-connection values fixed at the end of login.
+#[derive(Debug, Clone)]
+pub struct ConnParams {
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub first_burst: u32,
+    pub max_burst: u32,
+    pub max_outstanding_r2t: u32,
+    /// Largest write we accept (bounds per-command memory).
+    pub max_transfer: u32,
+    pub max_send_data: u32,
+    pub nop_interval: Duration,
+    pub nop_timeout: Duration,
+}
+
+struct TaskEntry {
+    lun: u64,
+    aborted: Arc<AtomicBool>,
+    /// On the blocking pool (removes itself when done); false while waiting for data.
+    running: bool,
+}
+
+/// One R2T's data sequence (RFC 7143 §4.2.3 / §11.7.4): its own TTT, the range it
+/// asked for, and the next DataSN and offset expected (DataPDUInOrder=Yes).
+struct R2tSeq {
+    ttt: u32,
+    end: u32,
+    next_offset: u32,
+    next_sn: u32,
+}
+
+/// A write command waiting for its data.
+struct WriteTask {
+    cmd: ScsiCommand,
+    buf: BytesMut,
+    received: u32,
+    /// Where the next R2T starts (solicited data follows the unsolicited burst).
+    next_r2t_offset: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2tSeq>,
+    /// The unsolicited sequence: end, next offset and DataSN expected.
+    unsol_end: u32,
+    unsol_offset: u32,
+    unsol_sn: u32,
+}
+
+pub struct Conn {
+    sess: Arc<Session>,
+    server: Arc<ServerShared>,
+    params: ConnParams,
+    tx: mpsc::Sender<Out>,
+    tasks: Arc<Mutex<HashMap<u32, TaskEntry>>>,
+    writes: HashMap<u32, WriteTask>,
+    /// Non-immediate commands received ahead of a CmdSN gap.
+    held: BTreeMap<u32, (Request, [u8; 48])>,
+    next_ttt: u32,
+    text_pending: Option<(u32, Bytes)>,
+    text_in: BytesMut,
+    last_rx: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl Conn {
+    pub fn new(
+        sess: Arc<Session>,
+        server: Arc<ServerShared>,
+        params: ConnParams,
+        tx: mpsc::Sender<Out>,
+    ) -> Conn {
+        Conn {
+            sess,
+            server,
+            params,
+            tx,
+            tasks: Arc::new(Mutex::new(HashMap::new())),
+            writes: HashMap::new(),
+            held: BTreeMap::new(),
+            next_ttt: 1,
+            text_pending: None,
+            text_in: BytesMut::new(),
+            last_rx: Instant::now(),
+            ping_sent: None,
+        }
+    }
+
+    /// Run until logout, error, or the session is ended from outside.
+    pub async fn run(
+        mut self,
+        mut reader: FramedRead<OwnedReadHalf, PduCodec>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.params.nop_interval.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.sess.kill.cancelled() => break,
+                _ = self.sess.conn_closed.cancelled() => break,
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if !self.idle_check().await { break; }
+                }
+                f = reader.next() => {
+                    self.last_rx = Instant::now();
+                    self.ping_sent = None;
+                    match f {
+                        None => break,
+                        Some(Ok(frame)) if frame.data_digest_error => {
+                            // §7.8: at ERL 0 the PDU is discarded and rejected; the
+                            // framing is intact, so the connection carries on.
+                            self.send(Out::Reject { reason: reject::DATA_DIGEST, header: Box::new(frame.bhs) }).await;
+                        }
+                        Some(Ok(frame)) => {
+                            match pdu::parse_request(&frame.bhs, &frame.ahs, frame.data) {
+                                Ok(req) => {
+                                    if !self.handle(req, frame.bhs).await { break; }
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "malformed PDU");
+                                    let reason = match e.reject_reason() {
+                                        Some(r) => r,
+                                        None => reject::PROTOCOL_ERROR,
+                                    };
+                                    self.send(Out::Reject { reason, header: Box::new(frame.bhs) }).await;
+                                }
+                            }
+                        }
+                        Some(Err(FrameError::DataTooLong { len, max, bhs })) => {
+                            tracing::warn!(len, max, "data segment over MaxRecvDataSegmentLength; closing connection");
+                            self.send(Out::Reject { reason: reject::PROTOCOL_ERROR, header: bhs }).await;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "connection read failed; closing");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Wait (bounded) for running commands, then close the writer.
+    async fn finish(&mut self) {
+        self.writes.clear();
+        for _ in 0..3000 {
+            if self.tasks.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.tx.send(Out::Close).await;
+        self.sess.luns.nexus_gone(&self.sess.nexus);
+    }
+
+    async fn send(&self, out: Out) {
+        let _ = self.tx.send(out).await;
+    }
+
+    /// NOP-In pings for idle connections; false when the initiator stopped answering.
+    async fn idle_check(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(sent) = self.ping_sent {
+            if now.duration_since(sent) > self.params.nop_timeout {
+                tracing::warn!(session = ?self.sess.key, "initiator did not answer NOP-In; dropping connection");
+                return false;
+            }
+        } else if now.duration_since(self.last_rx) >= self.params.nop_interval {
+            let ttt = self.alloc_ttt();
+            self.ping_sent = Some(now);
+            self.send(Out::NopIn {
+                itt: 0xffff_ffff,
+                ttt,
+                lun: 0,
+                data: Bytes::new(),
+            })
+            .await;
+        }
+        true
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == 0xffff_ffff {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    /// Handle one request; false to close the connection.
+    async fn handle(&mut self, req: Request, hdr: [u8; 48]) -> bool {
+        match req {
+            Request::DataOut(d) => self.data_out(d, hdr).await,
+            Request::NopOut(n) => {
+                if n.itt != 0xffff_ffff {
+                    // A ping: numbered like a command if not immediate.
+                    if !n.immediate && !self.accept_cmd_sn(n.cmd_sn) {
+                        return true;
+                    }
+                    self.send(Out::NopIn {
+                        itt: n.itt,
+                        ttt: 0xffff_ffff,
+                        lun: n.lun,
+                        data: n.data,
+                    })
+                    .await;
+                }
+                true
+            }
+            Request::Login(_) => {
+                // §6.3: a Login request in full feature phase is a protocol error.
+                tracing::debug!("login PDU in full feature phase");
+                self.send(Out::Reject {
+                    reason: reject::PROTOCOL_ERROR,
+                    header: Box::new(hdr),
+                })
+                .await;
+                false
+            }
+            other => self.ordered(other, hdr).await,
+        }
+    }
+
+    /// Commands numbered by CmdSN: check the window, deliver in order.
+    async fn ordered(&mut self, req: Request, hdr: [u8; 48]) -> bool {
+        let Some((cmd_sn, immediate)) = cmd_sn_of(&req) else {
+            self.send(Out::Reject {
+                reason: reject::NOT_SUPPORTED,
+                header: Box::new(hdr),
+            })
+            .await;
+            return true;
+        };
+        if immediate {
+            return self.deliver(req, hdr).await;
+        }
+        let check = self.sess.window.lock().check(cmd_sn);
+        match check {
+            CmdSnCheck::Outside => {
+                tracing::debug!(
+                    cmd_sn,
+                    "CmdSN outside the window; ignored (RFC 7143 §4.2.2.1)"
+                );
+                true
+            }
+            CmdSnCheck::Ahead => {
+                if self.held.len() < 256 {
+                    self.held.insert(cmd_sn, (req, hdr));
+                }
+                true
+            }
+            CmdSnCheck::InOrder => {
+                self.advance_cmd_sn();
+                if !self.deliver(req, hdr).await {
+                    return false;
+                }
+                // Release anything that was waiting for this gap.
+                loop {
+                    let exp = self.sess.window.lock().exp_cmd_sn;
+                    let Some((next, h)) = self.held.remove(&exp) else {
+                        break;
+                    };
+                    self.advance_cmd_sn();
+                    if !self.deliver(next, h).await {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    fn accept_cmd_sn(&mut self, cmd_sn: u32) -> bool {
+        let check = self.sess.window.lock().check(cmd_sn);
+        if check == CmdSnCheck::InOrder {
+            let mut w = self.sess.window.lock();
+            w.exp_cmd_sn = w.exp_cmd_sn.wrapping_add(1);
+        }
+        check != CmdSnCheck::Outside
+    }
+
+    fn advance_cmd_sn(&self) {
+        let mut w = self.sess.window.lock();
+        w.exp_cmd_sn = w.exp_cmd_sn.wrapping_add(1);
+    }
+
+    async fn deliver(&mut self, req: Request, hdr: [u8; 48]) -> bool {
+        match req {
+            Request::ScsiCommand(cmd) => {
+                self.scsi_command(cmd, hdr).await;
+                true
+            }
+            Request::TaskMgmt(t) => {
+                self.task_mgmt(t).await;
+                true
+            }
+            Request::Text(t) => {
+                self.text(t, hdr).await;
+                true
+            }
+            Request::Logout(l) => {
+                self.logout(l).await;
+                false
+            }
+            _ => {
+                self.send(Out::Reject {
+                    reason: reject::NOT_SUPPORTED,
+                    header: Box::new(hdr),
+                })
+                .await;
+                true
+            }
+        }
+    }
+
+    async fn scsi_command(&mut self, cmd: ScsiCommand, hdr: [u8; 48]) {
+        if self.sess.is_discovery() {
+            self.send(Out::Reject {
+                reason: reject::PROTOCOL_ERROR,
+                header: Box::new(hdr),
+            })
+            .await;
+            return;
+        }
+        if self.tasks.lock().contains_key(&cmd.itt) || self.writes.contains_key(&cmd.itt) {
+            self.send(Out::Reject {
+                reason: reject::TASK_IN_PROGRESS,
+                header: Box::new(hdr),
+            })
+            .await;
+            return;
+        }
+        let imm_len = cmd.data.len() as u32;
+        if !cmd.write && imm_len > 0 {
+            self.send(Out::Reject {
+                reason: reject::PROTOCOL_ERROR,
+                header: Box::new(hdr),
+            })
+            .await;
+            return;
+        }
+        if cmd.write && cmd.edtl > 0 {
+            if imm_len > 0 && !self.params.immediate_data
+                || imm_len > self.params.first_burst
+                || imm_len > cmd.edtl
+            {
+                self.send(Out::Reject {
+                    reason: reject::PROTOCOL_ERROR,
+                    header: Box::new(hdr),
+                })
+                .await;
+                return;
+            }
+            if cmd.edtl > self.params.max_transfer {
+                // Too large to buffer: refuse before any data is solicited.
+                self.complete_now(
+                    &cmd,
+                    scsi::Response::check_condition(scsi::Sense::invalid_field_in_cdb(0, None)),
+                )
+                .await;
+                return;
+            }
+            self.start_write(cmd).await;
+            return;
+        }
+        self.execute(cmd, Bytes::new());
+    }
+
+    async fn start_write(&mut self, cmd: ScsiCommand) {
+        let edtl = cmd.edtl;
+        let mut buf = BytesMut::zeroed(edtl as usize);
+        let imm = cmd.data.len() as u32;
+        buf[..imm as usize].copy_from_slice(&cmd.data);
+        // Unsolicited data may follow up to FirstBurstLength when InitialR2T=No, unless
+        // the command's F bit says no Data-Out follows.
+        let unsol_end = if self.params.initial_r2t || cmd.final_bit {
+            imm
+        } else {
+            self.params.first_burst.min(edtl).max(imm)
+        };
+        let mut w = WriteTask {
+            cmd,
+            buf,
+            received: imm,
+            next_r2t_offset: unsol_end,
+            r2t_sn: 0,
+            r2ts: Vec::new(),
+            unsol_end,
+            unsol_offset: imm,
+            unsol_sn: 0,
+        };
+        if w.received >= edtl {
+            let data = w.buf.freeze();
+            self.execute(w.cmd, data);
+            return;
+        }
+        self.issue_r2ts(&mut w).await;
+        let itt = w.cmd.itt;
+        self.tasks.lock().insert(
+            itt,
+            TaskEntry {
+                lun: decode_lun(w.cmd.lun),
+                aborted: Arc::new(AtomicBool::new(false)),
+                running: false,
+            },
+        );
+        self.writes.insert(itt, w);
+    }
+
+    async fn issue_r2ts(&mut self, w: &mut WriteTask) {
+        let edtl = w.cmd.edtl;
+        while (w.r2ts.len() as u32) < self.params.max_outstanding_r2t && w.next_r2t_offset < edtl {
+            let len = (edtl - w.next_r2t_offset).min(self.params.max_burst);
+            let ttt = self.alloc_ttt();
+            self.send(Out::R2t {
+                itt: w.cmd.itt,
+                lun: w.cmd.lun,
+                ttt,
+                r2t_sn: w.r2t_sn,
+                offset: w.next_r2t_offset,
+                len,
+            })
+            .await;
+            w.r2ts.push(R2tSeq {
+                ttt,
+                end: w.next_r2t_offset + len,
+                next_offset: w.next_r2t_offset,
+                next_sn: 0,
+            });
+            w.r2t_sn += 1;
+            w.next_r2t_offset += len;
+        }
+    }
+
+    /// Gather one Data-Out PDU. Data that breaks the sequence rules (wrong DataSN,
+    /// offset or TTT, or beyond what was asked for) is a protocol error: at ERL 0
+    /// the connection is dropped (§7.1.4). Returns false to close.
+    async fn data_out(&mut self, d: pdu::DataOut, hdr: [u8; 48]) -> bool {
+        let Some(mut w) = self.writes.remove(&d.itt) else {
+            // Data for an aborted or finished task is discarded (§11.7).
+            tracing::debug!(itt = d.itt, "Data-Out for no pending write; discarded");
+            return true;
+        };
+        let off = d.buffer_offset;
+        let len = d.data.len() as u32;
+        let Some(end) = off.checked_add(len) else {
+            return self.data_out_error(hdr, "offset overflow").await;
+        };
+        let mut seq_done = false;
+        if d.ttt == 0xffff_ffff {
+            if d.data_sn != w.unsol_sn || off != w.unsol_offset || end > w.unsol_end {
+                return self
+                    .data_out_error(hdr, "unsolicited Data-Out out of sequence")
+                    .await;
+            }
+            w.unsol_sn += 1;
+            w.unsol_offset = end;
+        } else {
+            let Some(i) = w.r2ts.iter().position(|r| r.ttt == d.ttt) else {
+                return self.data_out_error(hdr, "Data-Out with unknown TTT").await;
+            };
+            let r = &mut w.r2ts[i];
+            if d.data_sn != r.next_sn || off != r.next_offset || end > r.end {
+                return self
+                    .data_out_error(hdr, "solicited Data-Out out of sequence")
+                    .await;
+            }
+            r.next_sn += 1;
+            r.next_offset = end;
+            if d.final_bit {
+                if r.next_offset != r.end {
+                    return self
+                        .data_out_error(hdr, "R2T sequence ended before all data arrived")
+                        .await;
+                }
+                w.r2ts.remove(i);
+                seq_done = true;
+            }
+        }
+        w.buf[off as usize..end as usize].copy_from_slice(&d.data);
+        w.received += len;
+        if w.received >= w.cmd.edtl {
+            self.tasks.lock().remove(&d.itt);
+            let data = w.buf.freeze();
+            self.execute(w.cmd, data);
+        } else {
+            if seq_done {
+                self.issue_r2ts(&mut w).await;
+            }
+            self.writes.insert(d.itt, w);
+        }
+        true
+    }
+
+    async fn data_out_error(&mut self, hdr: [u8; 48], why: &str) -> bool {
+        tracing::warn!(session = ?self.sess.key, "{why}; dropping the connection");
+        self.send(Out::Reject {
+            reason: reject::PROTOCOL_ERROR,
+            header: Box::new(hdr),
+        })
+        .await;
+        false
+    }
+
+    /// Run a SCSI command on the blocking pool; its response goes to the writer.
+    fn execute(&self, cmd: ScsiCommand, data: Bytes) {
+        let aborted = Arc::new(AtomicBool::new(false));
+        self.tasks.lock().insert(
+            cmd.itt,
+            TaskEntry {
+                lun: decode_lun(cmd.lun),
+                aborted: aborted.clone(),
+                running: true,
+            },
+        );
+        {
+            let mut w = self.sess.window.lock();
+            w.outstanding += 1;
+        }
+        let sess = self.sess.clone();
+        let tasks = self.tasks.clone();
+        let tx = self.tx.clone();
+        let stats = self.server.stats.clone();
+        tokio::task::spawn_blocking(move || {
+            let resp = sess.luns.execute(&scsi::Request {
+                lun: decode_lun(cmd.lun),
+                cdb: &cmd.cdb,
+                data_out: &data,
+                data_in_len: if cmd.read { cmd.edtl } else { 0 },
+                nexus: &sess.nexus,
+            });
+            stats.commands.fetch_add(1, Ordering::Relaxed);
+            let out = response_out(&cmd, resp);
+            {
+                let mut w = sess.window.lock();
+                w.outstanding = w.outstanding.saturating_sub(1);
+            }
+            let was_aborted = aborted.load(Ordering::Acquire);
+            if !was_aborted {
+                let _ = tx.blocking_send(out);
+            }
+            tasks.lock().remove(&cmd.itt);
+        });
+    }
+
+    async fn complete_now(&self, cmd: &ScsiCommand, resp: scsi::Response) {
+        let out = response_out(cmd, resp);
+        self.send(out).await;
+    }
+
+    async fn task_mgmt(&mut self, t: pdu::TaskMgmt) {
+        use iscsi_wire::pdu::TmfFunction as F;
+        if self.sess.is_discovery() {
+            self.send(Out::TaskMgmt {
+                itt: t.itt,
+                response: tmf_rsp::REJECTED,
+            })
+            .await;
+            return;
+        }
+        let response = match t.function {
+            F::AbortTask => {
+                let found = self.abort_where(|itt, _| itt == t.rtt);
+                if found == 0 {
+                    tmf_rsp::NO_TASK
+                } else {
+                    tmf_rsp::COMPLETE
+                }
+            }
+            F::AbortTaskSet | F::ClearTaskSet => {
+                if self.sess.luns.get(decode_lun(t.lun)).is_none() {
+                    tmf_rsp::NO_LUN
+                } else {
+                    let lun = decode_lun(t.lun);
+                    self.abort_where(|_, l| l == lun);
+                    tmf_rsp::COMPLETE
+                }
+            }
+            F::LogicalUnitReset => {
+                let lun = decode_lun(t.lun);
+                if self.sess.luns.get(lun).is_none() {
+                    tmf_rsp::NO_LUN
+                } else {
+                    self.abort_where(|_, l| l == lun);
+                    self.wait_tasks_gone().await;
+                    match self.sess.luns.lun_reset(lun, &self.sess.nexus) {
+                        Ok(()) => tmf_rsp::COMPLETE,
+                        Err(()) => tmf_rsp::NO_LUN,
+                    }
+                }
+            }
+            F::TargetWarmReset | F::TargetColdReset => {
+                self.abort_where(|_, _| true);
+                self.wait_tasks_gone().await;
+                self.sess.luns.target_reset(&self.sess.nexus);
+                if let Some(t) = &self.sess.target {
+                    self.server.reset_target(&t.name, self.sess.tsih);
+                }
+                tmf_rsp::COMPLETE
+            }
+            F::ClearAca | F::TaskReassign | F::Other(_) => tmf_rsp::NOT_SUPPORTED,
+        };
+        self.wait_tasks_gone().await;
+        self.send(Out::TaskMgmt {
+            itt: t.itt,
+            response,
+        })
+        .await;
+        if matches!(t.function, F::TargetColdReset) {
+            // A cold reset also ends the connection (§11.5.1).
+            self.sess.kill.cancel();
+        }
+    }
+
+    /// Mark matching tasks aborted (their responses are suppressed); returns how many.
+    fn abort_where(&mut self, f: impl Fn(u32, u64) -> bool) -> usize {
+        let mut n = 0;
+        let mut tasks = self.tasks.lock();
+        tasks.retain(|itt, e| {
+            if !f(*itt, e.lun) {
+                return true;
+            }
+            n += 1;
+            e.aborted.store(true, Ordering::Release);
+            // A running task removes itself when it finishes (its response is
+            // suppressed); one still waiting for data is simply dropped.
+            e.running
+        });
+        drop(tasks);
+        self.writes.retain(|itt, w| !f(*itt, decode_lun(w.cmd.lun)));
+        n
+    }
+
+    async fn wait_tasks_gone(&self) {
+        for _ in 0..3000 {
+            let busy = self
+                .tasks
+                .lock()
+                .values()
+                .any(|e| e.aborted.load(Ordering::Acquire));
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn text(&mut self, t: pdu::TextRequest, hdr: [u8; 48]) {
+        // Continuation of a long response we split earlier.
+        if t.ttt != 0xffff_ffff {
+            if let Some((ttt, rest)) = self.text_pending.take() {
+                if ttt == t.ttt {
+                    self.send_text_chunked(t.itt, rest).await;
+                    return;
+                }
+            }
+            self.send(Out::Reject {
+                reason: reject::INVALID_FIELD,
+                header: Box::new(hdr),
+            })
+            .await;
+            return;
+        }
+        if self.text_in.len() + t.data.len() > 64 * 1024 {
+            self.text_in.clear();
+            self.send(Out::Reject {
+                reason: reject::PROTOCOL_ERROR,
+                header: Box::new(hdr),
+            })
+            .await;
+            return;
+        }
+        self.text_in.extend_from_slice(&t.data);
+        if t.cont {
+            // More request data follows: answer with an empty response (§11.10.2).
+            let ttt = self.alloc_ttt();
+            self.send(Out::Text {
+                itt: t.itt,
+                ttt,
+                final_: false,
+                cont: false,
+                data: Bytes::new(),
+            })
+            .await;
+            return;
+        }
+        let data = std::mem::take(&mut self.text_in);
+        let keys = match text::parse(&data) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad text request");
+                self.send(Out::Reject {
+                    reason: reject::PROTOCOL_ERROR,
+                    header: Box::new(hdr),
+                })
+                .await;
+                return;
+            }
+        };
+        let mut resp = Vec::new();
+        for (k, v) in keys {
+            if k == "SendTargets" {
+                let target = self.sess.target.as_ref().map(|t| t.name.clone());
+                self.server.send_targets(
+                    &v,
+                    &self.sess.key.initiator,
+                    target.as_deref(),
+                    self.sess.local_addr,
+                    &mut resp,
+                );
+            } else {
+                // Operational keys cannot change in full feature phase at ERL 0 with
+                // one connection; report them as not understood or irrelevant.
+                resp.push((k, "Irrelevant".to_string()));
+            }
+        }
+        let bytes = text::encode(&resp);
+        self.send_text_chunked(t.itt, Bytes::from(bytes)).await;
+    }
+
+    async fn send_text_chunked(&mut self, itt: u32, data: Bytes) {
+        let max = self.params.max_send_data as usize;
+        if data.len() <= max {
+            self.send(Out::Text {
+                itt,
+                ttt: 0xffff_ffff,
+                final_: true,
+                cont: false,
+                data,
+            })
+            .await;
+        } else {
+            let ttt = self.alloc_ttt();
+            let head = data.slice(..max);
+            self.text_pending = Some((ttt, data.slice(max..)));
+            self.send(Out::Text {
+                itt,
+                ttt,
+                final_: false,
+                cont: true,
+                data: head,
+            })
+            .await;
+        }
+    }
+
+    async fn logout(&mut self, l: pdu::LogoutRequest) {
+        // 0: close the session, 1: close this connection, 2: recovery (ERL 2 only).
+        let response = match l.reason {
+            LogoutReason::CloseSession | LogoutReason::CloseConnection => 0,
+            LogoutReason::RemoveConnectionForRecovery => 2,
+        };
+        self.writes.clear();
+        for _ in 0..3000 {
+            if self.tasks.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.send(Out::Logout {
+            itt: l.itt,
+            response,
+        })
+        .await;
+    }
+}
+
+/// Turn a SCSI core response into what the writer sends, with residuals (§11.4.5).
+fn response_out(cmd: &ScsiCommand, resp: scsi::Response) -> Out {
+    let edtl = cmd.edtl;
+    let status = resp.status.code();
+    let sense = resp.sense.is_some().then(|| resp.sense_bytes());
+    let mut residual = Residual::None;
+    let mut data = None;
+    if !resp.data_in.is_empty() || cmd.read {
+        let n = resp.data_in.len() as u32;
+        let send = if cmd.read { n.min(edtl) } else { 0 };
+        if n < edtl {
+            residual = Residual::Underflow(edtl - n);
+        } else if n > send {
+            residual = Residual::Overflow(n - send);
+        }
+        if send > 0 {
+            let mut v = resp.data_in;
+            v.truncate(send as usize);
+            data = Some(Bytes::from(v));
+        }
+    } else if cmd.write || resp.data_out_len > 0 {
+        let want = resp.data_out_len;
+        if want > edtl {
+            residual = Residual::Overflow(want - edtl);
+        } else if want < edtl {
+            residual = Residual::Underflow(edtl - want);
+        }
+    } else if edtl > 0 {
+        residual = Residual::Underflow(edtl);
+    }
+    Out::Scsi {
+        itt: cmd.itt,
+        lun: cmd.lun,
+        status,
+        sense,
+        residual,
+        data,
+    }
+}
+
+/// CmdSN and the immediate bit of a numbered request; `None` for unnumbered ones.
+fn cmd_sn_of(req: &Request) -> Option<(u32, bool)> {
+    match req {
+        Request::ScsiCommand(c) => Some((c.cmd_sn, c.immediate)),
+        Request::TaskMgmt(t) => Some((t.cmd_sn, t.immediate)),
+        Request::Text(t) => Some((t.cmd_sn, t.immediate)),
+        Request::Logout(l) => Some((l.cmd_sn, l.immediate)),
+        _ => None,
+    }
+}

@@ -1,0 +1,22 @@
+//! iSCSI fabric (RFC 7143), target side, on tokio.
+//!
+//! - [`server`]: portals, connection limits, session registry (TSIH, reinstatement);
+//! - [`login`]: security (CHAP) and operational negotiation;
+//! - [`conn`]: full feature phase — command window, write data gathering, task
+//!   management, text (SendTargets), NOP, logout;
+//! - [`writer`]: the sending half — StatSN numbering, Data-In splitting, batching;
+//! - [`codec`]: bounded PDU framing and digest checks.
+//!
+//! Wire formats live in the `iscsi-wire` crate; SCSI semantics in the `scsi` crate.
+
+pub mod codec;
+pub mod conn;
+pub mod login;
+pub mod seq;
+pub mod server;
+pub mod session;
+pub mod target;
+pub mod writer;
+
+pub use server::{FabricConfig, Server, SessionInfo, Stats};
+pub use target::{ChapConfig, LunDef, PortalDef, TargetDef};

@@ -1,0 +1,93 @@
+//! Command numbering for one session (RFC 7143 §4.2.2): ExpCmdSN/MaxCmdSN and the
+//! command window, in serial-number arithmetic (RFC 1982).
+
+/// `a < b` in 32-bit serial arithmetic.
+pub fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && b.wrapping_sub(a) < 0x8000_0000
+}
+
+/// `a <= b` in 32-bit serial arithmetic.
+pub fn sn_le(a: u32, b: u32) -> bool {
+    a == b || sn_lt(a, b)
+}
+
+/// The command window. `depth` bounds how many commands may be outstanding at once:
+/// MaxCmdSN = ExpCmdSN - 1 + (depth - outstanding), so it never moves backwards.
+#[derive(Debug, Clone)]
+pub struct CmdWindow {
+    pub exp_cmd_sn: u32,
+    pub depth: u32,
+    pub outstanding: u32,
+}
+
+/// Where a received CmdSN falls.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CmdSnCheck {
+    /// The next expected command.
+    InOrder,
+    /// Inside the window but ahead of a gap.
+    Ahead,
+    /// Outside the window (stale or beyond MaxCmdSN): silently ignore (§4.2.2.1).
+    Outside,
+}
+
+impl CmdWindow {
+    pub fn new(exp_cmd_sn: u32, depth: u32) -> CmdWindow {
+        CmdWindow {
+            exp_cmd_sn,
+            depth,
+            outstanding: 0,
+        }
+    }
+
+    pub fn max_cmd_sn(&self) -> u32 {
+        let free = self.depth.saturating_sub(self.outstanding).max(1);
+        self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1)
+    }
+
+    pub fn check(&self, cmd_sn: u32) -> CmdSnCheck {
+        if cmd_sn == self.exp_cmd_sn {
+            CmdSnCheck::InOrder
+        } else if sn_lt(self.exp_cmd_sn, cmd_sn) && sn_le(cmd_sn, self.max_cmd_sn()) {
+            CmdSnCheck::Ahead
+        } else {
+            CmdSnCheck::Outside
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_arithmetic_wraps() {
+        assert!(sn_lt(0xffff_fff0, 5));
+        assert!(!sn_lt(5, 0xffff_fff0));
+        assert!(sn_le(7, 7));
+    }
+
+    #[test]
+    fn window_bounds_and_never_shrinks() {
+        let mut w = CmdWindow::new(10, 4);
+        assert_eq!(w.max_cmd_sn(), 13);
+        assert_eq!(w.check(10), CmdSnCheck::InOrder);
+        assert_eq!(w.check(13), CmdSnCheck::Ahead);
+        assert_eq!(w.check(14), CmdSnCheck::Outside);
+        assert_eq!(w.check(9), CmdSnCheck::Outside);
+        // Receive one: ExpCmdSN+1 and outstanding+1 keep MaxCmdSN where it was.
+        w.exp_cmd_sn += 1;
+        w.outstanding += 1;
+        assert_eq!(w.max_cmd_sn(), 13);
+        w.outstanding -= 1;
+        assert_eq!(w.max_cmd_sn(), 14);
+    }
+
+    #[test]
+    fn window_across_wrap() {
+        let w = CmdWindow::new(u32::MAX, 4);
+        assert_eq!(w.max_cmd_sn(), 2);
+        assert_eq!(w.check(1), CmdSnCheck::Ahead);
+        assert_eq!(w.check(3), CmdSnCheck::Outside);
+    }
+}

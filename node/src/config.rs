@@ -1,0 +1,373 @@
+//! The node's TOML configuration: portals, targets, LUNs and their back-ends, zoning
+//! (LUN masking) and CHAP. Parsing is strict (unknown keys are errors, so a typo cannot
+//! silently change behaviour) and every error names the key and what to do.
+
+use std::path::{Path, PathBuf};
+
+use fcwwn::{IscsiName, Masking, Wwn};
+use serde::{Deserialize, Serialize};
+
+/// A whole node configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub fabric: FabricSection,
+    #[serde(rename = "portal", default)]
+    pub portals: Vec<PortalSection>,
+    #[serde(rename = "target", default)]
+    pub targets: Vec<TargetSection>,
+    /// Zoning / LUN masking (see the fcwwn crate). Absent: every target is open.
+    #[serde(default)]
+    pub zoning: Masking,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Name of this node (logs, management).
+    #[serde(default = "default_node_name")]
+    pub name: String,
+    /// Where relative LU paths are resolved (default: the config file's folder).
+    pub data_dir: Option<PathBuf>,
+    /// IEEE company ID (OUI) used to derive NAA 6 WWNs for LUs that do not set one.
+    #[serde(default = "default_oui")]
+    pub oui: u32,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: default_node_name(),
+            data_dir: None,
+            oui: default_oui(),
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    "node1".into()
+}
+
+/// Default OUI for derived WWNs. Not a registered company ID: set `node.oui` to your
+/// organisation's when LU identities must be globally unique.
+pub const DEFAULT_OUI: u32 = 0x00_53_59; // "SY"
+fn default_oui() -> u32 {
+    DEFAULT_OUI
+}
+
+/// Fabric tunables; every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FabricSection {
+    pub max_recv_data_segment_length: Option<u32>,
+    pub max_burst_length: Option<u32>,
+    pub first_burst_length: Option<u32>,
+    pub immediate_data: Option<bool>,
+    pub initial_r2t: Option<bool>,
+    pub max_outstanding_r2t: Option<u32>,
+    pub queue_depth: Option<u32>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_initiator: Option<usize>,
+    pub nop_interval_secs: Option<u64>,
+    pub nop_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSection {
+    /// `ip:port`, e.g. `127.0.0.1:3260` or `0.0.0.0:3260`.
+    pub listen: String,
+    /// Target portal group tag.
+    #[serde(default = "one")]
+    pub tpgt: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// iSCSI name: `iqn.…`, `eui.…` or `naa.…`.
+    pub name: String,
+    pub alias: Option<String>,
+    pub chap: Option<ChapSection>,
+    #[serde(rename = "lun", default)]
+    pub luns: Vec<LunSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapSection {
+    pub username: String,
+    pub secret: String,
+    /// Mutual CHAP: the name and secret the target answers with.
+    pub mutual_username: Option<String>,
+    pub mutual_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LunSection {
+    pub lun: u16,
+    /// File or block device; relative paths are resolved against the data folder.
+    pub path: PathBuf,
+    /// Create a sparse file of this size if `path` does not exist ("1GiB", "512MiB").
+    pub size: Option<String>,
+    #[serde(default = "default_bs")]
+    pub block_size: u32,
+    /// NAA WWN of the LU; derived from the target name and LUN when absent.
+    pub wwn: Option<Wwn>,
+    /// Unit serial number (VPD 0x80); derived from the WWN when absent.
+    pub serial: Option<String>,
+    #[serde(default = "default_vendor")]
+    pub vendor: String,
+    #[serde(default = "default_product")]
+    pub product: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_bs() -> u32 {
+    512
+}
+fn default_vendor() -> String {
+    "SWITCHYD".into()
+}
+fn default_product() -> String {
+    "VIRTUAL-DISK".into()
+}
+
+/// A config problem, with where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mut cfg = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid(m) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: m,
+            },
+            other => other,
+        })?;
+        if cfg.node.data_dir.is_none() {
+            cfg.node.data_dir = Some(
+                path.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            );
+        }
+        warn_if_secrets_readable(path, &cfg);
+        Ok(cfg)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.portals.is_empty() {
+            return bad(
+                "no [[portal]] configured; add one, e.g. listen = \"127.0.0.1:3260\"".into(),
+            );
+        }
+        for p in &self.portals {
+            if p.listen.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "portal listen = \"{}\" is not an ip:port address",
+                    p.listen
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.targets {
+            let name = IscsiName::parse(&t.name)
+                .map_err(|e| ConfigError::Invalid(format!("target name \"{}\": {e}", t.name)))?;
+            if !names.insert(name.as_str().to_string()) {
+                return bad(format!("target {} is defined twice", name.as_str()));
+            }
+            if let Some(c) = &t.chap {
+                if c.secret.len() < 12 || c.secret.len() > 16 {
+                    tracing::warn!(
+                        target = %t.name,
+                        "CHAP secret is {} bytes; RFC 7143 §12.1.3 asks for 12-16 (initiators such as open-iscsi may refuse others)",
+                        c.secret.len()
+                    );
+                }
+                if c.mutual_username.is_some() != c.mutual_secret.is_some() {
+                    return bad(format!(
+                        "target {}: set both mutual_username and mutual_secret, or neither",
+                        t.name
+                    ));
+                }
+                if c.mutual_secret.as_deref() == Some(c.secret.as_str()) {
+                    return bad(format!(
+                        "target {}: the mutual CHAP secret must differ from the initiator's secret",
+                        t.name
+                    ));
+                }
+            }
+            let mut luns = std::collections::HashSet::new();
+            for l in &t.luns {
+                if !luns.insert(l.lun) {
+                    return bad(format!("target {}: LUN {} is defined twice", t.name, l.lun));
+                }
+                if l.lun >= 16384 {
+                    return bad(format!(
+                        "target {}: LUN {} is too large (flat addressing allows 0-16383)",
+                        t.name, l.lun
+                    ));
+                }
+                if l.block_size != 512 && l.block_size != 4096 {
+                    return bad(format!(
+                        "target {} LUN {}: block_size {} is not supported (use 512 or 4096)",
+                        t.name, l.lun, l.block_size
+                    ));
+                }
+                if let Some(s) = &l.size {
+                    let bytes = parse_size(s).map_err(ConfigError::Invalid)?;
+                    if bytes == 0 || bytes % u64::from(l.block_size) != 0 {
+                        return bad(format!(
+                            "target {} LUN {}: size {s} is not a positive multiple of the {}-byte block size",
+                            t.name, l.lun, l.block_size
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve an LU path against the data folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.node
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(p)
+        }
+    }
+}
+
+/// Parse "1GiB", "512MiB", "4096", "10G" (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size \"{s}\": expected a number with an optional unit, e.g. 1GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        u => {
+            return Err(format!(
+                "size \"{s}\": unknown unit \"{u}\" (use KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" is too large"))
+}
+
+/// Config files holding CHAP secrets should be readable by their owner only.
+fn warn_if_secrets_readable(path: &Path, cfg: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    if !cfg.targets.iter().any(|t| t.chap.is_some()) {
+        return;
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "config holds CHAP secrets but is readable by others; run `chmod 600 {}`",
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[portal]]
+listen = "127.0.0.1:3260"
+
+[[target]]
+name = "IQN.2026-11.org.switchyard:t1"
+[[target.lun]]
+lun = 0
+path = "lun0.img"
+size = "64MiB"
+"#;
+
+    #[test]
+    fn parses_minimal() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.targets[0].luns[0].block_size, 512);
+        assert_eq!(c.portals[0].tpgt, 1);
+    }
+
+    #[test]
+    fn rejects_unknown_key_and_bad_values() {
+        let e = Config::parse(&GOOD.replace("size =", "sise =")).unwrap_err();
+        assert!(e.to_string().contains("sise"), "{e}");
+        let e = Config::parse(&GOOD.replace("64MiB", "1000")).unwrap_err();
+        assert!(e.to_string().contains("multiple"), "{e}");
+        let e = Config::parse(&GOOD.replace("IQN.2026-11", "iqn.2026-13")).unwrap_err();
+        assert!(e.to_string().contains("target name"), "{e}");
+        let e = Config::parse(&GOOD.replace("127.0.0.1:3260", "localhost")).unwrap_err();
+        assert!(e.to_string().contains("ip:port"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn mutual_secret_must_differ() {
+        let t = GOOD.replace(
+            "[[target.lun]]",
+            "[target.chap]\nusername = \"u\"\nsecret = \"abcdefghijkl\"\nmutual_username = \"t\"\nmutual_secret = \"abcdefghijkl\"\n[[target.lun]]",
+        );
+        let e = Config::parse(&t).unwrap_err();
+        assert!(e.to_string().contains("must differ"), "{e}");
+    }
+}

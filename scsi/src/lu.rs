@@ -1,0 +1,400 @@
+//! A logical unit: configuration, the block store it executes over, mode parameters,
+//! the SPC-2 reservation and the per-nexus unit attention queues.
+//!
+//! Concurrency: there is no lock around command execution. Reads and writes go
+//! straight to the store (which must be thread-safe); the small pieces of state are
+//! each behind their own parking_lot lock and held only to read or flip a few bits.
+//! Read-modify-write commands (ORWRITE) take `rmw`, which plain reads and writes never
+//! touch.
+
+use std::sync::Arc;
+
+use blockdev::BlockStore;
+use parking_lot::{Mutex, RwLock};
+
+use crate::cdb::{parse_cdb, Cdb, PrOut};
+use crate::commands;
+use crate::mode::{self, MediumInfo, ModeState};
+use crate::nexus::{NexusState, Nexuses};
+use crate::pr::{self, ItNexus, PersistentReservations, PrError, ProutParams};
+use crate::reservation::Reservations;
+use crate::sense::Sense;
+use crate::target::LunMap;
+use crate::vpd::{self, VpdSource};
+use crate::{inquiry, sbc, spc, Request, Response, Status};
+
+/// Configuration of one logical unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuConfig {
+    /// NAA designator bytes; the first `naa_len` are used.
+    pub wwn: [u8; 16],
+    /// 8 (NAA 5, registered) or 16 (NAA 6, registered extended).
+    pub naa_len: u8,
+    /// Unit serial number (VPD 80h); the NAA in hex when empty.
+    pub serial: String,
+    /// T10 vendor identification (8 characters used).
+    pub vendor: String,
+    /// Product identification (16 characters used).
+    pub product: String,
+    /// Product revision level (4 characters used).
+    pub revision: String,
+    /// Thin provisioned. Not acted on yet: LBPME stays 0 until UNMAP is implemented.
+    pub thin: bool,
+    /// Refuse writes with DATA PROTECT, WRITE PROTECTED.
+    pub read_only: bool,
+}
+
+impl Default for LuConfig {
+    fn default() -> Self {
+        LuConfig {
+            wwn: [0; 16],
+            naa_len: 16,
+            serial: String::new(),
+            vendor: "SWITCHYD".into(),
+            product: "VIRTUAL-DISK".into(),
+            revision: "0001".into(),
+            thin: false,
+            read_only: false,
+        }
+    }
+}
+
+impl LuConfig {
+    /// The NAA designator: 8 or 16 bytes of `wwn`.
+    pub fn naa_bytes(&self) -> &[u8] {
+        if self.naa_len == 8 {
+            &self.wwn[..8]
+        } else {
+            &self.wwn[..]
+        }
+    }
+}
+
+/// Transfer limits a logical unit advertises in the block limits VPD page and
+/// enforces (SBC-3 6.5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// MAXIMUM TRANSFER LENGTH in blocks: longer transfers are INVALID FIELD IN CDB.
+    pub max_transfer_blocks: u32,
+    /// OPTIMAL TRANSFER LENGTH in blocks (0: not reported).
+    pub optimal_transfer_blocks: u32,
+    /// OPTIMAL TRANSFER LENGTH GRANULARITY in blocks (0: not reported).
+    pub optimal_granularity_blocks: u16,
+    /// MAXIMUM WRITE SAME LENGTH in blocks: longer WRITE SAME is INVALID FIELD IN CDB.
+    pub max_write_same_blocks: u64,
+}
+
+impl Limits {
+    /// Defaults: 8 MiB per transfer, 64 MiB per WRITE SAME.
+    pub fn for_block_size(block_size: u32) -> Limits {
+        let bs = block_size.max(1);
+        Limits {
+            max_transfer_blocks: (8 << 20) / bs,
+            optimal_transfer_blocks: 0,
+            optimal_granularity_blocks: 0,
+            max_write_same_blocks: u64::from((64 << 20) / bs),
+        }
+    }
+}
+
+/// A logical unit: a block store with SCSI state.
+pub struct LogicalUnit {
+    cfg: LuConfig,
+    store: Arc<dyn BlockStore>,
+    limits: Limits,
+    mode: RwLock<ModeState>,
+    nexuses: Nexuses,
+    reservation: Reservations,
+    pr: PersistentReservations,
+    rmw: Mutex<()>,
+}
+
+impl std::fmt::Debug for LogicalUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalUnit")
+            .field("cfg", &self.cfg)
+            .field("block_size", &self.store.block_size())
+            .field("blocks", &self.store.num_blocks())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Context a command runs in: the target and the LUN map it came through.
+pub(crate) struct Ctx<'a> {
+    pub(crate) map: &'a LunMap,
+}
+
+impl LogicalUnit {
+    /// A logical unit over `store` with default limits.
+    pub fn new(cfg: LuConfig, store: Arc<dyn BlockStore>) -> LogicalUnit {
+        let limits = Limits::for_block_size(store.block_size());
+        LogicalUnit::with_limits(cfg, store, limits)
+    }
+
+    /// A logical unit with explicit transfer limits.
+    pub fn with_limits(cfg: LuConfig, store: Arc<dyn BlockStore>, limits: Limits) -> LogicalUnit {
+        LogicalUnit {
+            cfg,
+            store,
+            limits,
+            mode: RwLock::new(ModeState::default()),
+            nexuses: Nexuses::default(),
+            reservation: Reservations::default(),
+            pr: PersistentReservations::default(),
+            rmw: Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &LuConfig {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlockStore> {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Tells every nexus the capacity changed (after the store grew or shrank).
+    pub fn capacity_changed(&self) {
+        self.nexuses.notify(None, &Sense::capacity_changed());
+    }
+
+    /// Raises a unit attention for every nexus except `except`.
+    pub(crate) fn notify(&self, except: Option<u64>, sense: &Sense) {
+        self.nexuses.notify(except, sense);
+    }
+
+    /// Logical unit reset (SAM-5 6.3.3): releases the SPC-2 reservation (persistent
+    /// reservations stay, SPC-4 5.13.2), restores the default mode parameters and raises BUS DEVICE RESET FUNCTION OCCURRED for every
+    /// nexus except the one that asked for the reset.
+    pub fn reset(&self, by: Option<u64>) {
+        self.reservation.clear();
+        *self.mode.write() = ModeState::default();
+        self.nexuses.notify(by, &Sense::bus_device_reset());
+    }
+
+    /// The session of this nexus ended. Its persistent reservation registrations stay
+    /// (SPC-4 5.13.2): they belong to the initiator port, which may log in again.
+    pub(crate) fn nexus_gone(&self, id: u64) {
+        self.reservation.nexus_gone(id);
+        self.nexuses.remove(id);
+    }
+
+    pub(crate) fn nexus(&self, id: u64) -> Arc<NexusState> {
+        self.nexuses.get(id)
+    }
+
+    pub(crate) fn mode(&self) -> ModeState {
+        *self.mode.read()
+    }
+
+    pub(crate) fn rmw_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.rmw.lock()
+    }
+
+    /// DATA PROTECT when writes are refused: read-only configuration or store, or the
+    /// control mode page's SWP bit.
+    pub(crate) fn check_writable(&self) -> Result<(), Sense> {
+        if self.cfg.read_only || self.store.capabilities().read_only {
+            return Err(Sense::write_protected());
+        }
+        if self.mode.read().swp {
+            return Err(Sense::software_write_protected());
+        }
+        Ok(())
+    }
+
+    fn medium(&self) -> MediumInfo {
+        MediumInfo {
+            block_size: self.store.block_size(),
+            blocks: self.store.num_blocks(),
+            write_protected: self.check_writable().is_err(),
+        }
+    }
+
+    /// Runs one command for this logical unit.
+    pub(crate) fn execute(&self, ctx: &Ctx<'_>, req: &Request<'_>) -> Response {
+        let mut resp = self.run(ctx, req);
+        resp.descriptor_sense = self.mode.read().d_sense;
+        if let Some(sense) = &resp.sense {
+            tracing::debug!(
+                lun = req.lun,
+                nexus = req.nexus.id,
+                opcode = req.cdb.first().copied().unwrap_or(0),
+                %sense,
+                "check condition"
+            );
+        }
+        resp
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, req: &Request<'_>) -> Response {
+        let nexus = self.nexus(req.nexus.id);
+        nexus.set_port(&req.nexus.initiator, req.nexus.relative_port);
+        // SAM-5 5.14 / SPC-4 5.14: a pending unit attention is reported instead of
+        // running the command, except for INQUIRY, REPORT LUNS and REQUEST SENSE.
+        let exempt = matches!(req.cdb.first(), Some(0x12 | 0xA0 | 0x03));
+        if !exempt {
+            if let Some(ua) = nexus.pop() {
+                return Response::check_condition(ua);
+            }
+        }
+        let cdb = match parse_cdb(req.cdb) {
+            Ok(cdb) => cdb,
+            Err(sense) => return Response::check_condition(sense),
+        };
+        let data_out_len = cdb.data_out_len(self.store.block_size());
+        let with_len = |mut r: Response| {
+            r.data_out_len = data_out_len;
+            r
+        };
+        if let Ok(info) = commands::find(req.cdb) {
+            if self.reservation.conflicts(req.nexus.id, info.access)
+                || self
+                    .pr
+                    .conflicts(req.nexus, info.pr, &cdb, self.reservation.is_held())
+            {
+                return with_len(Response::status(Status::ReservationConflict));
+            }
+        }
+        if cdb == Cdb::Reserve && !self.reservation.reserve(req.nexus.id) {
+            return with_len(Response::status(Status::ReservationConflict));
+        }
+        if let Cdb::PersistentReserveOut {
+            action,
+            scope,
+            pr_type,
+            param_len,
+        } = cdb
+        {
+            return with_len(self.persistent_reserve_out(req, action, scope, pr_type, param_len));
+        }
+        with_len(match self.dispatch(ctx, req, &nexus, &cdb) {
+            Ok(data) => Response::good(data),
+            Err(sense) => Response::check_condition(sense),
+        })
+    }
+
+    /// PERSISTENT RESERVE OUT (SPC-4 6.16): RESERVATION CONFLICT is a status, not
+    /// sense data, so it does not go through `dispatch`. The unit attentions the
+    /// transition raises go to the I_T nexuses of the ports they name.
+    fn persistent_reserve_out(
+        &self,
+        req: &Request<'_>,
+        action: PrOut,
+        scope: u8,
+        pr_type: u8,
+        param_len: u32,
+    ) -> Response {
+        let who = ItNexus::of(req.nexus);
+        let out = ProutParams::parse(action, param_len, req.data_out)
+            .map_err(PrError::from)
+            .and_then(|p| {
+                self.pr
+                    .update(|st| pr::execute_out(st, &who, action, scope, pr_type, &p))
+            });
+        match out {
+            Ok(attentions) => {
+                tracing::debug!(lun = req.lun, initiator = %who.initiator, ?action, "persistent reserve out");
+                for (to, sense) in attentions {
+                    self.nexuses
+                        .notify_port(&to.initiator, to.relative_port, &sense);
+                }
+                Response::good(Vec::new())
+            }
+            Err(PrError::Conflict) => Response::status(Status::ReservationConflict),
+            Err(PrError::Sense(sense)) => Response::check_condition(sense),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        ctx: &Ctx<'_>,
+        req: &Request<'_>,
+        nexus: &NexusState,
+        cdb: &Cdb,
+    ) -> Result<Vec<u8>, Sense> {
+        match *cdb {
+            Cdb::TestUnitReady | Cdb::Reserve => Ok(Vec::new()),
+            Cdb::Release => {
+                self.reservation.release(req.nexus.id);
+                Ok(Vec::new())
+            }
+            Cdb::RequestSense { desc, alloc } => {
+                let sense = nexus.pop().unwrap_or_else(Sense::no_sense);
+                Ok(spc::request_sense(&sense, desc, alloc))
+            }
+            Cdb::Inquiry { evpd, page, alloc } => {
+                let data = if evpd {
+                    let src = VpdSource {
+                        cfg: &self.cfg,
+                        limits: &self.limits,
+                        target: ctx.map.target(),
+                        nexus: req.nexus,
+                    };
+                    vpd::page(&src, page)?
+                } else {
+                    inquiry::standard(Some(&self.cfg))
+                };
+                Ok(truncate(data, usize::from(alloc)))
+            }
+            Cdb::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page,
+                subpage,
+                alloc,
+            } => {
+                let st = self.mode();
+                let data =
+                    mode::mode_sense(&st, &self.medium(), ten, dbd, llbaa, pc, page, subpage)?;
+                Ok(truncate(data, usize::from(alloc)))
+            }
+            Cdb::ModeSelect { ten, pf, param_len } => {
+                let n = usize::from(param_len).min(req.data_out.len());
+                let medium = self.medium();
+                let mut st = self.mode.write();
+                let new = mode::mode_select(&st, &medium, ten, pf, &req.data_out[..n])?;
+                if new != *st {
+                    *st = new;
+                    drop(st);
+                    self.notify(Some(req.nexus.id), &Sense::parameters_changed());
+                }
+                Ok(Vec::new())
+            }
+            Cdb::ReportLuns { select, alloc } => {
+                let data = spc::report_luns(ctx.map.luns(), select);
+                ctx.map.luns_reported(req.nexus.id);
+                Ok(truncate(data, alloc as usize))
+            }
+            Cdb::ReportSupportedOpcodes {
+                rctd,
+                options,
+                opcode,
+                service_action,
+                alloc,
+            } => {
+                let data =
+                    commands::report_supported_opcodes(rctd, options, opcode, service_action)?;
+                Ok(truncate(data, alloc as usize))
+            }
+            Cdb::PersistentReserveIn { action, alloc } => {
+                let data = self.pr.snapshot().read(action);
+                Ok(truncate(data, usize::from(alloc)))
+            }
+            Cdb::Unsupported(_) => Err(Sense::invalid_opcode()),
+            _ => sbc::execute(self, cdb, req.data_out),
+        }
+    }
+}
+
+/// Truncates parameter data to the allocation length.
+pub(crate) fn truncate(mut data: Vec<u8>, alloc: usize) -> Vec<u8> {
+    data.truncate(alloc);
+    data
+}

@@ -1,0 +1,491 @@
+//! Sense data (SPC-4 4.5): the typed error every parse and execute step returns.
+//!
+//! A [`Sense`] is a sense key, an additional sense code and qualifier, and optionally
+//! the INFORMATION field and a sense-key-specific field pointer. The one mapping to
+//! bytes lives here: [`Sense::fixed`] (response code 70h) and [`Sense::descriptor`]
+//! (response code 72h). Back-end errors become sense data in one place,
+//! [`Sense::from_block_error`].
+
+use std::fmt;
+
+use blockdev::BlockError;
+
+/// Sense keys (SPC-4 table 27).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SenseKey {
+    NoSense = 0x0,
+    RecoveredError = 0x1,
+    NotReady = 0x2,
+    MediumError = 0x3,
+    HardwareError = 0x4,
+    IllegalRequest = 0x5,
+    UnitAttention = 0x6,
+    DataProtect = 0x7,
+    BlankCheck = 0x8,
+    VendorSpecific = 0x9,
+    CopyAborted = 0xA,
+    AbortedCommand = 0xB,
+    VolumeOverflow = 0xD,
+    Miscompare = 0xE,
+    Completed = 0xF,
+}
+
+impl SenseKey {
+    /// The 4-bit code on the wire.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Sense-key-specific field pointer (SPC-4 4.5.2.4.2): which CDB or parameter-list byte
+/// (and optionally bit) was invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FieldPointer {
+    /// C/D: true when the field is in the CDB, false in the parameter list.
+    pub cdb: bool,
+    /// Byte offset of the field.
+    pub byte: u16,
+    /// Bit of the field's most significant bit within that byte, when known (BPV).
+    pub bit: Option<u8>,
+}
+
+/// Sense data: what went wrong with a command.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sense {
+    pub key: SenseKey,
+    pub asc: u8,
+    pub ascq: u8,
+    /// INFORMATION field (e.g. the offset of the first miscompare).
+    pub info: Option<u64>,
+    /// Sense-key-specific field pointer (SKSV=1).
+    pub field: Option<FieldPointer>,
+}
+
+/// Whether a back-end error happened while reading, writing or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    Other,
+}
+
+/// Names of the additional sense codes this crate produces (SPC-4 table D.1), for
+/// messages and logs.
+const ASC_NAMES: &[(u8, u8, &str)] = &[
+    (0x00, 0x00, "NO ADDITIONAL SENSE INFORMATION"),
+    (0x04, 0x01, "LOGICAL UNIT IS IN PROCESS OF BECOMING READY"),
+    (
+        0x04,
+        0x02,
+        "LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED",
+    ),
+    (0x0C, 0x00, "WRITE ERROR"),
+    (0x0E, 0x03, "INVALID FIELD IN COMMAND INFORMATION UNIT"),
+    (0x11, 0x00, "UNRECOVERED READ ERROR"),
+    (0x1A, 0x00, "PARAMETER LIST LENGTH ERROR"),
+    (0x1D, 0x00, "MISCOMPARE DURING VERIFY OPERATION"),
+    (0x20, 0x00, "INVALID COMMAND OPERATION CODE"),
+    (0x21, 0x00, "LOGICAL BLOCK ADDRESS OUT OF RANGE"),
+    (0x24, 0x00, "INVALID FIELD IN CDB"),
+    (0x25, 0x00, "LOGICAL UNIT NOT SUPPORTED"),
+    (0x26, 0x00, "INVALID FIELD IN PARAMETER LIST"),
+    (0x26, 0x04, "INVALID RELEASE OF PERSISTENT RESERVATION"),
+    (0x27, 0x00, "WRITE PROTECTED"),
+    (0x27, 0x02, "SOFTWARE WRITE PROTECTED"),
+    (0x27, 0x07, "SPACE ALLOCATION FAILED WRITE PROTECT"),
+    (0x29, 0x00, "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED"),
+    (0x29, 0x03, "BUS DEVICE RESET FUNCTION OCCURRED"),
+    (0x29, 0x07, "I_T NEXUS LOSS OCCURRED"),
+    (0x2A, 0x01, "MODE PARAMETERS CHANGED"),
+    (0x2A, 0x03, "RESERVATIONS PREEMPTED"),
+    (0x2A, 0x04, "RESERVATIONS RELEASED"),
+    (0x2A, 0x05, "REGISTRATIONS PREEMPTED"),
+    (0x2A, 0x09, "CAPACITY DATA HAS CHANGED"),
+    (0x39, 0x00, "SAVING PARAMETERS NOT SUPPORTED"),
+    (0x3A, 0x00, "MEDIUM NOT PRESENT"),
+    (0x3F, 0x0E, "REPORTED LUNS DATA HAS CHANGED"),
+    (0x44, 0x00, "INTERNAL TARGET FAILURE"),
+];
+
+impl Sense {
+    /// A sense with no INFORMATION and no field pointer.
+    pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
+        Sense {
+            key,
+            asc,
+            ascq,
+            info: None,
+            field: None,
+        }
+    }
+
+    /// Adds the INFORMATION field.
+    pub fn with_info(mut self, info: u64) -> Sense {
+        self.info = Some(info);
+        self
+    }
+
+    /// Adds a field pointer.
+    pub fn with_field(mut self, field: FieldPointer) -> Sense {
+        self.field = Some(field);
+        self
+    }
+
+    /// NO SENSE (REQUEST SENSE with nothing to report).
+    pub const fn no_sense() -> Sense {
+        Sense::new(SenseKey::NoSense, 0x00, 0x00)
+    }
+
+    /// ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE (20/00).
+    pub fn invalid_opcode() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x20, 0x00).with_field(FieldPointer {
+            cdb: true,
+            byte: 0,
+            bit: None,
+        })
+    }
+
+    /// ILLEGAL REQUEST, INVALID FIELD IN CDB (24/00) pointing at `byte` (and `bit`).
+    pub fn invalid_field_in_cdb(byte: u16, bit: Option<u8>) -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x24, 0x00).with_field(FieldPointer {
+            cdb: true,
+            byte,
+            bit,
+        })
+    }
+
+    /// ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST (26/00) pointing at `byte`.
+    pub fn invalid_field_in_param_list(byte: u16, bit: Option<u8>) -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x26, 0x00).with_field(FieldPointer {
+            cdb: false,
+            byte,
+            bit,
+        })
+    }
+
+    /// ILLEGAL REQUEST, INVALID RELEASE OF PERSISTENT RESERVATION (26/04): the holder
+    /// released with a scope or type that is not the reservation's (SPC-4 5.13.11.2).
+    pub const fn invalid_release() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x26, 0x04)
+    }
+
+    /// ILLEGAL REQUEST, INVALID FIELD IN COMMAND INFORMATION UNIT (0E/03).
+    pub const fn invalid_field_in_iu() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x0E, 0x03)
+    }
+
+    /// ILLEGAL REQUEST, LOGICAL BLOCK ADDRESS OUT OF RANGE (21/00).
+    pub const fn lba_out_of_range() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x21, 0x00)
+    }
+
+    /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25/00).
+    pub const fn lun_not_supported() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x25, 0x00)
+    }
+
+    /// ILLEGAL REQUEST, PARAMETER LIST LENGTH ERROR (1A/00).
+    pub const fn parameter_list_length_error() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
+    }
+
+    /// ILLEGAL REQUEST, SAVING PARAMETERS NOT SUPPORTED (39/00).
+    pub const fn saving_params_not_supported() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x39, 0x00)
+    }
+
+    /// DATA PROTECT, WRITE PROTECTED (27/00).
+    pub const fn write_protected() -> Sense {
+        Sense::new(SenseKey::DataProtect, 0x27, 0x00)
+    }
+
+    /// DATA PROTECT, SOFTWARE WRITE PROTECTED (27/02): control mode page SWP=1.
+    pub const fn software_write_protected() -> Sense {
+        Sense::new(SenseKey::DataProtect, 0x27, 0x02)
+    }
+
+    /// DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (27/07).
+    pub const fn space_allocation_failed() -> Sense {
+        Sense::new(SenseKey::DataProtect, 0x27, 0x07)
+    }
+
+    /// MEDIUM ERROR, UNRECOVERED READ ERROR (11/00).
+    pub const fn unrecovered_read_error() -> Sense {
+        Sense::new(SenseKey::MediumError, 0x11, 0x00)
+    }
+
+    /// MEDIUM ERROR, WRITE ERROR (0C/00).
+    pub const fn write_error() -> Sense {
+        Sense::new(SenseKey::MediumError, 0x0C, 0x00)
+    }
+
+    /// MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION (1D/00); INFORMATION is the offset
+    /// of the first byte that differed.
+    pub fn miscompare(offset: u64) -> Sense {
+        Sense::new(SenseKey::Miscompare, 0x1D, 0x00).with_info(offset)
+    }
+
+    /// HARDWARE ERROR, INTERNAL TARGET FAILURE (44/00).
+    pub const fn internal_target_failure() -> Sense {
+        Sense::new(SenseKey::HardwareError, 0x44, 0x00)
+    }
+
+    /// NOT READY, LOGICAL UNIT IS IN PROCESS OF BECOMING READY (04/01).
+    pub const fn not_ready_becoming_ready() -> Sense {
+        Sense::new(SenseKey::NotReady, 0x04, 0x01)
+    }
+
+    /// NOT READY, MEDIUM NOT PRESENT (3A/00).
+    pub const fn medium_not_present() -> Sense {
+        Sense::new(SenseKey::NotReady, 0x3A, 0x00)
+    }
+
+    /// UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00).
+    pub const fn power_on_reset() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x00)
+    }
+
+    /// UNIT ATTENTION, BUS DEVICE RESET FUNCTION OCCURRED (29/03): a LUN or target reset.
+    pub const fn bus_device_reset() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x03)
+    }
+
+    /// UNIT ATTENTION, I_T NEXUS LOSS OCCURRED (29/07).
+    pub const fn nexus_loss() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x07)
+    }
+
+    /// UNIT ATTENTION, MODE PARAMETERS CHANGED (2A/01).
+    pub const fn parameters_changed() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x2A, 0x01)
+    }
+
+    /// UNIT ATTENTION, RESERVATIONS PREEMPTED (2A/03): a PERSISTENT RESERVE OUT CLEAR
+    /// removed this I_T nexus' registration (SPC-4 5.13.11.3).
+    pub const fn reservations_preempted() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x2A, 0x03)
+    }
+
+    /// UNIT ATTENTION, RESERVATIONS RELEASED (2A/04): a registrants-only or
+    /// all-registrants persistent reservation was released, or its type changed.
+    pub const fn reservations_released() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x2A, 0x04)
+    }
+
+    /// UNIT ATTENTION, REGISTRATIONS PREEMPTED (2A/05): a PREEMPT removed this I_T
+    /// nexus' registration (SPC-4 5.13.11.4).
+    pub const fn registrations_preempted() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x2A, 0x05)
+    }
+
+    /// UNIT ATTENTION, CAPACITY DATA HAS CHANGED (2A/09).
+    pub const fn capacity_changed() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x2A, 0x09)
+    }
+
+    /// UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED (3F/0E).
+    pub const fn reported_luns_changed() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x3F, 0x0E)
+    }
+
+    /// The one place back-end errors become sense data.
+    pub fn from_block_error(err: &BlockError, kind: IoKind) -> Sense {
+        match err {
+            BlockError::OutOfRange { .. } => Sense::lba_out_of_range(),
+            BlockError::ReadOnly => Sense::write_protected(),
+            BlockError::Unsupported(_) => Sense::invalid_opcode(),
+            BlockError::Misaligned { .. } => Sense::internal_target_failure(),
+            BlockError::Io(e) => match (e.raw_os_error(), kind) {
+                // ENOSPC / EDQUOT: a sparse back-end ran out of space.
+                (Some(28) | Some(122), IoKind::Write | IoKind::Other) => {
+                    Sense::space_allocation_failed()
+                }
+                (_, IoKind::Read) => Sense::unrecovered_read_error(),
+                (_, IoKind::Write) => Sense::write_error(),
+                (_, IoKind::Other) => Sense::internal_target_failure(),
+            },
+        }
+    }
+
+    /// Fixed-format sense data (SPC-4 4.5.3): 18 bytes, response code 70h.
+    pub fn fixed(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 18];
+        b[0] = 0x70;
+        b[2] = self.key.code();
+        if let Some(info) = self.info {
+            // INFORMATION is 4 bytes here; VALID only when it fits.
+            if let Ok(v) = u32::try_from(info) {
+                b[0] |= 0x80;
+                b[3..7].copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        b[7] = 10; // additional sense length
+        b[12] = self.asc;
+        b[13] = self.ascq;
+        if let Some(sks) = self.sense_key_specific() {
+            b[15..18].copy_from_slice(&sks);
+        }
+        b
+    }
+
+    /// Descriptor-format sense data (SPC-4 4.5.2): response code 72h with an
+    /// information descriptor and a sense-key-specific descriptor when set.
+    pub fn descriptor(&self) -> Vec<u8> {
+        let mut b = vec![0x72, self.key.code(), self.asc, self.ascq, 0, 0, 0, 0];
+        if let Some(info) = self.info {
+            b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
+            b.extend_from_slice(&info.to_be_bytes());
+        }
+        if let Some(sks) = self.sense_key_specific() {
+            b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
+            b.extend_from_slice(&sks);
+            b.push(0);
+        }
+        b[7] = (b.len() - 8) as u8;
+        b
+    }
+
+    /// The three SENSE KEY SPECIFIC bytes for a field pointer (SKSV set).
+    fn sense_key_specific(&self) -> Option<[u8; 3]> {
+        let f = self.field?;
+        let mut first = 0x80;
+        if f.cdb {
+            first |= 0x40;
+        }
+        if let Some(bit) = f.bit {
+            first |= 0x08 | (bit & 0x07);
+        }
+        let [hi, lo] = f.byte.to_be_bytes();
+        Some([first, hi, lo])
+    }
+
+    /// Name of the additional sense code, if it is one this crate knows.
+    pub fn asc_name(&self) -> Option<&'static str> {
+        ASC_NAMES
+            .iter()
+            .find(|(a, q, _)| *a == self.asc && *q == self.ascq)
+            .map(|(_, _, n)| *n)
+    }
+}
+
+impl From<BlockError> for Sense {
+    fn from(err: BlockError) -> Sense {
+        Sense::from_block_error(&err, IoKind::Other)
+    }
+}
+
+impl fmt::Display for Sense {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {:02X}/{:02X}", self.key, self.asc, self.ascq)?;
+        if let Some(name) = self.asc_name() {
+            write!(f, " {name}")?;
+        }
+        if let Some(fp) = self.field {
+            let place = if fp.cdb { "CDB" } else { "parameter list" };
+            write!(f, " ({place} byte {}", fp.byte)?;
+            if let Some(bit) = fp.bit {
+                write!(f, " bit {bit}")?;
+            }
+            write!(f, ")")?;
+        }
+        if let Some(info) = self.info {
+            write!(f, " info {info:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Sense {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_invalid_field_in_cdb_has_field_pointer() {
+        let s = Sense::invalid_field_in_cdb(1, Some(5));
+        assert_eq!(
+            s.fixed(),
+            vec![0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0xCD, 0x00, 0x01]
+        );
+    }
+
+    #[test]
+    fn fixed_param_list_pointer_has_cd_clear() {
+        let s = Sense::invalid_field_in_param_list(0x0104, None);
+        let b = s.fixed();
+        assert_eq!(&b[12..18], &[0x26, 0x00, 0, 0x80, 0x01, 0x04]);
+    }
+
+    #[test]
+    fn fixed_miscompare_sets_valid_and_information() {
+        let b = Sense::miscompare(0x1234).fixed();
+        assert_eq!(b[0], 0xF0);
+        assert_eq!(b[2], 0x0E);
+        assert_eq!(&b[3..7], &[0, 0, 0x12, 0x34]);
+        assert_eq!((b[12], b[13]), (0x1D, 0x00));
+        assert_eq!(b[15], 0, "no SKSV without a field pointer");
+    }
+
+    #[test]
+    fn fixed_information_too_big_clears_valid() {
+        let b = Sense::miscompare(1 << 40).fixed();
+        assert_eq!(b[0], 0x70);
+        assert_eq!(&b[3..7], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn descriptor_unit_attention_is_eight_bytes() {
+        assert_eq!(
+            Sense::power_on_reset().descriptor(),
+            vec![0x72, 0x06, 0x29, 0x00, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn descriptor_has_information_and_field_pointer_descriptors() {
+        let s = Sense::invalid_field_in_cdb(2, None).with_info(1 << 40);
+        assert_eq!(
+            s.descriptor(),
+            vec![
+                0x72, 0x05, 0x24, 0x00, 0, 0, 0, 20, // header
+                0x00, 0x0A, 0x80, 0x00, 0, 0, 0x01, 0, 0, 0, 0, 0, // information
+                0x02, 0x06, 0x00, 0x00, 0xC0, 0x00, 0x02, 0x00, // sense key specific
+            ]
+        );
+    }
+
+    #[test]
+    fn block_errors_map_to_sense() {
+        let oob = BlockError::OutOfRange {
+            lba: 9,
+            blocks: 2,
+            capacity: 10,
+        };
+        assert_eq!(Sense::from(oob), Sense::lba_out_of_range());
+        assert_eq!(Sense::from(BlockError::ReadOnly), Sense::write_protected());
+        let io = || BlockError::Io(std::io::Error::from_raw_os_error(5));
+        assert_eq!(
+            Sense::from_block_error(&io(), IoKind::Read),
+            Sense::unrecovered_read_error()
+        );
+        assert_eq!(
+            Sense::from_block_error(&io(), IoKind::Write),
+            Sense::write_error()
+        );
+        let nospc = BlockError::Io(std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            Sense::from_block_error(&nospc, IoKind::Write),
+            Sense::space_allocation_failed()
+        );
+    }
+
+    #[test]
+    fn display_names_the_code_and_field() {
+        let s = Sense::invalid_field_in_cdb(1, Some(3)).to_string();
+        assert_eq!(
+            s,
+            "IllegalRequest 24/00 INVALID FIELD IN CDB (CDB byte 1 bit 3)"
+        );
+    }
+}

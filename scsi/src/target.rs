@@ -1,0 +1,128 @@
+//! The LUNs one target exposes to one initiator, and command routing (SAM-5 4.6, SPC-4
+//! 6.6.2, 6.33, 6.39): commands go to their logical unit; REPORT LUNS is answered for
+//! any LUN; a LUN that does not exist answers INQUIRY with peripheral qualifier 011b,
+//! REQUEST SENSE with LOGICAL UNIT NOT SUPPORTED sense data, and everything else with
+//! CHECK CONDITION, LOGICAL UNIT NOT SUPPORTED.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::cdb::{parse_cdb, Cdb};
+use crate::lu::{truncate, Ctx, LogicalUnit};
+use crate::sense::Sense;
+use crate::{inquiry, spc, Nexus, Request, Response, TargetInfo};
+
+/// The LUNs one target exposes to one initiator.
+#[derive(Debug)]
+pub struct LunMap {
+    target: Arc<TargetInfo>,
+    luns: BTreeMap<u64, Arc<LogicalUnit>>,
+}
+
+impl LunMap {
+    pub fn new(target: Arc<TargetInfo>) -> LunMap {
+        LunMap {
+            target,
+            luns: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) a LUN. Silent: a map is often built per session over shared
+    /// logical units, so changing a map that is already serving commands should be
+    /// followed by [`LunMap::lun_inventory_changed`].
+    pub fn insert(&mut self, lun: u64, lu: Arc<LogicalUnit>) {
+        self.luns.insert(lun, lu);
+    }
+
+    /// Removes a LUN (silent, like [`LunMap::insert`]).
+    pub fn remove(&mut self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        self.luns.remove(&lun)
+    }
+
+    /// The logical unit at `lun`.
+    pub fn get(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        self.luns.get(&lun)
+    }
+
+    /// The target this map belongs to.
+    pub fn target(&self) -> &TargetInfo {
+        &self.target
+    }
+
+    /// LUN numbers, ascending.
+    pub fn luns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.luns.keys().copied()
+    }
+
+    /// The LUN inventory of a live map changed: every logical unit in it raises
+    /// REPORTED LUNS DATA HAS CHANGED for the nexuses it knows (SPC-4 6.33). Note that
+    /// this reaches every nexus of a shared logical unit, not only this map's.
+    pub fn lun_inventory_changed(&self) {
+        for lu in self.luns.values() {
+            lu.notify(None, &Sense::reported_luns_changed());
+        }
+    }
+
+    /// REPORT LUNS ran on this nexus: clear REPORTED LUNS DATA HAS CHANGED everywhere
+    /// (SPC-4 6.33).
+    pub(crate) fn luns_reported(&self, nexus: u64) {
+        for lu in self.luns.values() {
+            lu.nexus(nexus).clear(0x3F, 0x0E);
+        }
+    }
+
+    /// Runs one command.
+    pub fn execute(&self, req: &Request<'_>) -> Response {
+        let ctx = Ctx { map: self };
+        match self.luns.get(&req.lun) {
+            Some(lu) => lu.execute(&ctx, req),
+            None => self.no_such_lun(req),
+        }
+    }
+
+    fn no_such_lun(&self, req: &Request<'_>) -> Response {
+        if !matches!(req.cdb.first(), Some(0x12 | 0xA0 | 0x03)) {
+            return Response::check_condition(Sense::lun_not_supported());
+        }
+        let cdb = match parse_cdb(req.cdb) {
+            Ok(cdb) => cdb,
+            Err(sense) => return Response::check_condition(sense),
+        };
+        match cdb {
+            Cdb::Inquiry {
+                evpd: false, alloc, ..
+            } => Response::good(truncate(inquiry::standard(None), usize::from(alloc))),
+            Cdb::ReportLuns { select, alloc } => {
+                let data = spc::report_luns(self.luns(), select);
+                self.luns_reported(req.nexus.id);
+                Response::good(truncate(data, alloc as usize))
+            }
+            Cdb::RequestSense { desc, alloc } => {
+                Response::good(spc::request_sense(&Sense::lun_not_supported(), desc, alloc))
+            }
+            _ => Response::check_condition(Sense::lun_not_supported()),
+        }
+    }
+
+    /// The session of this nexus ended: its reservations and unit attentions go.
+    pub fn nexus_gone(&self, nexus: &Nexus) {
+        for lu in self.luns.values() {
+            lu.nexus_gone(nexus.id);
+        }
+    }
+
+    /// LOGICAL UNIT RESET task management function. Err: no such LUN.
+    #[allow(clippy::result_unit_err)]
+    pub fn lun_reset(&self, lun: u64, nexus: &Nexus) -> Result<(), ()> {
+        let lu = self.luns.get(&lun).ok_or(())?;
+        lu.reset(Some(nexus.id));
+        Ok(())
+    }
+
+    /// TARGET (WARM/COLD) RESET task management function: every logical unit is reset.
+    pub fn target_reset(&self, nexus: &Nexus) {
+        for lu in self.luns.values() {
+            lu.reset(Some(nexus.id));
+        }
+    }
+}
