@@ -25,7 +25,7 @@ cleanup() {
     [ -n "${sy_pid:-}" ] && kill "$sy_pid" 2>/dev/null || true
     if [ -n "${tgt_pid:-}" ]; then
         tgtadm --lld iscsi --control-port 23999 --mode system --op delete --force >/dev/null 2>&1 || true
-        kill "$tgt_pid" 2>/dev/null || true
+        kill -9 "$tgt_pid" 2>/dev/null || true
     fi
     wait 2>/dev/null || true
     rm -rf "$work"
@@ -78,7 +78,8 @@ for l in open(sys.argv[1], errors="replace"):
     if x:
         m = x
 print(f"{m.group(1)} {m.group(2)}" if m else "0 0")
-PY}
+PY
+}
 
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 

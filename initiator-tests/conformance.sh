@@ -4,7 +4,7 @@
 #   initiator-tests/conformance.sh [--release]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIN_PASS=${MIN_PASS:-135}
+MIN_PASS=${MIN_PASS:-200}
 profile=debug
 [ "${1:-}" = "--release" ] && profile=release
 tool=../shared/tools/conformance
@@ -24,6 +24,9 @@ name = "conformance"
 data_dir = "$work"
 [[portal]]
 listen = "127.0.0.1:$port"
+[[portal]]
+listen = "127.0.0.2:$port"
+tpgt = 2
 [[target]]
 name = "iqn.2026-11.org.switchyard:conformance"
 [[target.lun]]
@@ -45,11 +48,13 @@ if [ $up = 0 ]; then
     exit 1
 fi
 url="iscsi://127.0.0.1:$port/iqn.2026-11.org.switchyard:conformance/0"
+# A second path to the same LU through the second portal (MultipathIO suite).
+url2="iscsi://127.0.0.2:$port/iqn.2026-11.org.switchyard:conformance/0"
 # 1. The shared scoring tool, as the issues quote it.
-python3 "$tool" "$url" --json "$work/result.json" | tee "$work/summary.txt"
+python3 "$tool" "$url" "$url2" --json "$work/result.json" | tee "$work/summary.txt"
 # 2. The gate: iscsi-test-cu's own CUnit verdicts, scored per test by cunit_score.py
 #    (robust to libiscsi's suite-teardown log lines that the shared tool misreads).
-timeout 1500 iscsi-test-cu -d -t ALL "$url" >"$work/raw.txt" 2>&1 || true
+timeout 1500 iscsi-test-cu -d -t ALL "$url" "$url2" >"$work/raw.txt" 2>&1 || true
 if ! kill -0 $pid 2>/dev/null; then
     echo "conformance: the node died during the run; its log:" >&2
     tail -50 "$work/node.log" >&2

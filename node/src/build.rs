@@ -2,15 +2,18 @@
 //! logical units, and describe the targets and portals for the iSCSI fabric.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::{BlockStore, FileStore, FileStoreOptions};
 use fcwwn::{IscsiName, Wwn};
 use iscsi::{ChapConfig, FabricConfig, LunDef, PortalDef, TargetDef};
-use scsi::{LogicalUnit, LuConfig, TargetInfo};
+use scsi::{
+    FilePrStore, LogicalUnit, LuConfig, PortGroup, PortGroups, TargetInfo, TargetPortGroups,
+};
 
-use crate::config::{parse_size, Config, LunSection};
+use crate::config::{alua_state, parse_size, Config, LunSection};
 
 /// Everything `serve` runs.
 pub struct Node {
@@ -33,10 +36,37 @@ pub fn build(cfg: &Config) -> Result<Node, String> {
             name: name.clone(),
             port_name: format!("{name},t,0x0001"),
         });
+        let groups = if t.port_groups.is_empty() {
+            None
+        } else {
+            let mut gs = Vec::new();
+            for g in &t.port_groups {
+                gs.push(PortGroup {
+                    id: g.id,
+                    state: alua_state(&g.state)?,
+                    ports: g.ports.clone(),
+                    preferred: g.preferred,
+                });
+            }
+            Some(
+                PortGroups::new(TargetPortGroups {
+                    groups: gs,
+                    implicit_transition_secs: 30,
+                })
+                .map_err(|e| format!("target {name}: port groups: {e}"))?,
+            )
+        };
         let mut luns = Vec::new();
         for l in &t.luns {
             let store =
                 open_store(cfg, l).map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?;
+            if l.thin == Some(true) && !store.capabilities().unmap {
+                return Err(format!(
+                    "target {name} LUN {}: thin = true needs a back-end that can deallocate \
+                     (a writable regular file); set thin = false",
+                    l.lun
+                ));
+            }
             let wwn = match l.wwn {
                 Some(w) => w,
                 None => derive_wwn(cfg.node.oui, &name, l.lun)?,
@@ -51,9 +81,25 @@ pub fn build(cfg: &Config) -> Result<Node, String> {
                 vendor: l.vendor.clone(),
                 product: l.product.clone(),
                 read_only: l.read_only,
+                thin: l.thin.unwrap_or(true) && store.capabilities().unmap,
                 ..LuConfig::default()
             };
-            let lu = Arc::new(LogicalUnit::new(lu_cfg, store.clone()));
+            let mut lu = LogicalUnit::new(lu_cfg, store.clone());
+            if let Some(g) = &groups {
+                lu = lu.with_port_groups(g.clone());
+            }
+            let pr_path = match &l.pr_file {
+                Some(p) => cfg.resolve(p),
+                None => cfg.resolve(Path::new(&format!(
+                    "{}.lun{}.pr",
+                    name.replace(':', "_"),
+                    l.lun
+                ))),
+            };
+            let lu = lu
+                .with_pr_store(Arc::new(FilePrStore::new(pr_path)))
+                .map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?;
+            let lu = Arc::new(lu);
             stores.push(store);
             luns.push(LunDef { lun: l.lun, lu });
         }

@@ -98,6 +98,48 @@ pub struct TargetSection {
     pub chap: Option<ChapSection>,
     #[serde(rename = "lun", default)]
     pub luns: Vec<LunSection>,
+    /// ALUA target port groups (implicit ALUA). Absent: one active/optimized group
+    /// with every port.
+    #[serde(rename = "port_group", default)]
+    pub port_groups: Vec<PortGroupSection>,
+}
+
+/// One ALUA target port group.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortGroupSection {
+    pub id: u16,
+    /// `active-optimized`, `active-non-optimized`, `standby`, `unavailable`,
+    /// `offline` or `transitioning`.
+    #[serde(default = "default_alua_state")]
+    pub state: String,
+    /// Relative target port identifiers (portal order, 1-based).
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub preferred: bool,
+}
+
+fn default_alua_state() -> String {
+    "active-optimized".into()
+}
+
+/// Parse an ALUA state name.
+pub fn alua_state(s: &str) -> Result<scsi::AluaState, String> {
+    use scsi::AluaState::*;
+    Ok(match s {
+        "active-optimized" => ActiveOptimized,
+        "active-non-optimized" => ActiveNonOptimized,
+        "standby" => Standby,
+        "unavailable" => Unavailable,
+        "offline" => Offline,
+        "transitioning" => Transitioning,
+        other => {
+            return Err(format!(
+                "ALUA state \"{other}\" is not one of active-optimized, active-non-optimized, \
+                 standby, unavailable, offline, transitioning"
+            ))
+        }
+    })
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -130,6 +172,12 @@ pub struct LunSection {
     pub product: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS). Default: on
+    /// for regular files (holes are punched), off for block devices.
+    pub thin: Option<bool>,
+    /// Where persistent reservations with APTPL are kept; default
+    /// `<data_dir>/<target>.lun<N>.pr`.
+    pub pr_file: Option<PathBuf>,
 }
 
 fn default_bs() -> u32 {
@@ -230,6 +278,11 @@ impl Config {
                         t.name
                     ));
                 }
+            }
+            for g in &t.port_groups {
+                alua_state(&g.state).map_err(|e| {
+                    ConfigError::Invalid(format!("target {} port group {}: {e}", t.name, g.id))
+                })?;
             }
             let mut luns = std::collections::HashSet::new();
             for l in &t.luns {

@@ -13,7 +13,7 @@ fn etc(name: &str) -> String {
 
 #[test]
 fn example_configs_check_ok() {
-    for f in ["quickstart.toml", "secure.toml"] {
+    for f in ["quickstart.toml", "secure.toml", "multipath.toml"] {
         let out = switchyard()
             .args(["check", "--config", &etc(f)])
             .output()

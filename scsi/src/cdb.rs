@@ -47,8 +47,7 @@ pub enum PrIn {
     ReadFullStatus,
 }
 
-/// PERSISTENT RESERVE OUT service actions (SPC-4 6.16.2). REGISTER AND MOVE (07h) is
-/// not implemented and is not in the command table.
+/// PERSISTENT RESERVE OUT service actions (SPC-4 6.16.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrOut {
     Register,
@@ -58,6 +57,7 @@ pub enum PrOut {
     Preempt,
     PreemptAndAbort,
     RegisterAndIgnore,
+    RegisterAndMove,
 }
 
 /// A parsed CDB. Commands that exist in several sizes are normalised into one variant;
@@ -142,13 +142,45 @@ pub enum Cdb {
         fua: bool,
         cdb_len: u8,
     },
-    /// WRITE SAME(10/16). `blocks == 0` means to the end of the medium.
+    /// WRITE SAME(10/16). `blocks == 0` means to the end of the medium. NDOB (no
+    /// data-out buffer, WRITE SAME(16) only): the block is all zeroes.
     WriteSame {
         lba: u64,
         blocks: u32,
         unmap: bool,
         anchor: bool,
+        ndob: bool,
         cdb_len: u8,
+    },
+    /// UNMAP (SBC-3 5.28).
+    Unmap {
+        anchor: bool,
+        param_len: u16,
+    },
+    /// GET LBA STATUS (SBC-3 5.16).
+    GetLbaStatus {
+        lba: u64,
+        alloc: u32,
+    },
+    /// COMPARE AND WRITE (SBC-3 5.2): `blocks` to compare, then the same to write.
+    CompareAndWrite {
+        lba: u64,
+        blocks: u8,
+        dpo: bool,
+        fua: bool,
+    },
+    /// WRITE ATOMIC(16) (SBC-4 5.48).
+    WriteAtomic {
+        lba: u64,
+        boundary: u16,
+        blocks: u16,
+        dpo: bool,
+        fua: bool,
+    },
+    /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 6.38).
+    ReportSupportedTmf {
+        repd: bool,
+        alloc: u32,
     },
     /// SYNCHRONIZE CACHE(10/16). `blocks == 0` means to the end of the medium.
     SyncCache {
@@ -186,6 +218,23 @@ pub enum Cdb {
         pr_type: u8,
         param_len: u32,
     },
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS (SPC-4 6.36): PARAMETER DATA FORMAT
+    /// 001b asks for the extended header.
+    ReportTargetPortGroups {
+        extended: bool,
+        alloc: u32,
+    },
+    /// EXTENDED COPY(LID1) (SPC-4 6.4).
+    ExtendedCopy {
+        param_len: u32,
+    },
+    /// RECEIVE COPY RESULTS (SPC-4 6.18): `action` is the service action the command
+    /// table admitted.
+    ReceiveCopyResults {
+        action: u8,
+        list_id: u8,
+        alloc: u32,
+    },
     /// An operation code this target does not implement.
     Unsupported(u8),
 }
@@ -206,9 +255,14 @@ impl Cdb {
                 ByteCheck::CompareOneBlock if n == 0 => 0,
                 ByteCheck::CompareOneBlock => block_size,
             },
+            Cdb::WriteSame { ndob: true, .. } => 0,
             Cdb::WriteSame { .. } => block_size,
+            Cdb::Unmap { param_len, .. } => u32::from(param_len),
+            Cdb::CompareAndWrite { blocks: n, .. } => blocks(2 * u32::from(n)),
+            Cdb::WriteAtomic { blocks: n, .. } => blocks(u32::from(n)),
             Cdb::ModeSelect { param_len, .. } => u32::from(param_len),
             Cdb::PersistentReserveOut { param_len, .. } => param_len,
+            Cdb::ExtendedCopy { param_len } => param_len,
             _ => 0,
         }
     }
@@ -459,7 +513,68 @@ fn write_same(i: In) -> PResult<Cdb> {
             blocks: a.blocks,
             unmap: a.flags & 0x08 != 0,
             anchor: a.flags & 0x10 != 0,
+            // Bit 0 is reserved in WRITE SAME(10): the usage mask refused it.
+            ndob: a.flags & 0x01 != 0,
             cdb_len: a.len,
+        },
+    ))
+}
+
+fn unmap(i: In) -> PResult<Cdb> {
+    let (i, (_op, flags, _r, _group, param_len, _ctl)) =
+        (be_u8, be_u8, be_u32, be_u8, be_u16, be_u8).parse(i)?;
+    Ok((
+        i,
+        Cdb::Unmap {
+            anchor: flags & 0x01 != 0,
+            param_len,
+        },
+    ))
+}
+
+fn get_lba_status(i: In) -> PResult<Cdb> {
+    let (i, (_op, _sa, lba, alloc, _r, _ctl)) =
+        (be_u8, be_u8, be_u64, be_u32, be_u8, be_u8).parse(i)?;
+    Ok((i, Cdb::GetLbaStatus { lba, alloc }))
+}
+
+fn compare_and_write(i: In) -> PResult<Cdb> {
+    let (i, (_op, flags, lba, _r, blocks, _group, _ctl)) =
+        (be_u8, be_u8, be_u64, be_u24, be_u8, be_u8, be_u8).parse(i)?;
+    Ok((
+        i,
+        Cdb::CompareAndWrite {
+            lba,
+            blocks,
+            dpo: flags & DPO != 0,
+            fua: flags & FUA != 0,
+        },
+    ))
+}
+
+fn write_atomic(i: In) -> PResult<Cdb> {
+    let (i, (_op, flags, lba, boundary, blocks, _group, _ctl)) =
+        (be_u8, be_u8, be_u64, be_u16, be_u16, be_u8, be_u8).parse(i)?;
+    Ok((
+        i,
+        Cdb::WriteAtomic {
+            lba,
+            boundary,
+            blocks,
+            dpo: flags & DPO != 0,
+            fua: flags & FUA != 0,
+        },
+    ))
+}
+
+fn report_supported_tmf(i: In) -> PResult<Cdb> {
+    let (i, (_op, _sa, flags, _r, alloc, _r2, _ctl)) =
+        (be_u8, be_u8, be_u8, be_u24, be_u32, be_u8, be_u8).parse(i)?;
+    Ok((
+        i,
+        Cdb::ReportSupportedTmf {
+            repd: flags & 0x80 != 0,
+            alloc,
         },
     ))
 }
@@ -660,6 +775,26 @@ fn report_supported_opcodes(i: In) -> PResult<Cdb> {
     ))
 }
 
+fn report_target_port_groups(i: In) -> PResult<Cdb> {
+    let (i, (_op, format_sa, _r, alloc, _r2, _ctl)) =
+        (be_u8, be_u8, be_u32, be_u32, be_u8, be_u8).parse(i)?;
+    // PARAMETER DATA FORMAT: 000b length only, 001b extended header.
+    let format = format_sa >> 5;
+    if format > 1 {
+        return Err(nom::Err::Failure(CdbError {
+            remaining: 11,
+            bit: Some(7),
+        }));
+    }
+    Ok((
+        i,
+        Cdb::ReportTargetPortGroups {
+            extended: format == 1,
+            alloc,
+        },
+    ))
+}
+
 fn persistent_reserve_in(i: In) -> PResult<Cdb> {
     let (i, (_op, sa, _r, _r2, alloc, _ctl)) =
         (be_u8, be_u8, be_u32, be_u8, be_u16, be_u8).parse(i)?;
@@ -676,7 +811,7 @@ fn persistent_reserve_in(i: In) -> PResult<Cdb> {
 fn persistent_reserve_out(i: In) -> PResult<Cdb> {
     let (i, (_op, sa, scope_type, _r, param_len, _ctl)) =
         (be_u8, be_u8, be_u8, be_u16, be_u32, be_u8).parse(i)?;
-    // The table lookup admitted only service actions 0..=6.
+    // The table lookup admitted only service actions 0..=7.
     let action = match sa & 0x1F {
         0 => PrOut::Register,
         1 => PrOut::Reserve,
@@ -684,7 +819,8 @@ fn persistent_reserve_out(i: In) -> PResult<Cdb> {
         3 => PrOut::Clear,
         4 => PrOut::Preempt,
         5 => PrOut::PreemptAndAbort,
-        _ => PrOut::RegisterAndIgnore,
+        6 => PrOut::RegisterAndIgnore,
+        _ => PrOut::RegisterAndMove,
     };
     Ok((
         i,
@@ -693,6 +829,25 @@ fn persistent_reserve_out(i: In) -> PResult<Cdb> {
             scope: scope_type >> 4,
             pr_type: scope_type & 0x0F,
             param_len,
+        },
+    ))
+}
+
+fn extended_copy(i: In) -> PResult<Cdb> {
+    let (i, (_op, _sa, _r, param_len, _r2, _ctl)) =
+        (be_u8, be_u8, be_u64, be_u32, be_u8, be_u8).parse(i)?;
+    Ok((i, Cdb::ExtendedCopy { param_len }))
+}
+
+fn receive_copy_results(i: In) -> PResult<Cdb> {
+    let (i, (_op, sa, list_id, _r, _r2, alloc, _r3, _ctl)) =
+        (be_u8, be_u8, be_u8, be_u32, be_u24, be_u32, be_u8, be_u8).parse(i)?;
+    Ok((
+        i,
+        Cdb::ReceiveCopyResults {
+            action: sa & 0x1F,
+            list_id,
+            alloc,
         },
     ))
 }
@@ -725,9 +880,17 @@ fn fields<'a>(info: &CommandInfo, body: In<'a>) -> PResult<'a, Cdb> {
         0x35 | 0x91 => sync_cache(body),
         0x41 | 0x93 => write_same(body),
         0x8B => orwrite(body),
+        0x42 => unmap(body),
+        0x89 => compare_and_write(body),
+        0x9C => write_atomic(body),
+        0x9E if info.service_action == Some(0x12) => get_lba_status(body),
         0x9E => read_capacity16(body),
         0xA0 => report_luns(body),
+        0xA3 if info.service_action == Some(0x0D) => report_supported_tmf(body),
+        0xA3 if info.service_action == Some(0x0A) => report_target_port_groups(body),
         0xA3 => report_supported_opcodes(body),
+        0x83 => extended_copy(body),
+        0x84 => receive_copy_results(body),
         op => no_fields(Cdb::Unsupported(op))(body),
     }
 }
@@ -957,7 +1120,12 @@ mod tests {
         assert_eq!(parse_cdb(&rc16).unwrap(), Cdb::ReadCapacity16 { alloc: 32 });
         rc16[9] = 1; // LBA without PMI
         assert_eq!(field(&parse_cdb(&rc16).unwrap_err()), (0x24, 2, None));
-        rc16[1] = 0x12; // GET LBA STATUS: not (yet) implemented
+        rc16[1] = 0x12; // GET LBA STATUS: LBA in bytes 2..10, allocation length 10..14
+        assert_eq!(
+            parse_cdb(&rc16).unwrap(),
+            Cdb::GetLbaStatus { lba: 1, alloc: 32 }
+        );
+        rc16[1] = 0x13; // not implemented
         assert_eq!(field(&parse_cdb(&rc16).unwrap_err()), (0x24, 1, Some(4)));
         let rsoc = [0xA3, 0x0C, 0x81, 0x28, 0, 0, 0, 0, 0x10, 0, 0, 0];
         assert_eq!(
@@ -998,9 +1166,17 @@ mod tests {
                 param_len: 24
             }
         );
-        // REGISTER AND MOVE is not implemented.
         assert_eq!(
-            field(&parse_cdb(&[0x5F, 0x07, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap_err()),
+            parse_cdb(&[0x5F, 0x07, 0x01, 0, 0, 0, 0, 0, 76, 0]).unwrap(),
+            Cdb::PersistentReserveOut {
+                action: PrOut::RegisterAndMove,
+                scope: 0,
+                pr_type: 1,
+                param_len: 76
+            }
+        );
+        assert_eq!(
+            field(&parse_cdb(&[0x5F, 0x08, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap_err()),
             (0x24, 1, Some(4))
         );
         let prout = parse_cdb(&[0x5F, 0x06, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap();

@@ -5,8 +5,7 @@
 //! and REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) is generated from it, so the three
 //! cannot drift apart.
 //!
-//! To add a command (COMPARE AND WRITE, UNMAP, GET LBA STATUS, EXTENDED COPY, REPORT
-//! TARGET PORT GROUPS): add a row here, a variant and a field parser in `cdb.rs`, and
+//! To add a command (REPORT TARGET PORT GROUPS): add a row here, a variant and a field parser in `cdb.rs`, and
 //! an executor. Nothing is listed that is not implemented.
 
 use crate::sense::Sense;
@@ -284,12 +283,22 @@ pub static COMMANDS: &[CommandInfo] = &[
         Write,
         PrWrite,
     ),
-    // ANCHOR, UNMAP (evaluated; refused until thin provisioning).
+    // ANCHOR, UNMAP (ANCHOR is refused: ANC_SUP=0; UNMAP needs a thin LU).
     row(
         0x41,
         None,
         "WRITE SAME(10)",
         &[0x41, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, CTL],
+        Out,
+        Write,
+        PrWrite,
+    ),
+    // UNMAP (SBC-3 5.28): ANCHOR (refused: ANC_SUP=0), group, parameter list length.
+    row(
+        0x42,
+        None,
+        "UNMAP",
+        &[0x42, 0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CTL],
         Out,
         Write,
         PrWrite,
@@ -434,6 +443,63 @@ pub static COMMANDS: &[CommandInfo] = &[
         PersistentReserve,
     ),
     row(
+        0x5F,
+        Some(7),
+        "PERSISTENT RESERVE OUT/REGISTER AND MOVE",
+        &[0x5F, 7, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, CTL],
+        Out,
+        Control,
+        PersistentReserve,
+    ),
+    // EXTENDED COPY(LID1) (SPC-4 6.4): PARAMETER LIST LENGTH. Writes its copy
+    // targets; xcopy.rs checks the source and destination LUs' reservations itself.
+    row(
+        0x83,
+        Some(0x00),
+        "EXTENDED COPY(LID1)",
+        &[
+            0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL,
+        ],
+        Out,
+        Write,
+        PrWrite,
+    ),
+    // RECEIVE COPY RESULTS (SPC-4 6.18): LIST IDENTIFIER, ALLOCATION LENGTH.
+    // RECEIVE DATA (01h) is not supported.
+    row(
+        0x84,
+        Some(0x00),
+        "RECEIVE COPY RESULTS/COPY STATUS",
+        &[
+            0x84, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL,
+        ],
+        In,
+        Control,
+        PrRead,
+    ),
+    row(
+        0x84,
+        Some(0x03),
+        "RECEIVE COPY RESULTS/OPERATING PARAMETERS",
+        &[
+            0x84, 0x03, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL,
+        ],
+        In,
+        Control,
+        PrRead,
+    ),
+    row(
+        0x84,
+        Some(0x04),
+        "RECEIVE COPY RESULTS/FAILED SEGMENT DETAILS",
+        &[
+            0x84, 0x04, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL,
+        ],
+        In,
+        Control,
+        PrRead,
+    ),
+    row(
         0x88,
         None,
         "READ(16)",
@@ -444,6 +510,18 @@ pub static COMMANDS: &[CommandInfo] = &[
         In,
         Read,
         PrRead,
+    ),
+    // COMPARE AND WRITE (SBC-3 5.2): DPO, FUA, FUA_NV; NUMBER OF LOGICAL BLOCKS.
+    row(
+        0x89,
+        None,
+        "COMPARE AND WRITE",
+        &[
+            0x89, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, CTL,
+        ],
+        Out,
+        Write,
+        PrWrite,
     ),
     row(
         0x8A,
@@ -517,12 +595,26 @@ pub static COMMANDS: &[CommandInfo] = &[
         Write,
         PrWrite,
     ),
+    // ANCHOR, UNMAP, NDOB.
     row(
         0x93,
         None,
         "WRITE SAME(16)",
         &[
-            0x93, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x93, 0x19, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, CTL,
+        ],
+        Out,
+        Write,
+        PrWrite,
+    ),
+    // WRITE ATOMIC(16) (SBC-4 5.48): DPO, FUA; ATOMIC BOUNDARY; TRANSFER LENGTH.
+    row(
+        0x9C,
+        None,
+        "WRITE ATOMIC(16)",
+        &[
+            0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
             0x1F, CTL,
         ],
         Out,
@@ -542,11 +634,36 @@ pub static COMMANDS: &[CommandInfo] = &[
         Control,
         PrAllowed,
     ),
+    // SERVICE ACTION IN(16) / GET LBA STATUS (SBC-3 5.16): starting LBA, allocation
+    // length.
+    row(
+        0x9E,
+        Some(0x12),
+        "GET LBA STATUS",
+        &[
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            CTL,
+        ],
+        In,
+        Read,
+        PrRead,
+    ),
     row(
         0xA0,
         None,
         "REPORT LUNS",
         &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL],
+        In,
+        NoConflict,
+        PrAllowed,
+    ),
+    // MAINTENANCE IN / REPORT TARGET PORT GROUPS (SPC-4 6.36): PARAMETER DATA FORMAT,
+    // allocation length. Allowed in every ALUA state and under every reservation.
+    row(
+        0xA3,
+        Some(0x0A),
+        "REPORT TARGET PORT GROUPS",
+        &[0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL],
         In,
         NoConflict,
         PrAllowed,
@@ -559,6 +676,17 @@ pub static COMMANDS: &[CommandInfo] = &[
         &[
             0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL,
         ],
+        In,
+        Control,
+        PrRead,
+    ),
+    // MAINTENANCE IN / REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 6.38): REPD,
+    // allocation length.
+    row(
+        0xA3,
+        Some(0x0D),
+        "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+        &[0xA3, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, CTL],
         In,
         Control,
         PrRead,
@@ -759,7 +887,8 @@ mod tests {
         assert_eq!(find(&[0x28; 10]).unwrap().name, "READ(10)");
         assert_eq!(find(&[0xC0, 0, 0, 0, 0, 0]).unwrap_err().asc, 0x20);
         assert_eq!(find(&[]).unwrap_err().asc, 0x20);
-        let e = find(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err();
+        // SERVICE ACTION IN(16) 13h is not implemented (10h and 12h are).
+        let e = find(&[0x9E, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x24, 1));
     }
 

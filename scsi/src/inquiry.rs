@@ -40,6 +40,10 @@ pub(crate) fn standard(cfg: Option<&LuConfig>) -> Vec<u8> {
     d[16..32].copy_from_slice(&ascii_field(product, 16));
     d[32..36].copy_from_slice(&ascii_field(revision, 4));
     if cfg.is_some() {
+        // TPGS 01b: implicit asymmetric logical unit access only (SPC-4 5.15).
+        d[5] |= 0x10;
+        // 3PC: EXTENDED COPY and RECEIVE COPY RESULTS (SPC-4 6.4, 6.18).
+        d[5] |= 0x08;
         for (i, v) in VERSION_DESCRIPTORS.iter().enumerate() {
             d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
         }
@@ -60,7 +64,7 @@ mod tests {
             ..LuConfig::default()
         };
         let d = standard(Some(&cfg));
-        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"SWITCHYD");
         assert_eq!(&d[16..32], b"vol             ");
         assert_eq!(&d[32..36], b"0.1 ");

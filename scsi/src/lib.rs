@@ -12,6 +12,11 @@
 //! - `nexus`, `reservation`, `pr`: per-I_T-nexus unit attentions, SPC-2 reservations
 //!   and persistent reservations (SPC-4 5.13).
 //! - [`LogicalUnit`] (`lu.rs`) and [`LunMap`] (`target.rs`): routing and per-LU state.
+//! - `thin`: logical block provisioning (UNMAP, GET LBA STATUS, WRITE SAME unmap);
+//!   `caw`: COMPARE AND WRITE and WRITE ATOMIC over the per-LU range locks of
+//!   `range_lock`; `tmf`: REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
+//! - `xcopy`: the copy manager (EXTENDED COPY LID1, RECEIVE COPY RESULTS, VPD 8Fh);
+//!   [`xcopy_builder`]: the same formats from the initiator side, for copy offload.
 //!
 //! # Contract with the fabric
 //!
@@ -24,6 +29,8 @@
 //! Data Transfer Length.
 #![forbid(unsafe_code)]
 
+mod alua;
+mod caw;
 pub mod cdb;
 pub mod commands;
 mod inquiry;
@@ -31,21 +38,40 @@ mod lu;
 mod mode;
 mod nexus;
 mod pr;
+mod pr_move;
+mod pr_store;
+mod range_lock;
 mod reservation;
 mod sbc;
 pub mod sense;
 mod spc;
 mod target;
+mod thin;
+mod tmf;
 mod vpd;
+mod xcopy;
+pub mod xcopy_builder;
 
+#[cfg(test)]
+mod alua_tests;
+#[cfg(test)]
+mod pr_persist_tests;
 #[cfg(test)]
 mod pr_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod thin_tests;
 
+pub use alua::{
+    access_state_changed, AluaError, AluaState, PortGroup, PortGroups, TargetPortGroups,
+};
 pub use cdb::{check_range, parse_cdb, ByteCheck, Cdb, PageControl, PrIn, PrOut};
 pub use commands::{CommandInfo, DataDirection, PrAccess, COMMANDS};
 pub use lu::{Limits, LogicalUnit, LuConfig};
+pub use pr_store::{
+    FilePrStore, MemPrStore, PrHolder, PrRegistration, PrSnapshot, PrStore, PrStoreError,
+};
 pub use sense::{FieldPointer, IoKind, Sense, SenseKey};
 pub use target::LunMap;
 
@@ -58,7 +84,8 @@ pub struct Nexus {
     pub initiator: String,
     /// Relative target port identifier (1-based).
     pub relative_port: u16,
-    /// Target port group.
+    /// Target port group. Informational: a logical unit reports and enforces the group
+    /// its [`PortGroups`] model puts `relative_port` in.
     pub port_group: u16,
 }
 

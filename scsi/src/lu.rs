@@ -4,24 +4,28 @@
 //! Concurrency: there is no lock around command execution. Reads and writes go
 //! straight to the store (which must be thread-safe); the small pieces of state are
 //! each behind their own parking_lot lock and held only to read or flip a few bits.
-//! Read-modify-write commands (ORWRITE) take `rmw`, which plain reads and writes never
-//! touch.
+//! Atomic commands (COMPARE AND WRITE, WRITE ATOMIC, ORWRITE) hold their LBA range
+//! exclusively in `ranges`; every other medium command holds its range shared, which
+//! costs two atomic operations while no atomic command is active (`range_lock.rs`).
 
 use std::sync::Arc;
 
 use blockdev::BlockStore;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
+use crate::alua::{LuAlua, PortGroups};
 use crate::cdb::{parse_cdb, Cdb, PrOut};
 use crate::commands;
 use crate::mode::{self, MediumInfo, ModeState};
 use crate::nexus::{NexusState, Nexuses};
-use crate::pr::{self, ItNexus, PersistentReservations, PrError, ProutParams};
+use crate::pr::{self, ItNexus, PersistentReservations, PrError, PrState, ProutParams};
+use crate::pr_store::{PrSnapshot, PrStore, PrStoreError};
+use crate::range_lock::{self, RangeGuard, RangeLocks};
 use crate::reservation::Reservations;
 use crate::sense::Sense;
 use crate::target::LunMap;
 use crate::vpd::{self, VpdSource};
-use crate::{inquiry, sbc, spc, Request, Response, Status};
+use crate::{caw, inquiry, sbc, spc, thin, tmf, Request, Response, Status};
 
 /// Configuration of one logical unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +42,9 @@ pub struct LuConfig {
     pub product: String,
     /// Product revision level (4 characters used).
     pub revision: String,
-    /// Thin provisioned. Not acted on yet: LBPME stays 0 until UNMAP is implemented.
+    /// Thin provisioned (SBC-3 4.7): LBPME=1, UNMAP, WRITE SAME with UNMAP, GET LBA
+    /// STATUS reporting holes. Ignored (the LU is fully provisioned) when the store
+    /// cannot unmap; [`LogicalUnit::config`] shows the effective value.
     pub thin: bool,
     /// Refuse writes with DATA PROTECT, WRITE PROTECTED.
     pub read_only: bool,
@@ -82,17 +88,44 @@ pub struct Limits {
     pub optimal_granularity_blocks: u16,
     /// MAXIMUM WRITE SAME LENGTH in blocks: longer WRITE SAME is INVALID FIELD IN CDB.
     pub max_write_same_blocks: u64,
+    /// MAXIMUM UNMAP LBA COUNT: blocks one UNMAP may deallocate (thin LUs only).
+    pub max_unmap_blocks: u32,
+    /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (thin LUs only).
+    pub max_unmap_descriptors: u32,
+    /// MAXIMUM COMPARE AND WRITE LENGTH in blocks.
+    pub max_compare_write_blocks: u8,
+    /// MAXIMUM ATOMIC TRANSFER LENGTH in blocks (also the limit with an atomic
+    /// boundary and the maximum atomic boundary size: writes are never split).
+    pub max_atomic_blocks: u32,
+    /// ATOMIC ALIGNMENT in blocks (0: none).
+    pub atomic_alignment: u32,
+    /// ATOMIC TRANSFER LENGTH GRANULARITY in blocks (0: none).
+    pub atomic_granularity: u32,
 }
 
 impl Limits {
-    /// Defaults: 8 MiB per transfer, 64 MiB per WRITE SAME.
+    /// Defaults: 8 MiB per transfer, 64 MiB (at most 65535 blocks) per WRITE SAME,
+    /// 1 GiB (at most 2^20 blocks) and 256 descriptors per UNMAP, 255 blocks per
+    /// COMPARE AND WRITE, and atomic writes as long as any transfer, with no alignment
+    /// or granularity.
+    ///
+    /// The 65535 cap: libiscsi's WriteSame16.Unmap test, once MAXIMUM WRITE SAME
+    /// LENGTH reaches 65536, fills 65536 blocks with one WRITE(16) whatever the
+    /// MAXIMUM TRANSFER LENGTH, and fails on a thin 512-byte LU.
     pub fn for_block_size(block_size: u32) -> Limits {
         let bs = block_size.max(1);
+        let max_transfer_blocks = (8 << 20) / bs;
         Limits {
-            max_transfer_blocks: (8 << 20) / bs,
+            max_transfer_blocks,
             optimal_transfer_blocks: 0,
             optimal_granularity_blocks: 0,
-            max_write_same_blocks: u64::from((64 << 20) / bs),
+            max_write_same_blocks: u64::from(((64 << 20) / bs).min(65535)),
+            max_unmap_blocks: ((1 << 30) / bs).min(1 << 20),
+            max_unmap_descriptors: 256,
+            max_compare_write_blocks: 255,
+            max_atomic_blocks: max_transfer_blocks,
+            atomic_alignment: 0,
+            atomic_granularity: 0,
         }
     }
 }
@@ -106,7 +139,13 @@ pub struct LogicalUnit {
     nexuses: Nexuses,
     reservation: Reservations,
     pr: PersistentReservations,
-    rmw: Mutex<()>,
+    /// Target port groups (ALUA); by default one Active/Optimized group.
+    alua: LuAlua,
+    /// Where persistent reservations persist through power loss (APTPL).
+    pr_store: Option<Arc<dyn PrStore>>,
+    ranges: RangeLocks,
+    /// EXTENDED COPY state: copies in progress and held results (xcopy.rs).
+    pub(crate) xcopy: crate::xcopy::CopyManager,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -133,6 +172,8 @@ impl LogicalUnit {
 
     /// A logical unit with explicit transfer limits.
     pub fn with_limits(cfg: LuConfig, store: Arc<dyn BlockStore>, limits: Limits) -> LogicalUnit {
+        let mut cfg = cfg;
+        cfg.thin &= store.capabilities().unmap;
         LogicalUnit {
             cfg,
             store,
@@ -141,7 +182,10 @@ impl LogicalUnit {
             nexuses: Nexuses::default(),
             reservation: Reservations::default(),
             pr: PersistentReservations::default(),
-            rmw: Mutex::new(()),
+            alua: LuAlua::default(),
+            pr_store: None,
+            ranges: RangeLocks::default(),
+            xcopy: Default::default(),
         }
     }
 
@@ -155,6 +199,57 @@ impl LogicalUnit {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Puts the logical unit in a target port group model shared with the other
+    /// logical units of its target (SPC-4 5.15). Without it the logical unit has one
+    /// Active/Optimized group 1 containing every port.
+    pub fn with_port_groups(mut self, groups: Arc<PortGroups>) -> LogicalUnit {
+        self.alua = LuAlua::new(groups);
+        self
+    }
+
+    /// The target port group model (to change states at run time).
+    pub fn port_groups(&self) -> &Arc<PortGroups> {
+        self.alua.groups()
+    }
+
+    /// Keeps persistent reservations in `store` while APTPL is set (PTPL_C=1), and
+    /// restores what it holds. A store that cannot be read or holds a corrupt
+    /// snapshot is an error: the logical unit must not start without its
+    /// reservations.
+    pub fn with_pr_store(mut self, store: Arc<dyn PrStore>) -> Result<LogicalUnit, PrStoreError> {
+        if let Some(snap) = store.load()? {
+            if snap.aptpl {
+                let st = snap.to_state().map_err(|reason| PrStoreError::Corrupt {
+                    path: store.location(),
+                    reason,
+                })?;
+                tracing::info!(
+                    store = %store.location(),
+                    registrations = st.registrations.len(),
+                    reserved = st.reservation.is_some(),
+                    "persistent reservations restored"
+                );
+                self.pr.update(|s| *s = st);
+            }
+        }
+        self.pr_store = Some(store);
+        Ok(self)
+    }
+
+    /// Saves the state a PERSISTENT RESERVE OUT produced while APTPL is (or was) set.
+    fn persist(&self, before: &PrState, after: &PrState) -> Result<(), PrError> {
+        let Some(store) = &self.pr_store else {
+            return Ok(());
+        };
+        if (!before.aptpl && !after.aptpl) || before == after {
+            return Ok(());
+        }
+        store.save(&PrSnapshot::of(after)).map_err(|e| {
+            tracing::error!(error = %e, "cannot save persistent reservations");
+            PrError::Sense(Sense::internal_target_failure())
+        })
     }
 
     /// Tells every nexus the capacity changed (after the store grew or shrank).
@@ -181,6 +276,21 @@ impl LogicalUnit {
     pub(crate) fn nexus_gone(&self, id: u64) {
         self.reservation.nexus_gone(id);
         self.nexuses.remove(id);
+        self.xcopy.nexus_gone(id);
+    }
+
+    /// True when a command of these kinds from `nexus` conflicts with the SPC-2 or
+    /// persistent reservation (EXTENDED COPY asks this of its copy targets).
+    pub(crate) fn conflicts(
+        &self,
+        nexus: &crate::Nexus,
+        access: commands::Access,
+        pr: commands::PrAccess,
+    ) -> bool {
+        self.reservation.conflicts(nexus.id, access)
+            || self
+                .pr
+                .conflicts(nexus, pr, &Cdb::TestUnitReady, self.reservation.is_held())
     }
 
     pub(crate) fn nexus(&self, id: u64) -> Arc<NexusState> {
@@ -191,8 +301,14 @@ impl LogicalUnit {
         *self.mode.read()
     }
 
-    pub(crate) fn rmw_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
-        self.rmw.lock()
+    /// Holds `blocks` blocks at `lba` exclusively (atomic commands).
+    pub(crate) fn lock_exclusive(&self, lba: u64, blocks: u64) -> RangeGuard<'_> {
+        self.ranges.exclusive(lba, blocks)
+    }
+
+    /// Holds `blocks` blocks at `lba` shared (every other command touching the medium).
+    pub(crate) fn lock_shared(&self, lba: u64, blocks: u64) -> RangeGuard<'_> {
+        self.ranges.shared(lba, blocks)
     }
 
     /// DATA PROTECT when writes are refused: read-only configuration or store, or the
@@ -232,6 +348,7 @@ impl LogicalUnit {
     }
 
     fn run(&self, ctx: &Ctx<'_>, req: &Request<'_>) -> Response {
+        self.alua.sync(&self.nexuses);
         let nexus = self.nexus(req.nexus.id);
         nexus.set_port(&req.nexus.initiator, req.nexus.relative_port);
         // SAM-5 5.14 / SPC-4 5.14: a pending unit attention is reported instead of
@@ -252,6 +369,9 @@ impl LogicalUnit {
             r
         };
         if let Ok(info) = commands::find(req.cdb) {
+            if let Err(sense) = self.alua.check(req.nexus.relative_port, info) {
+                return with_len(Response::check_condition(sense));
+            }
             if self.reservation.conflicts(req.nexus.id, info.access)
                 || self
                     .pr
@@ -272,6 +392,9 @@ impl LogicalUnit {
         {
             return with_len(self.persistent_reserve_out(req, action, scope, pr_type, param_len));
         }
+        if let Cdb::ExtendedCopy { param_len } = cdb {
+            return with_len(crate::xcopy::extended_copy(self, ctx.map, req, param_len));
+        }
         with_len(match self.dispatch(ctx, req, &nexus, &cdb) {
             Ok(data) => Response::good(data),
             Err(sense) => Response::check_condition(sense),
@@ -290,11 +413,17 @@ impl LogicalUnit {
         param_len: u32,
     ) -> Response {
         let who = ItNexus::of(req.nexus);
-        let out = ProutParams::parse(action, param_len, req.data_out)
+        let out = ProutParams::parse(action, param_len, req.data_out, self.pr_store.is_some())
             .map_err(PrError::from)
             .and_then(|p| {
-                self.pr
-                    .update(|st| pr::execute_out(st, &who, action, scope, pr_type, &p))
+                // Changed on a copy: when it cannot be saved, nothing changes.
+                self.pr.update(|st| {
+                    let mut next = st.clone();
+                    let uas = pr::execute_out(&mut next, &who, action, scope, pr_type, &p)?;
+                    self.persist(st, &next)?;
+                    *st = next;
+                    Ok(uas)
+                })
             });
         match out {
             Ok(attentions) => {
@@ -329,11 +458,16 @@ impl LogicalUnit {
             }
             Cdb::Inquiry { evpd, page, alloc } => {
                 let data = if evpd {
+                    // The target port group designator comes from the ALUA model.
+                    let nexus = crate::Nexus {
+                        port_group: self.alua.group_id(req.nexus.relative_port),
+                        ..req.nexus.clone()
+                    };
                     let src = VpdSource {
                         cfg: &self.cfg,
                         limits: &self.limits,
                         target: ctx.map.target(),
-                        nexus: req.nexus,
+                        nexus: &nexus,
                     };
                     vpd::page(&src, page)?
                 } else {
@@ -384,11 +518,32 @@ impl LogicalUnit {
                 Ok(truncate(data, alloc as usize))
             }
             Cdb::PersistentReserveIn { action, alloc } => {
-                let data = self.pr.snapshot().read(action);
+                let data = self.pr.snapshot().read(action, self.pr_store.is_some());
                 Ok(truncate(data, usize::from(alloc)))
             }
+            Cdb::ReportTargetPortGroups { extended, alloc } => {
+                let data = self.alua.report(extended, &self.nexuses.relative_ports());
+                Ok(truncate(data, alloc as usize))
+            }
+            Cdb::ReceiveCopyResults {
+                action,
+                list_id,
+                alloc,
+            } => {
+                let data = crate::xcopy::receive_copy_results(self, req.nexus.id, action, list_id)?;
+                Ok(truncate(data, alloc as usize))
+            }
             Cdb::Unsupported(_) => Err(Sense::invalid_opcode()),
-            _ => sbc::execute(self, cdb, req.data_out),
+            Cdb::Unmap { .. } | Cdb::GetLbaStatus { .. } => thin::execute(self, cdb, req.data_out),
+            Cdb::CompareAndWrite { .. } | Cdb::WriteAtomic { .. } => {
+                caw::execute(self, cdb, req.data_out)
+            }
+            Cdb::ReportSupportedTmf { repd, alloc } => tmf::report(repd, alloc),
+            _ => {
+                let _range = range_lock::plain_range(cdb, self.store.num_blocks())
+                    .map(|(lba, blocks)| self.lock_shared(lba, blocks));
+                sbc::execute(self, cdb, req.data_out)
+            }
         }
     }
 }

@@ -114,6 +114,29 @@ impl Nexuses {
         }
     }
 
+    /// Queues a unit attention for every nexus whose relative target port `on_port`
+    /// picks (and for nexuses whose port is not known yet).
+    pub(crate) fn notify_ports(&self, on_port: impl Fn(u16) -> bool, sense: &Sense) {
+        for n in self.map.read().values() {
+            if n.port.get().is_none_or(|(_, p)| on_port(*p)) {
+                n.push(sense.clone());
+            }
+        }
+    }
+
+    /// The relative target ports of the known nexuses, ascending, without repeats.
+    pub(crate) fn relative_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .map
+            .read()
+            .values()
+            .filter_map(|n| n.port.get().map(|(_, p)| *p))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// Queues a unit attention for every known nexus except `except`.
     pub(crate) fn notify(&self, except: Option<u64>, sense: &Sense) {
         for (id, n) in self.map.read().iter() {

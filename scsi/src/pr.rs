@@ -10,10 +10,11 @@
 //!
 //! Registrations are keyed by I_T nexus identity: initiator port name (iSCSI: name plus
 //! ",i,0x<ISID>") and relative target port. They survive I_T nexus loss and LUN resets
-//! (SPC-4 5.13.2); they do not survive a restart: APTPL=1 is refused and REPORT
-//! CAPABILITIES says PTPL_C=0. Not implemented: SPEC_I_PT (refused, SIP_C=0) and
-//! REGISTER AND MOVE (not in the command table: INVALID FIELD IN CDB). PREEMPT AND
-//! ABORT preempts and raises the same unit attentions as PREEMPT; aborting the
+//! (SPC-4 5.13.2). They survive a restart when the logical unit has a
+//! [`crate::PrStore`] and the last register action had APTPL=1 (PTPL_C=1, PTPL_A
+//! reports the current APTPL); without a store APTPL=1 is refused and PTPL_C=0.
+//! REGISTER AND MOVE is in `pr_move.rs`. Not implemented: SPEC_I_PT (refused,
+//! SIP_C=0). PREEMPT AND ABORT preempts and raises the same unit attentions as PREEMPT; aborting the
 //! preempted nexuses' tasks is the fabric's job and is not done yet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::cdb::{Cdb, PrIn, PrOut};
 use crate::commands::PrAccess;
+use crate::pr_move::{self, MoveTarget};
 use crate::sense::Sense;
 
 /// I_T nexus identity as persistent reservations see it (SPC-4 5.13.2: a
@@ -55,7 +57,7 @@ pub(crate) enum PrType {
 }
 
 impl PrType {
-    fn from_code(code: u8) -> Option<PrType> {
+    pub(crate) fn from_code(code: u8) -> Option<PrType> {
         Some(match code {
             1 => PrType::WriteExclusive,
             3 => PrType::ExclusiveAccess,
@@ -72,7 +74,7 @@ impl PrType {
     }
 
     /// Every registrant is a reservation holder.
-    fn all_registrants(self) -> bool {
+    pub(crate) fn all_registrants(self) -> bool {
         matches!(
             self,
             PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants
@@ -133,13 +135,15 @@ impl From<Sense> for PrError {
 }
 
 /// The PERSISTENT RESERVE OUT parameter list (SPC-4 6.16.3), without the obsolete and
-/// SPEC_I_PT parts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// SPEC_I_PT parts, or the REGISTER AND MOVE one (6.16.4) with its destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProutParams {
     pub(crate) key: u64,
     pub(crate) sa_key: u64,
     pub(crate) all_tg_pt: bool,
     pub(crate) aptpl: bool,
+    /// REGISTER AND MOVE only.
+    pub(crate) mv: Option<MoveTarget>,
 }
 
 /// Length of the basic PERSISTENT RESERVE OUT parameter list.
@@ -147,9 +151,21 @@ const PARAM_LEN: usize = 24;
 
 impl ProutParams {
     /// Parses the parameter list: PARAMETER LIST LENGTH ERROR unless it is 24 bytes;
-    /// SPEC_I_PT, and APTPL for the service actions that evaluate it, are INVALID
-    /// FIELD IN PARAMETER LIST (not supported).
-    pub(crate) fn parse(action: PrOut, param_len: u32, data: &[u8]) -> Result<ProutParams, Sense> {
+    /// SPEC_I_PT, and APTPL for the service actions that evaluate it when the logical
+    /// unit cannot persist (`ptpl_c` false), are INVALID FIELD IN PARAMETER LIST.
+    pub(crate) fn parse(
+        action: PrOut,
+        param_len: u32,
+        data: &[u8],
+        ptpl_c: bool,
+    ) -> Result<ProutParams, Sense> {
+        if action == PrOut::RegisterAndMove {
+            let p = pr_move::parse(param_len, data)?;
+            if p.aptpl && !ptpl_c {
+                return Err(Sense::invalid_field_in_param_list(17, Some(0)));
+            }
+            return Ok(p);
+        }
         if param_len as usize != PARAM_LEN || data.len() < PARAM_LEN {
             return Err(Sense::parameter_list_length_error());
         }
@@ -159,7 +175,7 @@ impl ProutParams {
         }
         let aptpl = flags & 0x01 != 0;
         let registers = matches!(action, PrOut::Register | PrOut::RegisterAndIgnore);
-        if aptpl && registers {
+        if aptpl && registers && !ptpl_c {
             return Err(Sense::invalid_field_in_param_list(20, Some(0)));
         }
         let u64_at = |o: usize| {
@@ -172,6 +188,7 @@ impl ProutParams {
             sa_key: u64_at(8),
             all_tg_pt: flags & 0x04 != 0,
             aptpl,
+            mv: None,
         })
     }
 }
@@ -185,7 +202,8 @@ pub(crate) struct PrState {
     /// In registration order (READ KEYS reports them so).
     pub(crate) registrations: Vec<Registration>,
     pub(crate) reservation: Option<Reservation>,
-    /// Activate Persist Through Power Loss. Always false: APTPL=1 is refused.
+    /// Activate Persist Through Power Loss: the APTPL bit of the last successful
+    /// REGISTER, REGISTER AND IGNORE EXISTING KEY or REGISTER AND MOVE.
     pub(crate) aptpl: bool,
 }
 
@@ -470,10 +488,11 @@ impl PrState {
     }
 
     /// PERSISTENT RESERVE IN parameter data, before allocation-length truncation.
-    pub(crate) fn read(&self, action: PrIn) -> Vec<u8> {
+    /// `ptpl_c`: the logical unit can persist through power loss.
+    pub(crate) fn read(&self, action: PrIn, ptpl_c: bool) -> Vec<u8> {
         let mut d = Vec::with_capacity(64);
         match action {
-            PrIn::ReportCapabilities => return report_capabilities(),
+            PrIn::ReportCapabilities => return report_capabilities(ptpl_c, self.aptpl),
             PrIn::ReadKeys => {
                 d.extend_from_slice(&self.generation.to_be_bytes());
                 d.extend_from_slice(&[0; 4]);
@@ -533,15 +552,15 @@ fn valid_type(scope: u8, pr_type: u8) -> Result<PrType, Sense> {
 }
 
 /// REPORT CAPABILITIES parameter data (SPC-4 6.15.4).
-fn report_capabilities() -> Vec<u8> {
+fn report_capabilities(ptpl_c: bool, ptpl_a: bool) -> Vec<u8> {
     vec![
         0x00,
         0x08, // LENGTH
-        // CRH 0, SIP_C 0, ATP_C 1, PTPL_C 0 (nothing persists across a restart).
-        0x04,
+        // CRH 0, SIP_C 0, ATP_C 1, PTPL_C.
+        0x04 | u8::from(ptpl_c),
         // TMV 1; ALLOW COMMANDS 011b: TEST UNIT READY through Write Exclusive and
-        // Exclusive Access, MODE SENSE and friends through Write Exclusive; PTPL_A 0.
-        0x80 | 0x30,
+        // Exclusive Access, MODE SENSE and friends through Write Exclusive; PTPL_A.
+        0x80 | 0x30 | u8::from(ptpl_c && ptpl_a),
         // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX.
         0x80 | 0x40 | 0x20 | 0x08 | 0x02,
         0x01, // EX_AC_AR
@@ -624,16 +643,26 @@ pub(crate) fn execute_out(
     pr_type: u8,
     p: &ProutParams,
 ) -> Result<Vec<Attention>, PrError> {
-    match action {
+    let registers = matches!(
+        action,
+        PrOut::Register | PrOut::RegisterAndIgnore | PrOut::RegisterAndMove
+    );
+    let out = match action {
         PrOut::Register => st.register(n, p, false),
         PrOut::RegisterAndIgnore => st.register(n, p, true),
+        PrOut::RegisterAndMove => st.register_and_move(n, p),
         PrOut::Reserve => st.reserve(n, p, scope, pr_type),
         PrOut::Release => st.release(n, p, scope, pr_type),
         PrOut::Clear => st.clear(n, p),
         // The abort half of PREEMPT AND ABORT (aborting the preempted nexuses' tasks)
         // needs the fabric; it is not done yet.
         PrOut::Preempt | PrOut::PreemptAndAbort => st.preempt(n, p, scope, pr_type),
+    };
+    // SPC-4 5.13.5: the APTPL bit of the last register action decides what persists.
+    if registers && out.is_ok() {
+        st.aptpl = p.aptpl;
     }
+    out
 }
 
 #[cfg(test)]
@@ -653,6 +682,7 @@ mod tests {
             sa_key,
             all_tg_pt: false,
             aptpl: false,
+            mv: None,
         }
     }
 
@@ -661,31 +691,31 @@ mod tests {
         let mut p = [0u8; 24];
         p[7] = 1;
         p[15] = 2;
-        let ok = ProutParams::parse(PrOut::Register, 24, &p).unwrap();
+        let ok = ProutParams::parse(PrOut::Register, 24, &p, false).unwrap();
         assert_eq!((ok.key, ok.sa_key), (1, 2));
         for len in [0, 23, 25, 32] {
             assert_eq!(
-                ProutParams::parse(PrOut::Register, len, &[0; 32]).unwrap_err(),
+                ProutParams::parse(PrOut::Register, len, &[0; 32], false).unwrap_err(),
                 Sense::parameter_list_length_error()
             );
         }
         p[20] = 0x08;
-        let e = ProutParams::parse(PrOut::Register, 24, &p).unwrap_err();
+        let e = ProutParams::parse(PrOut::Register, 24, &p, false).unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x26, 20));
         p[20] = 0x01;
         assert_eq!(
-            ProutParams::parse(PrOut::RegisterAndIgnore, 24, &p)
+            ProutParams::parse(PrOut::RegisterAndIgnore, 24, &p, false)
                 .unwrap_err()
                 .asc,
             0x26
         );
         assert!(
-            ProutParams::parse(PrOut::Reserve, 24, &p).is_ok(),
+            ProutParams::parse(PrOut::Reserve, 24, &p, false).is_ok(),
             "APTPL ignored"
         );
         p[20] = 0x04;
         assert!(
-            ProutParams::parse(PrOut::Register, 24, &p)
+            ProutParams::parse(PrOut::Register, 24, &p, false)
                 .unwrap()
                 .all_tg_pt
         );

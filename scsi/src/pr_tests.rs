@@ -161,6 +161,7 @@ fn registrations_survive_nexus_loss_and_lun_reset() {
     f.ok(&a, RESERVE, EA, 0xA, 0);
     f.map.nexus_gone(&a);
     f.map.lun_reset(0, &b).unwrap();
+    f.expect_ua(&b, Sense::bus_device_reset());
     f.expect_no_ua(&b);
     assert_eq!(f.reservation(&b), Some((0xA, EA)));
     // The same initiator port logs in again: still the holder.
@@ -524,9 +525,10 @@ fn parameter_list_errors() {
     let r = f.run(&a, &prout_cdb(REGISTER, 0, 24), &params(0, 5, 0x04));
     assert_eq!(r.status, Status::Good);
     assert_eq!(f.prin(&a, 3)[20] & 0x02, 0x02);
-    // REGISTER AND MOVE is not implemented.
+    // REGISTER AND MOVE needs a RELATIVE TARGET PORT IDENTIFIER and a TransportID
+    // (pr_persist_tests has the rest).
     let r = f.run(&a, &prout_cdb(7, 0, 24), &params(5, 6, 0));
-    assert_sense(&r, SenseKey::IllegalRequest, 0x24, 0x00);
+    assert_sense(&r, SenseKey::IllegalRequest, 0x26, 0x00);
 }
 
 #[test]
@@ -631,9 +633,9 @@ fn report_supported_operation_codes_lists_persistent_reserve() {
         r.data_in,
         vec![0, 3, 0, 10, 0x5E, 3, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]
     );
-    // Not implemented: REGISTER AND MOVE, PRIN service action 4.
-    for (op, sa) in [(0x5F, 7), (0x5E, 4)] {
-        let r = f.run(&a, &[0xA3, 0x0C, 0x02, op, 0, sa, 0, 0, 0, 64, 0, 0], &[]);
-        assert_eq!(r.data_in, vec![0, 1, 0, 0]);
-    }
+    // REGISTER AND MOVE is implemented; PRIN service action 4 is not.
+    let r = f.run(&a, &[0xA3, 0x0C, 0x02, 0x5F, 0, 7, 0, 0, 0, 64, 0, 0], &[]);
+    assert_eq!(r.data_in[..6], [0, 3, 0, 10, 0x5F, 7]);
+    let r = f.run(&a, &[0xA3, 0x0C, 0x02, 0x5E, 0, 4, 0, 0, 0, 64, 0, 0], &[]);
+    assert_eq!(r.data_in, vec![0, 1, 0, 0]);
 }

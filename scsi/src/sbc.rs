@@ -12,6 +12,7 @@ use blockdev::BlockStore;
 use crate::cdb::{check_range, transfer_length_offset, ByteCheck, Cdb};
 use crate::lu::LogicalUnit;
 use crate::sense::{IoKind, Sense};
+use crate::thin;
 
 /// Reads and writes that loop (VERIFY, WRITE SAME) go in pieces of this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -94,7 +95,7 @@ pub(crate) fn execute(lu: &LogicalUnit, cdb: &Cdb, data_out: &[u8]) -> Result<Ve
                 return Ok(Vec::new());
             }
             // SBC-3 5.8: read, OR with the data-out, write back, as one operation.
-            let _rmw = lu.rmw_lock();
+            let _rmw = lu.lock_exclusive(lba, u64::from(blocks));
             let mut buf = vec![0u8; data.len()];
             read(store, lba, &mut buf)?;
             for (b, d) in buf.iter_mut().zip(data) {
@@ -108,10 +109,12 @@ pub(crate) fn execute(lu: &LogicalUnit, cdb: &Cdb, data_out: &[u8]) -> Result<Ve
             blocks,
             unmap,
             anchor,
+            ndob,
             cdb_len,
         } => {
             lu.check_writable()?;
-            write_same(lu, lba, blocks, unmap, anchor, cdb_len, data_out)?;
+            let block = (!ndob).then_some(data_out);
+            write_same(lu, lba, blocks, unmap, anchor, cdb_len, block)?;
             Ok(Vec::new())
         }
         Cdb::SyncCache { lba, blocks, .. } => {
@@ -138,8 +141,15 @@ pub(crate) fn execute(lu: &LogicalUnit, cdb: &Cdb, data_out: &[u8]) -> Result<Ve
             let mut d = vec![0u8; 32];
             d[..8].copy_from_slice(&store.num_blocks().saturating_sub(1).to_be_bytes());
             d[8..12].copy_from_slice(&store.block_size().to_be_bytes());
-            // No protection information, one logical block per physical block,
-            // LBPME/LBPRZ zero until thin provisioning is implemented.
+            // No protection information; LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0.
+            // Reporting 3 (4096-byte physical blocks) would be true of file stores, but
+            // libiscsi 1.19's GetLBAStatus.UnmapSingle then expects the first descriptor
+            // at start + LBPPB rather than at the requested LBA (SBC-3 GET LBA STATUS), which we
+            // will not fake; so the unaligned-unmap tests that need LBPPB > 1 skip.
+            // Thin: LBPME, and LBPRZ (deallocated blocks read as zeroes on every store).
+            if lu.config().thin {
+                d[14] = 0x80 | 0x40;
+            }
             Ok(crate::lu::truncate(d, alloc as usize))
         }
         Cdb::StartStopUnit {
@@ -262,7 +272,8 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 
 /// WRITE SAME (SBC-3 5.41): the single block of data-out written to every block of the
 /// range. NUMBER OF BLOCKS 0 means to the end of the medium; either way the count must
-/// not exceed MAXIMUM WRITE SAME LENGTH.
+/// not exceed MAXIMUM WRITE SAME LENGTH. `block` is `None` with NDOB (all zeroes).
+/// With UNMAP the range is deallocated instead (`thin.rs`).
 fn write_same(
     lu: &LogicalUnit,
     lba: u64,
@@ -270,16 +281,10 @@ fn write_same(
     unmap: bool,
     anchor: bool,
     cdb_len: u8,
-    data_out: &[u8],
+    block: Option<&[u8]>,
 ) -> Result<(), Sense> {
     let store = lu.store().as_ref();
-    if unmap || anchor {
-        // No thin provisioning yet (LBPWS = LBPWS10 = 0).
-        return Err(Sense::invalid_field_in_cdb(
-            1,
-            Some(if anchor { 4 } else { 3 }),
-        ));
-    }
+    thin::check_write_same_flags(lu, unmap, anchor)?;
     let max = lu.limits().max_write_same_blocks;
     if max != 0 && u64::from(blocks) > max {
         return Err(Sense::invalid_field_in_cdb(
@@ -295,9 +300,19 @@ fn write_same(
         ));
     }
     let bs = store.block_size() as usize;
-    if data_out.len() != bs {
+    let zeroes;
+    let data_out = match block {
         // The data-out must be exactly one logical block.
-        return Err(Sense::invalid_field_in_iu());
+        Some(b) if b.len() != bs => return Err(Sense::invalid_field_in_iu()),
+        Some(b) => b,
+        None => {
+            zeroes = vec![0u8; bs];
+            &zeroes
+        }
+    };
+    if unmap {
+        // Deallocated whatever the block holds (see `thin.rs`).
+        return thin::deallocate(lu, lba, n);
     }
     let chunk_blocks = (CHUNK_BYTES / bs).max(1) as u64;
     let fill = data_out.repeat(chunk_blocks.min(n).max(1) as usize);

@@ -115,14 +115,18 @@ impl LunMap {
     #[allow(clippy::result_unit_err)]
     pub fn lun_reset(&self, lun: u64, nexus: &Nexus) -> Result<(), ()> {
         let lu = self.luns.get(&lun).ok_or(())?;
-        lu.reset(Some(nexus.id));
+        // SAM-5 §6.3.3: the unit attention goes to every I_T nexus, the issuer's
+        // included (libiscsi's MultipathIO.Reset checks each path).
+        let _ = nexus;
+        lu.reset(None);
         Ok(())
     }
 
     /// TARGET (WARM/COLD) RESET task management function: every logical unit is reset.
     pub fn target_reset(&self, nexus: &Nexus) {
+        let _ = nexus;
         for lu in self.luns.values() {
-            lu.reset(Some(nexus.id));
+            lu.reset(None);
         }
     }
 }

@@ -273,7 +273,11 @@ fn read_capacity() {
         &r.data_in[..12],
         &[0, 0, 0, 0, 0, 0, 0x0F, 0xFF, 0, 0, 0x02, 0]
     );
-    assert_eq!(&r.data_in[12..16], &[0, 0, 0, 0], "no PI, LBPME=0");
+    assert_eq!(
+        &r.data_in[12..16],
+        &[0, 0, 0, 0],
+        "no PI, LBPPBE=0, LBPME=0"
+    );
 }
 
 #[test]
@@ -506,7 +510,8 @@ fn write_same() {
         0x21,
         0,
     );
-    // UNMAP is not implemented yet: invalid field.
+    // UNMAP on a fully provisioned LU (LBPWS10=0): invalid field (thin LUs:
+    // thin_tests.rs).
     ws[1] = 0x08;
     let r = f.run(&n, &ws, &block);
     assert_sense(&r, SenseKey::IllegalRequest, 0x24, 0);
@@ -593,10 +598,12 @@ fn reserve_release_conflicts() {
     f.map.lun_reset(0, &a).unwrap();
     assert_sense(&f.run(&c, &TUR, &[]), SenseKey::UnitAttention, 0x29, 0x03);
     assert_eq!(f.run(&c, &reserve6, &[]).status, Status::Good);
+    // The issuer gets the reset unit attention too (SAM-5 §6.3.3).
+    assert_sense(&f.run(&a, &TUR, &[]), SenseKey::UnitAttention, 0x29, 0x03);
     assert_eq!(
         f.run(&a, &TUR, &[]).status,
         Status::ReservationConflict,
-        "no UA for the issuer"
+        "the new reservation holds after the issuer's UA"
     );
     assert!(f.map.lun_reset(9, &a).is_err());
 }
@@ -621,6 +628,7 @@ fn lun_reset_restores_default_mode_pages() {
         "WP in the device-specific parameter"
     );
     f.map.lun_reset(0, &a).unwrap();
+    assert_sense(&f.run(&a, &TUR, &[]), SenseKey::UnitAttention, 0x29, 0x03);
     assert_eq!(
         f.run(&a, &write10(0, 1, 0), &vec![0; BS as usize]).status,
         Status::Good

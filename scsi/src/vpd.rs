@@ -1,6 +1,7 @@
 //! Vital product data pages (SPC-4 7.8, SBC-3 6.5): supported pages (00h), unit
-//! serial number (80h), device identification (83h), block limits (B0h), block device
-//! characteristics (B1h) and logical block provisioning (B2h).
+//! serial number (80h), device identification (83h), third-party copy (8Fh, built in
+//! `xcopy.rs`), block limits (B0h), block device characteristics (B1h) and logical
+//! block provisioning (B2h).
 
 use crate::inquiry::ascii_field;
 use crate::lu::{Limits, LuConfig};
@@ -8,7 +9,7 @@ use crate::sense::Sense;
 use crate::{Nexus, TargetInfo};
 
 /// Supported pages, ascending (SPC-4 7.8.16).
-const PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+const PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// What the VPD pages describe.
 pub(crate) struct VpdSource<'a> {
@@ -25,9 +26,10 @@ pub(crate) fn page(src: &VpdSource<'_>, code: u8) -> Result<Vec<u8>, Sense> {
         0x00 => PAGES.to_vec(),
         0x80 => serial(src.cfg),
         0x83 => device_identification(src),
-        0xB0 => block_limits(src.limits),
+        0x8F => crate::xcopy::third_party_copy_vpd(),
+        0xB0 => block_limits(src.limits, src.cfg.thin),
         0xB1 => block_device_characteristics(),
-        0xB2 => logical_block_provisioning(),
+        0xB2 => logical_block_provisioning(src.cfg.thin),
         _ => return Err(Sense::invalid_field_in_cdb(2, None)),
     };
     let mut d = vec![0x00, code];
@@ -106,16 +108,31 @@ fn device_identification(src: &VpdSource<'_>) -> Vec<u8> {
     d
 }
 
-/// Block limits (SBC-3 6.5.3), 3Ch bytes of page data.
-fn block_limits(l: &Limits) -> Vec<u8> {
+/// Block limits (SBC-4 6.6.4), 3Ch bytes of page data (offsets below are in the page
+/// data, 4 less than in the page).
+fn block_limits(l: &Limits, thin: bool) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     // d[0] WSNZ = 0: WRITE SAME with NUMBER OF BLOCKS 0 writes to the end.
-    // d[1] MAXIMUM COMPARE AND WRITE LENGTH = 0: not supported.
+    d[1] = l.max_compare_write_blocks;
     d[2..4].copy_from_slice(&l.optimal_granularity_blocks.to_be_bytes());
     d[4..8].copy_from_slice(&l.max_transfer_blocks.to_be_bytes());
     d[8..12].copy_from_slice(&l.optimal_transfer_blocks.to_be_bytes());
-    // Unmap limits stay zero until UNMAP is implemented.
+    if thin {
+        // Unmap limits only with LBPU=1 (libiscsi checks both ways).
+        d[16..20].copy_from_slice(&l.max_unmap_blocks.to_be_bytes());
+        d[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
+        // OPTIMAL UNMAP GRANULARITY 1; UGAVALID with UNMAP GRANULARITY ALIGNMENT 0.
+        d[24..28].copy_from_slice(&1u32.to_be_bytes());
+        d[28] = 0x80;
+    }
     d[32..40].copy_from_slice(&l.max_write_same_blocks.to_be_bytes());
+    // Atomic writes are never split, so the limits with an atomic boundary and the
+    // maximum boundary size are the plain limit.
+    d[40..44].copy_from_slice(&l.max_atomic_blocks.to_be_bytes());
+    d[44..48].copy_from_slice(&l.atomic_alignment.to_be_bytes());
+    d[48..52].copy_from_slice(&l.atomic_granularity.to_be_bytes());
+    d[52..56].copy_from_slice(&l.max_atomic_blocks.to_be_bytes());
+    d[56..60].copy_from_slice(&l.max_atomic_blocks.to_be_bytes());
     d
 }
 
@@ -126,9 +143,15 @@ fn block_device_characteristics() -> Vec<u8> {
     d
 }
 
-/// Logical block provisioning (SBC-3 6.5.4): fully provisioned, no unmap methods.
-fn logical_block_provisioning() -> Vec<u8> {
-    vec![0u8; 4]
+/// Logical block provisioning (SBC-3 6.5.4). Thin: LBPU, LBPWS, LBPWS10, LBPRZ (no
+/// ANC_SUP, no DP), provisioning type 010b; THRESHOLD EXPONENT 0 (no thresholds).
+/// Fully provisioned: all zero.
+fn logical_block_provisioning(thin: bool) -> Vec<u8> {
+    if thin {
+        vec![0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0]
+    } else {
+        vec![0u8; 4]
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +237,10 @@ mod tests {
         assert_eq!(&bl[20..28], &[0; 8], "no unmap limits without UNMAP");
         assert_eq!(&bl[36..44], &limits.max_write_same_blocks.to_be_bytes());
         let sup = page(&src, 0x00).unwrap();
-        assert_eq!(sup, vec![0, 0, 0, 6, 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+        assert_eq!(
+            sup,
+            vec![0, 0, 0, 7, 0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2]
+        );
         for &p in &sup[4..] {
             assert!(page(&src, p).is_ok());
         }

@@ -1,0 +1,478 @@
+//! The logic of switchyard's fuzz targets, one function per target.
+//!
+//! Each `fuzz_targets/<name>.rs` is a one-line `fuzz_target!` calling the function of the
+//! same name here, and `tests/fuzz_smoke.rs` calls the same functions in the normal test
+//! suite on a bounded, seeded set of inputs. Every function takes arbitrary bytes, must
+//! never panic, and checks cheap properties with `assert!` (a failed assertion is a crash
+//! the fuzzer reports like any other panic).
+
+use std::sync::Arc;
+
+use blockdev::{BlockStore, MemStore};
+use bytes::BytesMut;
+use fcwwn::{InitiatorId, IscsiName, Masking, Wwn};
+use iscsi_wire::chap::{ChapChallenge, ChapSecrets, ChapServer};
+use iscsi_wire::digest::Digests;
+use iscsi_wire::negotiate::{Negotiator, TargetPolicy};
+use iscsi_wire::pdu::{self, PduError, Stage};
+use iscsi_wire::text::{self, TextBuffer, TextPairs};
+use scsi::{DataDirection, LogicalUnit, LuConfig, LunMap, Nexus, Status, TargetInfo};
+
+pub mod seeds;
+
+/// The fuzz targets, by their names in `fuzz_targets/`.
+pub const TARGETS: [&str; 6] = [
+    "pdu",
+    "frame",
+    "text_negotiate",
+    "cdb",
+    "scsi_execute",
+    "names",
+];
+
+/// Runs the target named `target` on one input.
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "pdu" => pdu(data),
+        "frame" => frame(data),
+        "text_negotiate" => text_negotiate(data),
+        "cdb" => cdb(data),
+        "scsi_execute" => scsi_execute(data),
+        "names" => names(data),
+        other => panic!("no fuzz target named {other}"),
+    }
+}
+
+/// `pdu`: a whole request (and response) PDU in one buffer, without digests.
+///
+/// Properties: whatever parses re-encodes to bytes that parse back to the same value
+/// (up to NSG in Login PDUs with T=0: reserved there, kept by the parser, written as 0 by
+/// the encoder), and re-encoding that value gives the same bytes.
+pub fn pdu(data: &[u8]) {
+    if let Ok(req) = pdu::parse_request_bytes(data) {
+        let _ = (req.opcode(), req.itt(), req.immediate(), req.cmd_sn());
+        let _ = req.exp_stat_sn();
+        let mut out = BytesMut::new();
+        req.encode(&mut out, Digests::NONE);
+        let again = pdu::parse_request_bytes(&out)
+            .unwrap_or_else(|e| panic!("re-encoded {req:?} does not parse: {e}"));
+        assert_eq!(again, canonical_request(req), "request round trip");
+        let mut out2 = BytesMut::new();
+        again.encode(&mut out2, Digests::NONE);
+        assert_eq!(out, out2, "request encoding is not stable");
+    }
+    if let Ok(resp) = pdu::parse_response_bytes(data) {
+        let mut out = BytesMut::new();
+        resp.encode(&mut out, Digests::NONE);
+        let again = pdu::parse_response_bytes(&out)
+            .unwrap_or_else(|e| panic!("re-encoded {resp:?} does not parse: {e}"));
+        assert_eq!(again, canonical_response(resp), "response round trip");
+        let mut out2 = BytesMut::new();
+        again.encode(&mut out2, Digests::NONE);
+        assert_eq!(out, out2, "response encoding is not stable");
+    }
+}
+
+/// NSG is reserved when T=0 (RFC 7143 §11.12.3): the encoder writes 0 (Security).
+fn canonical_request(mut req: pdu::Request) -> pdu::Request {
+    if let pdu::Request::Login(l) = &mut req {
+        if !l.transit {
+            l.nsg = Stage::Security;
+        }
+    }
+    req
+}
+
+fn canonical_response(mut resp: pdu::Response) -> pdu::Response {
+    if let pdu::Response::Login(l) = &mut resp {
+        if !l.transit {
+            l.nsg = Stage::Security;
+        }
+    }
+    resp
+}
+
+/// `frame`: the stream framer. Byte 0 picks the digests, MaxRecvDataSegmentLength and a
+/// chunk size; the rest is the byte stream, decoded once whole and once fed in chunks.
+///
+/// Properties: a frame is consumed only whole (never more than the buffer, exactly its
+/// `frame_len`), "read more" consumes nothing, no data segment exceeds `max_data`, and
+/// chunked feeding yields the same PDUs as one buffer.
+pub fn frame(data: &[u8]) {
+    let Some((&cfg, stream)) = data.split_first() else {
+        return;
+    };
+    let digests = Digests {
+        header: cfg & 1 != 0,
+        data: cfg & 2 != 0,
+    };
+    let max_data = [8192, 512, 262_144, 1 << 24][usize::from((cfg >> 2) & 3)];
+    let chunk = [1, 7, 48, 4096][usize::from((cfg >> 4) & 3)];
+
+    let whole = decode_all(stream, digests, max_data, stream.len().max(1));
+    let chunked = decode_all(stream, digests, max_data, chunk);
+    assert_eq!(
+        whole, chunked,
+        "chunked framing differs from whole-buffer framing"
+    );
+}
+
+/// One decoded frame, or the error that stopped the stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Framed {
+    Pdu(pdu::RawPdu),
+    DataDigest(u32),
+    Fatal(String),
+}
+
+fn decode_all(stream: &[u8], digests: Digests, max_data: u32, chunk: usize) -> Vec<Framed> {
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    loop {
+        let before = buf.len();
+        match pdu::decode_frame(&mut buf, digests, max_data) {
+            Ok(Some(raw)) => {
+                let consumed = before - buf.len();
+                assert!(consumed > 0 && consumed <= before);
+                assert_eq!(consumed, raw.bhs.frame_len(digests.header, digests.data));
+                assert_eq!(raw.ahs.len(), raw.bhs.total_ahs_len());
+                assert_eq!(raw.data.len(), raw.bhs.data_segment_len() as usize);
+                assert!(raw.data.len() <= max_data as usize);
+                let _ = raw.parse_request();
+                let _ = raw.parse_response();
+                out.push(Framed::Pdu(raw));
+            }
+            Ok(None) => {
+                assert_eq!(buf.len(), before, "`read more` consumed bytes");
+                if fed == stream.len() {
+                    break;
+                }
+                let n = chunk.min(stream.len() - fed);
+                buf.extend_from_slice(&stream[fed..fed + n]);
+                fed += n;
+            }
+            Err(PduError::DataDigest { bhs }) => {
+                // Consumed (the connection goes on after a Reject).
+                let consumed = before - buf.len();
+                assert_eq!(consumed, bhs.frame_len(digests.header, digests.data));
+                out.push(Framed::DataDigest(bhs.itt()));
+            }
+            Err(e) => {
+                out.push(Framed::Fatal(e.to_string()));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `text_negotiate`: login/text key=value data through the negotiation engine and CHAP.
+/// Byte 0 picks the negotiator's mode; the rest is split at 0xFF (never valid UTF-8) into
+/// the data segments of successive login/text requests.
+///
+/// Properties: parsed pairs re-encode to the same pairs; the target's answers are
+/// themselves valid text data.
+pub fn text_negotiate(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut neg = if mode & 1 != 0 {
+        Negotiator::new_secondary(TargetPolicy::default())
+    } else {
+        Negotiator::new(TargetPolicy::default())
+    };
+    let challenge = ChapChallenge {
+        id: 7,
+        challenge: (0u8..16).collect(),
+    };
+    let mut chap: Option<ChapServer> = None;
+    let mut buffer = TextBuffer::default();
+    for (step, segment) in rest.split(|&b| b == 0xFF).enumerate() {
+        // The same bytes collected over several PDUs with the C bit.
+        let mut collected = None;
+        let pieces = text::chunks(&bytes::Bytes::copy_from_slice(segment), 5);
+        for (i, piece) in pieces.iter().enumerate() {
+            collected = Some(buffer.push(piece, i + 1 < pieces.len()));
+        }
+        let parsed = TextPairs::parse(segment);
+        if segment.len() <= text::DEFAULT_SEQUENCE_LIMIT {
+            let buffered = collected.expect("chunks yields at least one piece");
+            assert_eq!(
+                buffered.map(|p| p.expect("last piece completes the sequence")),
+                parsed,
+                "text collected over several PDUs parses differently"
+            );
+        }
+        let Ok(pairs) = parsed else {
+            continue;
+        };
+        let again = TextPairs::parse(&pairs.to_bytes()).expect("re-encoded pairs parse");
+        assert_eq!(again, pairs, "text round trip");
+
+        match neg.process(&pairs) {
+            Ok(answer) => {
+                let bytes = answer.to_bytes();
+                if let Err(e) = TextPairs::parse(&bytes) {
+                    panic!("target answer {answer:?} is not valid text data: {e}");
+                }
+            }
+            Err(e) => {
+                let _ = e.login_status();
+            }
+        }
+        if let Some(a) = pairs.get("CHAP_A") {
+            chap = ChapServer::start_with(a, challenge.clone())
+                .ok()
+                .map(|(s, _)| s);
+        } else if let Some(server) = &chap {
+            let _ = server.finish(&pairs, |_name| {
+                Some(ChapSecrets {
+                    initiator_secret: b"initiator-secret".to_vec(),
+                    target: (mode & 8 != 0).then(|| ("target".into(), b"tsecret12345".to_vec())),
+                })
+            });
+        }
+        if mode & 2 != 0 && step == 1 {
+            neg.start_full_feature();
+        }
+        if mode & 4 != 0 {
+            neg.new_sequence();
+        }
+    }
+    let _ = neg.is_settled();
+    let offers = neg.target_offers();
+    TextPairs::parse(&offers.to_bytes()).expect("target offers are valid text data");
+    let _ = neg.final_declarations(mode & 16 != 0);
+    let _ = neg.params().digests();
+}
+
+/// `cdb`: the CDB parser.
+///
+/// Properties: bytes past the opcode's CDB length do not change the result; a field
+/// pointer never points past the opcode's CDB; sense data encodes.
+pub fn cdb(data: &[u8]) {
+    match scsi::parse_cdb(data) {
+        Ok(cdb) => {
+            let _ = (cdb.data_out_len(512), cdb.data_out_len(4096));
+            let mut longer = data.to_vec();
+            longer.extend_from_slice(&[0xA5; 20]);
+            assert_eq!(
+                scsi::parse_cdb(&longer),
+                Ok(cdb),
+                "trailing bytes changed the parse"
+            );
+        }
+        Err(sense) => {
+            let _ = (sense.fixed(), sense.descriptor(), sense.to_string());
+            if let (Some(f), Ok(info)) = (sense.field, scsi::commands::find(data)) {
+                assert!(f.cdb);
+                assert!(
+                    usize::from(f.byte) <= info.cdb_len(),
+                    "field pointer {f:?} past a {}-byte CDB",
+                    info.cdb_len()
+                );
+            }
+        }
+    }
+}
+
+/// LUN 0: 1 MiB of 512-byte blocks; LUN 1: read-only, 4096-byte blocks; LUN 7: absent.
+const LUNS: [u64; 4] = [0, 1, 7, 0];
+
+fn build_map() -> LunMap {
+    let target = Arc::new(TargetInfo {
+        name: "iqn.2026-11.org.switchyard:fuzz".into(),
+        port_name: "iqn.2026-11.org.switchyard:fuzz,t,0x0001".into(),
+    });
+    let mut map = LunMap::new(target);
+    let stores: [(Arc<dyn BlockStore>, bool); 2] = [
+        (Arc::new(MemStore::new(512, 2048)), false),
+        (Arc::new(MemStore::new(4096, 64)), true),
+    ];
+    for (i, (store, read_only)) in stores.into_iter().enumerate() {
+        let mut wwn = [0u8; 16];
+        wwn[0] = 0x60;
+        wwn[15] = i as u8 + 1;
+        let cfg = LuConfig {
+            wwn,
+            naa_len: if i == 0 { 16 } else { 8 },
+            serial: format!("FUZZ{i}"),
+            product: "FUZZ".into(),
+            read_only,
+            ..LuConfig::default()
+        };
+        map.insert(i as u64, Arc::new(LogicalUnit::new(cfg, store)));
+    }
+    map
+}
+
+fn be(cdb: &[u8], at: usize, n: usize) -> Option<u64> {
+    let b = cdb.get(at..at + n)?;
+    Some(b.iter().fold(0u64, |acc, &x| acc << 8 | u64::from(x)))
+}
+
+/// The most data-in a command may return, from the raw CDB bytes (independently of the
+/// parser): the allocation length, the transfer length, none for commands the command
+/// table does not list as data-in, and no bound (`None`) for other data-in commands.
+fn max_data_in(cdb: &[u8], block_size: u64) -> Option<u64> {
+    let blocks = |at, n| be(cdb, at, n).map(|b| b * block_size);
+    let bound = match *cdb.first()? {
+        0x03 | 0x1A => be(cdb, 4, 1),
+        0x12 => be(cdb, 3, 2),
+        0x5A | 0x5E => be(cdb, 7, 2),
+        0xA0 | 0xA3 => be(cdb, 6, 4),
+        0x9E => be(cdb, 10, 4),
+        0x25 => Some(8),
+        0x08 => be(cdb, 4, 1).map(|b| if b == 0 { 256 } else { b } * block_size),
+        0x28 => blocks(7, 2),
+        0xA8 => blocks(6, 4),
+        0x88 => blocks(10, 4),
+        _ => None,
+    };
+    bound.or_else(|| match scsi::commands::find(cdb) {
+        Ok(info) if info.direction != DataDirection::In => Some(0),
+        // Unknown opcodes fail; a data-in command not listed above: no bound known here.
+        Err(_) => Some(0),
+        Ok(_) => None,
+    })
+}
+
+/// `scsi_execute`: whole commands through `LunMap::execute` over RAM-backed LUs. The
+/// input is a sequence of commands: a header byte (LUN, nexus, action), a CDB length
+/// byte, the CDB, a 2-byte little-endian data-out length and the data-out.
+///
+/// Properties: CHECK CONDITION exactly when there is sense data; data-in only on GOOD and
+/// never more than the CDB's allocation or transfer length allows.
+pub fn scsi_execute(data: &[u8]) {
+    scsi_execute_trace(data);
+}
+
+/// What [`scsi_execute`] ran: per command, the CDB and the response (for tests that
+/// check the seeds reach the commands they name).
+pub fn scsi_execute_trace(data: &[u8]) -> Vec<(Vec<u8>, scsi::Response)> {
+    let mut trace = Vec::new();
+    let map = build_map();
+    let nexuses = [
+        Nexus {
+            id: 1,
+            initiator: "iqn.2026-11.org.switchyard:a,i,0x00023d000001".into(),
+            relative_port: 1,
+            port_group: 1,
+        },
+        Nexus {
+            id: 2,
+            initiator: "iqn.2026-11.org.switchyard:b,i,0x00023d000002".into(),
+            relative_port: 2,
+            port_group: 1,
+        },
+    ];
+    let mut rest = data;
+    let mut take = |n: usize| {
+        let n = n.min(rest.len());
+        let (a, b) = rest.split_at(n);
+        rest = b;
+        a
+    };
+    for _ in 0..32 {
+        let Some(&header) = take(1).first() else {
+            break;
+        };
+        let lun = LUNS[usize::from(header & 3)];
+        let nexus = &nexuses[usize::from((header >> 2) & 1)];
+        match header >> 5 {
+            6 => {
+                let _ = map.lun_reset(lun, nexus);
+                continue;
+            }
+            7 if header & 0x10 != 0 => {
+                map.nexus_gone(nexus);
+                continue;
+            }
+            7 => {
+                map.target_reset(nexus);
+                continue;
+            }
+            _ => {}
+        }
+        let cdb_len = 6 + usize::from(take(1).first().copied().unwrap_or(0) % 27);
+        let cdb = take(cdb_len).to_vec();
+        let dlen = take(2);
+        let dlen = match dlen {
+            [a, b] => usize::from(u16::from_le_bytes([*a, *b])),
+            [a] => usize::from(*a),
+            _ => 0,
+        };
+        let data_out = take(dlen).to_vec();
+        let req = scsi::Request {
+            lun,
+            cdb: &cdb,
+            data_out: &data_out,
+            data_in_len: u32::from(header & 0x08 != 0) * 65536,
+            nexus,
+        };
+        let resp = map.execute(&req);
+        assert_eq!(
+            resp.status == Status::CheckCondition,
+            resp.sense.is_some(),
+            "sense data without CHECK CONDITION or the reverse: {resp:?}"
+        );
+        let _ = resp.sense_bytes();
+        if resp.status != Status::Good {
+            assert!(resp.data_in.is_empty(), "data-in with {:?}", resp.status);
+        }
+        let block_size = map
+            .get(lun)
+            .map_or(512, |lu| u64::from(lu.store().block_size()));
+        if let Some(max) = max_data_in(&cdb, block_size) {
+            assert!(
+                resp.data_in.len() as u64 <= max,
+                "CDB {cdb:02x?} allows {max} bytes of data-in, got {}",
+                resp.data_in.len()
+            );
+        }
+        trace.push((cdb, resp));
+    }
+    trace
+}
+
+/// `names`: WWNs, iSCSI names, initiator ids and the TOML LUN masking config.
+///
+/// Properties: what parses prints back to a string that parses to the same value, and a
+/// masking config serialises back to TOML that deserialises to the same config.
+pub fn names(data: &[u8]) {
+    if let Ok(w) = Wwn::try_from(data) {
+        assert_eq!(Wwn::try_from(w.as_bytes()), Ok(w));
+    }
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(w) = s.parse::<Wwn>() {
+        assert_eq!(
+            w.to_string().parse::<Wwn>(),
+            Ok(w),
+            "Wwn display round trip"
+        );
+        assert_eq!(w.to_colon().parse::<Wwn>(), Ok(w), "Wwn colon round trip");
+        let _ = (w.naa(), w.oui(), w.extension(), w.as_u64(), w.to_hex());
+        let _ = IscsiName::from_wwn(&w);
+    }
+    if let Ok(n) = IscsiName::parse(s) {
+        assert_eq!(
+            IscsiName::parse(n.as_str()).as_ref(),
+            Ok(&n),
+            "name round trip"
+        );
+        let _ = (n.kind(), n.iqn_date(), n.naming_authority(), n.iqn_unique());
+        let _ = (n.eui64(), n.naa());
+    }
+    if let Ok(id) = s.parse::<InitiatorId>() {
+        assert_eq!(id.to_string().parse::<InitiatorId>().as_ref(), Ok(&id));
+    }
+    if let Ok(m) = toml::from_str::<Masking>(s) {
+        let text = toml::to_string(&m).expect("a masking config serialises");
+        let back: Masking = toml::from_str(&text)
+            .unwrap_or_else(|e| panic!("re-serialised masking does not parse: {e}\n{text}"));
+        assert_eq!(back, m, "masking round trip");
+    }
+}
