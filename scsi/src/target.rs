@@ -72,6 +72,48 @@ impl LunMap {
     }
 
     /// Runs one command.
+    /// May this command run inline on the fabric's event loop? True only for plain
+    /// READ and (cached, non-FUA) WRITE commands of at most 1 MiB on a store that says
+    /// its I/O never sleeps long ([`blockdev::BlockStore::inline_ok`]). Everything else
+    /// (flushes, FUA, UNMAP, EXTENDED COPY, remote stores) belongs on a thread pool.
+    pub fn inline_ok(&self, lun: u64, cdb: &[u8]) -> bool {
+        let Some(lu) = self.luns.get(&lun) else {
+            return false;
+        };
+        let store = lu.store();
+        if !store.inline_ok() || cdb.is_empty() {
+            return false;
+        }
+        let bs = u64::from(store.block_size());
+        let (blocks, fua, write) = match (cdb[0], cdb.len()) {
+            (0x28, 10..) => (
+                u64::from(u16::from_be_bytes([cdb[7], cdb[8]])),
+                false,
+                false,
+            ),
+            (0x88, 16..) => (
+                u64::from(u32::from_be_bytes([cdb[10], cdb[11], cdb[12], cdb[13]])),
+                false,
+                false,
+            ),
+            (0x2a, 10..) => (
+                u64::from(u16::from_be_bytes([cdb[7], cdb[8]])),
+                cdb[1] & 0x08 != 0,
+                true,
+            ),
+            (0x8a, 16..) => (
+                u64::from(u32::from_be_bytes([cdb[10], cdb[11], cdb[12], cdb[13]])),
+                cdb[1] & 0x08 != 0,
+                true,
+            ),
+            _ => return false,
+        };
+        if write && (fua || !lu.mode().wce) {
+            return false;
+        }
+        blocks * bs <= 1 << 20
+    }
+
     pub fn execute(&self, req: &Request<'_>) -> Response {
         let ctx = Ctx { map: self };
         match self.luns.get(&req.lun) {
