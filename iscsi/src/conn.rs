@@ -225,6 +225,7 @@ impl Conn {
 
     /// Wait (bounded) for running commands, then close the writer.
     async fn finish(&mut self) {
+        self.free_slots(self.writes.len());
         self.writes.clear();
         for _ in 0..3000 {
             if self.tasks.lock().is_empty() {
@@ -444,10 +445,23 @@ impl Conn {
                 .await;
                 return;
             }
+            self.take_slot();
             self.start_write(cmd).await;
             return;
         }
+        self.take_slot();
         self.execute(cmd, Bytes::new());
+    }
+
+    /// A command now occupies the window until it completes (see `seq::CmdWindow`).
+    fn take_slot(&self) {
+        self.sess.window.lock().outstanding += 1;
+    }
+
+    /// `n` commands left without completing (aborted or dropped while waiting for data).
+    fn free_slots(&self, n: usize) {
+        let mut w = self.sess.window.lock();
+        w.outstanding = w.outstanding.saturating_sub(n as u32);
     }
 
     async fn start_write(&mut self, cmd: ScsiCommand) {
@@ -603,7 +617,6 @@ impl Conn {
                 running: true,
             },
         );
-        self.sess.window.lock().outstanding += 1;
         let job = Job {
             sess: self.sess.clone(),
             stats: self.server.stats.clone(),
@@ -735,7 +748,9 @@ impl Conn {
             e.running
         });
         drop(tasks);
+        let before = self.writes.len();
         self.writes.retain(|itt, w| !f(*itt, decode_lun(w.cmd.lun)));
+        self.free_slots(before - self.writes.len());
         n
     }
 
@@ -858,6 +873,7 @@ impl Conn {
             LogoutReason::CloseSession | LogoutReason::CloseConnection => 0,
             LogoutReason::RemoveConnectionForRecovery => 2,
         };
+        self.free_slots(self.writes.len());
         self.writes.clear();
         for _ in 0..3000 {
             if self.tasks.lock().is_empty() {

@@ -40,15 +40,19 @@ impl CmdWindow {
         }
     }
 
+    /// ExpCmdSN - 1 + free slots: equal to ExpCmdSN - 1 (a closed window, §4.2.2.1)
+    /// when `depth` commands are outstanding.
     pub fn max_cmd_sn(&self) -> u32 {
-        let free = self.depth.saturating_sub(self.outstanding).max(1);
+        let free = self.depth.saturating_sub(self.outstanding);
         self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1)
     }
 
     pub fn check(&self, cmd_sn: u32) -> CmdSnCheck {
-        if cmd_sn == self.exp_cmd_sn {
+        let max = self.max_cmd_sn();
+        let open = max != self.exp_cmd_sn.wrapping_sub(1);
+        if cmd_sn == self.exp_cmd_sn && open {
             CmdSnCheck::InOrder
-        } else if sn_lt(self.exp_cmd_sn, cmd_sn) && sn_le(cmd_sn, self.max_cmd_sn()) {
+        } else if open && sn_lt(self.exp_cmd_sn, cmd_sn) && sn_le(cmd_sn, max) {
             CmdSnCheck::Ahead
         } else {
             CmdSnCheck::Outside
@@ -81,6 +85,17 @@ mod tests {
         assert_eq!(w.max_cmd_sn(), 13);
         w.outstanding -= 1;
         assert_eq!(w.max_cmd_sn(), 14);
+    }
+
+    #[test]
+    fn full_window_closes_and_refuses_the_next_command() {
+        let mut w = CmdWindow::new(10, 2);
+        w.exp_cmd_sn = 12;
+        w.outstanding = 2;
+        assert_eq!(w.max_cmd_sn(), 11, "MaxCmdSN = ExpCmdSN - 1: closed");
+        assert_eq!(w.check(12), CmdSnCheck::Outside);
+        w.outstanding = 1;
+        assert_eq!(w.check(12), CmdSnCheck::InOrder);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Turn a validated [`Config`] into running pieces: open the back-end stores, create the
 //! logical units, and describe the targets and portals for the iSCSI fabric.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,12 @@ use scsi::{
     FilePrStore, LogicalUnit, LuConfig, PortGroup, PortGroups, TargetInfo, TargetPortGroups,
 };
 
-use crate::config::{alua_state, parse_size, Config, LunSection};
+use iscsi_initiator::{ChapCredentials, Client, InitiatorConfig, RemoteStore, RemoteStoreOptions};
+use volume::{LiveVolume, Registry, VirtualVolume};
+
+use crate::config::{
+    alua_state, backend_ref, parse_size, BackendRef, BackendSection, Config, LunSection,
+};
 
 /// Everything `serve` runs.
 pub struct Node {
@@ -24,10 +30,14 @@ pub struct Node {
     pub stores: Vec<Arc<dyn BlockStore>>,
 }
 
-/// Build the node. Errors name the target and LUN and say what to fix.
-pub fn build(cfg: &Config) -> Result<Node, String> {
+/// Build the node: open local stores, log in to the back-end arrays the mapping table
+/// uses, assemble the virtual volumes, and create the LUs. Runs inside the runtime
+/// (remote back-ends need it). Errors name the target, LUN or back-end and say what
+/// to fix.
+pub async fn build(cfg: &Config) -> Result<Node, String> {
     let masking = Arc::new(cfg.zoning.clone());
     let mut stores: Vec<Arc<dyn BlockStore>> = Vec::new();
+    let volumes = open_volumes(cfg).await?;
     let mut targets = Vec::new();
     for t in &cfg.targets {
         let name = IscsiName::parse(&t.name).map_err(|e| format!("target {}: {e}", t.name))?;
@@ -58,8 +68,16 @@ pub fn build(cfg: &Config) -> Result<Node, String> {
         };
         let mut luns = Vec::new();
         for l in &t.luns {
-            let store =
-                open_store(cfg, l).map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?;
+            let (store, volume_wwn): (Arc<dyn BlockStore>, Option<Wwn>) = match &l.volume {
+                Some(v) => {
+                    let (store, wwn) = volumes.get(v).cloned().expect("validated");
+                    (store, wwn)
+                }
+                None => (
+                    open_store(cfg, l).map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?,
+                    None,
+                ),
+            };
             if l.thin == Some(true) && !store.capabilities().unmap {
                 return Err(format!(
                     "target {name} LUN {}: thin = true needs a back-end that can deallocate \
@@ -67,9 +85,10 @@ pub fn build(cfg: &Config) -> Result<Node, String> {
                     l.lun
                 ));
             }
-            let wwn = match l.wwn {
-                Some(w) => w,
-                None => derive_wwn(cfg.node.oui, &name, l.lun)?,
+            // A virtual volume keeps its own identity wherever it is served.
+            let wwn = match (l.wwn, volume_wwn) {
+                (Some(w), _) | (None, Some(w)) => w,
+                (None, None) => derive_wwn(cfg.node.oui, &name, l.lun)?,
             };
             let serial = l.serial.clone().unwrap_or_else(|| wwn.to_hex());
             let mut naa = [0u8; 16];
@@ -137,8 +156,17 @@ pub fn build(cfg: &Config) -> Result<Node, String> {
 }
 
 fn open_store(cfg: &Config, l: &LunSection) -> Result<Arc<dyn BlockStore>, String> {
-    let path = cfg.resolve(&l.path);
-    let create_size = match &l.size {
+    let path = cfg.resolve(l.path.as_deref().expect("validated: path or volume"));
+    open_file(&path, l.size.as_deref(), l.block_size, l.read_only)
+}
+
+fn open_file(
+    path: &Path,
+    size: Option<&str>,
+    block_size: u32,
+    read_only: bool,
+) -> Result<Arc<dyn BlockStore>, String> {
+    let create_size = match size {
         Some(s) => Some(parse_size(s)?),
         None => None,
     };
@@ -149,15 +177,117 @@ fn open_store(cfg: &Config, l: &LunSection) -> Result<Arc<dyn BlockStore>, Strin
         ));
     }
     let store = FileStore::open(
-        &path,
+        path,
         &FileStoreOptions {
-            block_size: l.block_size,
+            block_size,
             create_size,
-            read_only: l.read_only,
+            read_only,
         },
     )
     .map_err(|e| e.to_string())?;
     Ok(Arc::new(store))
+}
+
+/// Open every back-end LU the mapping table uses and assemble each volume as a
+/// [`LiveVolume`] (remappable online). Returns volume name -> (store, WWN).
+async fn open_volumes(
+    cfg: &Config,
+) -> Result<HashMap<String, (Arc<dyn BlockStore>, Option<Wwn>)>, String> {
+    let mut out = HashMap::new();
+    let Some(table) = &cfg.mapping else {
+        return Ok(out);
+    };
+    let mut registry = Registry::new();
+    for st in &cfg.stores {
+        let store = open_file(
+            &cfg.resolve(&st.path),
+            st.size.as_deref(),
+            st.block_size,
+            st.read_only,
+        )
+        .map_err(|e| format!("store {}: {e}", st.id))?;
+        registry.insert(st.id.clone(), store);
+    }
+    // Log in to each array the table uses, once, and open the LUNs it needs.
+    let mut clients: HashMap<String, Client> = HashMap::new();
+    for v in &table.volumes {
+        for e in &v.extents {
+            let BackendRef::Remote { backend, lun } = backend_ref(&e.backend) else {
+                continue;
+            };
+            if registry.catalog().contains_key(&e.backend) {
+                continue;
+            }
+            let b = cfg
+                .backends
+                .iter()
+                .find(|b| b.id == backend)
+                .expect("validated");
+            let client = match clients.get(backend) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = connect_backend(cfg, b).await?;
+                    clients.insert(backend.to_string(), c.clone());
+                    c
+                }
+            };
+            let opts = RemoteStoreOptions {
+                timeout: Duration::from_secs(b.timeout_secs),
+                ..RemoteStoreOptions::default()
+            };
+            let store = RemoteStore::open(client, lun, opts).await.map_err(|e| {
+                format!(
+                    "backend {} ({} at {}) LUN {lun}: {e}",
+                    b.id, b.target, b.portal
+                )
+            })?;
+            tracing::info!(backend = %b.id, lun, blocks = store.num_blocks(), "back-end LU opened");
+            registry.insert(e.backend.clone(), Arc::new(store));
+        }
+    }
+    table
+        .validate_with(&registry.catalog())
+        .map_err(|e| format!("[mapping] does not fit the back-ends: {e}"))?;
+    for def in &table.volumes {
+        let vv = VirtualVolume::new(def, &registry, table.epoch)
+            .map_err(|e| format!("volume {}: {e}", def.name))?;
+        let wwn = def
+            .wwn
+            .parse::<Wwn>()
+            .map_err(|e| format!("volume {}: wwn: {e}", def.name))?;
+        let live: Arc<dyn BlockStore> = Arc::new(LiveVolume::new(vv));
+        out.insert(def.name.clone(), (live, Some(wwn)));
+    }
+    Ok(out)
+}
+
+async fn connect_backend(cfg: &Config, b: &BackendSection) -> Result<Client, String> {
+    let portal = b.portal.parse::<SocketAddr>().expect("validated");
+    let initiator = b.initiator_name.clone().unwrap_or_else(|| {
+        format!(
+            "iqn.2026-11.org.switchyard:{}",
+            cfg.node.name.to_ascii_lowercase()
+        )
+    });
+    let mut ic = InitiatorConfig::new(portal, initiator, b.target.clone());
+    ic.sessions = b.sessions;
+    ic.queue_depth = b.queue_depth;
+    ic.header_digest = b.digests;
+    ic.data_digest = b.digests;
+    ic.chap = b.chap.as_ref().map(|c| ChapCredentials {
+        username: c.username.clone(),
+        secret: c.secret.clone(),
+        mutual: match (&c.mutual_username, &c.mutual_secret) {
+            (Some(u), Some(s)) => Some((u.clone(), s.clone())),
+            _ => None,
+        },
+    });
+    Client::connect(ic).await.map_err(|e| {
+        format!(
+            "backend {}: cannot log in to {} at {}: {e}; check the portal, target name and CHAP",
+            b.id, b.target, b.portal
+        )
+    })
 }
 
 /// NAA 6 WWN from the OUI and a hash of (target name, LUN): stable across restarts and

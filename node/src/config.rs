@@ -22,6 +22,82 @@ pub struct Config {
     /// Zoning / LUN masking (see the fcwwn crate). Absent: every target is open.
     #[serde(default)]
     pub zoning: Masking,
+    /// Remote arrays whose LUs back virtual volumes.
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendSection>,
+    /// Local files or block devices that back virtual volumes.
+    #[serde(rename = "store", default)]
+    pub stores: Vec<StoreSection>,
+    /// The mapping table: virtual volumes as extents over back-end LUs.
+    #[serde(default)]
+    pub mapping: Option<volume::MappingTable>,
+}
+
+/// A remote iSCSI array. Its LUs are named `<id>/lun<N>` in the mapping table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub id: String,
+    /// `ip:port` of the array's portal.
+    pub portal: String,
+    /// The array's target name.
+    pub target: String,
+    /// Our initiator name towards the array (default: derived from the node name).
+    pub initiator_name: Option<String>,
+    pub chap: Option<ChapSection>,
+    /// Sessions to the array (commands are spread over them).
+    #[serde(default = "one_usize")]
+    pub sessions: usize,
+    /// Commands in flight per session.
+    #[serde(default = "default_backend_qd")]
+    pub queue_depth: usize,
+    /// Per-command timeout; keep it below the hosts' SCSI timeout (30 s on Linux).
+    #[serde(default = "default_backend_timeout")]
+    pub timeout_secs: u64,
+    /// Offer CRC32C header and data digests.
+    #[serde(default)]
+    pub digests: bool,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn default_backend_qd() -> usize {
+    32
+}
+fn default_backend_timeout() -> u64 {
+    15
+}
+
+/// A local file or block device usable as a back-end LU (named by its `id`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub id: String,
+    pub path: PathBuf,
+    /// Create a sparse file of this size if `path` does not exist.
+    pub size: Option<String>,
+    #[serde(default = "default_bs")]
+    pub block_size: u32,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A back-end LU reference from the mapping table: `<backend>/lun<N>` (remote) or a
+/// store id (local).
+pub enum BackendRef<'a> {
+    Remote { backend: &'a str, lun: u64 },
+    Local(&'a str),
+}
+
+/// Parse a back-end LU id.
+pub fn backend_ref(id: &str) -> BackendRef<'_> {
+    if let Some((b, l)) = id.rsplit_once("/lun") {
+        if let Ok(lun) = l.parse::<u64>() {
+            return BackendRef::Remote { backend: b, lun };
+        }
+    }
+    BackendRef::Local(id)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,7 +233,10 @@ pub struct ChapSection {
 pub struct LunSection {
     pub lun: u16,
     /// File or block device; relative paths are resolved against the data folder.
-    pub path: PathBuf,
+    /// Exactly one of `path` and `volume`.
+    pub path: Option<PathBuf>,
+    /// A virtual volume from the mapping table.
+    pub volume: Option<String>,
     /// Create a sparse file of this size if `path` does not exist ("1GiB", "512MiB").
     pub size: Option<String>,
     #[serde(default = "default_bs")]
@@ -286,6 +365,27 @@ impl Config {
             }
             let mut luns = std::collections::HashSet::new();
             for l in &t.luns {
+                match (&l.path, &l.volume) {
+                    (Some(_), None) => {}
+                    (None, Some(v)) => {
+                        let known = self
+                            .mapping
+                            .as_ref()
+                            .is_some_and(|m| m.volumes.iter().any(|d| &d.name == v));
+                        if !known {
+                            return bad(format!(
+                                "target {} LUN {}: volume \"{v}\" is not in [mapping]",
+                                t.name, l.lun
+                            ));
+                        }
+                    }
+                    _ => {
+                        return bad(format!(
+                            "target {} LUN {}: set exactly one of `path` and `volume`",
+                            t.name, l.lun
+                        ))
+                    }
+                }
                 if !luns.insert(l.lun) {
                     return bad(format!("target {}: LUN {} is defined twice", t.name, l.lun));
                 }
@@ -307,6 +407,58 @@ impl Config {
                         return bad(format!(
                             "target {} LUN {}: size {s} is not a positive multiple of the {}-byte block size",
                             t.name, l.lun, l.block_size
+                        ));
+                    }
+                }
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for b in &self.backends {
+            if !ids.insert(b.id.as_str()) {
+                return bad(format!("back-end id {} is defined twice", b.id));
+            }
+            if b.portal.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "backend {}: portal = \"{}\" is not an ip:port address",
+                    b.id, b.portal
+                ));
+            }
+            IscsiName::parse(&b.target)
+                .map_err(|e| ConfigError::Invalid(format!("backend {}: target: {e}", b.id)))?;
+            if b.sessions == 0 || b.queue_depth == 0 {
+                return bad(format!(
+                    "backend {}: sessions and queue_depth must be at least 1",
+                    b.id
+                ));
+            }
+        }
+        for st in &self.stores {
+            if !ids.insert(st.id.as_str()) {
+                return bad(format!("back-end id {} is defined twice", st.id));
+            }
+            if st.id.contains("/lun") {
+                return bad(format!(
+                    "store id {}: \"/lun\" is reserved for remote back-ends",
+                    st.id
+                ));
+            }
+        }
+        if let Some(m) = &self.mapping {
+            m.validate()
+                .map_err(|e| ConfigError::Invalid(format!("[mapping]: {e}")))?;
+            for v in &m.volumes {
+                for e in &v.extents {
+                    let known = match backend_ref(&e.backend) {
+                        BackendRef::Remote { backend, .. } => {
+                            self.backends.iter().any(|b| b.id == backend)
+                        }
+                        BackendRef::Local(id) => self.stores.iter().any(|s| s.id == id),
+                    };
+                    if !known {
+                        return bad(format!(
+                            "volume {}: extent at {} uses back-end \"{}\", which is neither a \
+                             [[store]] id nor <[[backend]] id>/lun<N>",
+                            v.name, e.vstart, e.backend
                         ));
                     }
                 }

@@ -109,13 +109,21 @@ fn check(path: &Path) -> Result<(), String> {
     for p in &cfg.portals {
         println!("portal {} (tpgt {})", p.listen, p.tpgt);
     }
+    if let Some(m) = &cfg.mapping {
+        print!("{m}");
+    }
     for t in &cfg.targets {
         for l in &t.luns {
+            let what = match (&l.path, &l.volume) {
+                (Some(p), _) => cfg.resolve(p).display().to_string(),
+                (None, Some(v)) => format!("volume {v}"),
+                (None, None) => String::new(),
+            };
             println!(
                 "target {} lun {} -> {} ({} B blocks{})",
                 t.name,
                 l.lun,
-                cfg.resolve(&l.path).display(),
+                what,
                 l.block_size,
                 if l.read_only { ", read-only" } else { "" }
             );
@@ -126,13 +134,13 @@ fn check(path: &Path) -> Result<(), String> {
 }
 
 fn serve(cfg: Config) -> Result<(), String> {
-    let node = build::build(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchyard")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
+        let node = build::build(&cfg).await?;
         let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
         let listeners = server.bind().await.map_err(|e| e.to_string())?;
         for (l, p) in listeners.iter().zip(server.shared().portals.iter()) {

@@ -13,7 +13,13 @@ fn etc(name: &str) -> String {
 
 #[test]
 fn example_configs_check_ok() {
-    for f in ["quickstart.toml", "secure.toml", "multipath.toml"] {
+    for f in [
+        "quickstart.toml",
+        "secure.toml",
+        "multipath.toml",
+        "array.toml",
+        "virtual.toml",
+    ] {
         let out = switchyard()
             .args(["check", "--config", &etc(f)])
             .output()

@@ -1,0 +1,649 @@
+//! [`RemoteStore`]: a [`BlockStore`] over one LUN of a back-end target, reached
+//! through a [`Client`].
+//!
+//! At open it reads the geometry (READ CAPACITY(16)), the block limits (VPD B0h:
+//! MAXIMUM TRANSFER LENGTH, unmap limits), logical block provisioning (LBPME from READ
+//! CAPACITY(16), LBPU from VPD B2h) and the write-protect bit (MODE SENSE). I/O is
+//! READ(16)/WRITE(16) (FUA when asked), SYNCHRONIZE CACHE(16), UNMAP and GET LBA
+//! STATUS, split at the smaller of the target's MAXIMUM TRANSFER LENGTH and our own
+//! cap, with the pieces of one request in flight together.
+//!
+//! A UNIT ATTENTION from the back-end is consumed and the command retried (at most
+//! [`MAX_UA_RETRIES`] times); CAPACITY DATA HAS CHANGED re-reads the capacity first.
+//!
+//! # Threads
+//!
+//! The [`BlockStore`] methods are synchronous: they run the async I/O with
+//! [`tokio::runtime::Handle::block_on`] on the runtime captured by
+//! [`RemoteStore::open`]. Call them from threads outside the runtime's async workers —
+//! `spawn_blocking` threads (as the SCSI core does) or plain threads — never from
+//! inside an async task, where `block_on` panics.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus};
+use bytes::Bytes;
+use futures::stream::{self, TryStreamExt};
+use tokio::runtime::Handle;
+
+use crate::client::Client;
+use crate::error::InitiatorError;
+use crate::outcome::{sense_key, status, ScsiOutcome, SenseInfo};
+
+/// Unit attentions consumed (and the command retried) per command.
+pub const MAX_UA_RETRIES: usize = 3;
+/// BUSY / TASK SET FULL retries per command.
+const MAX_BUSY_RETRIES: usize = 6;
+
+/// Tunables of a [`RemoteStore`].
+#[derive(Debug, Clone)]
+pub struct RemoteStoreOptions {
+    /// Timeout of each SCSI command.
+    pub timeout: Duration,
+    /// Our own cap on the bytes of one READ/WRITE (the target's limit applies too).
+    pub max_io_bytes: u32,
+    /// Pieces of one large request in flight at once.
+    pub parallel: usize,
+}
+
+impl Default for RemoteStoreOptions {
+    fn default() -> Self {
+        RemoteStoreOptions {
+            timeout: Duration::from_secs(30),
+            max_io_bytes: 1024 * 1024,
+            parallel: 8,
+        }
+    }
+}
+
+/// The failure of a command on a back-end LU, carried inside
+/// [`BlockError::Io`] so that the message names the back-end and, when the array
+/// returned sense data, the sense.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("back-end {backend}: {op} failed: {detail}")]
+pub struct RemoteIoError {
+    /// "target <name> LUN <n>".
+    pub backend: String,
+    /// The command, e.g. "READ(16)".
+    pub op: &'static str,
+    /// The array's sense data, if it sent any.
+    pub sense: Option<SenseInfo>,
+    pub detail: String,
+}
+
+/// One LUN of a remote target as a block store.
+pub struct RemoteStore {
+    client: Client,
+    lun: u64,
+    handle: Handle,
+    opts: RemoteStoreOptions,
+    name: String,
+    block_size: u32,
+    blocks: AtomicU64,
+    /// Blocks per READ/WRITE command.
+    max_blocks: u32,
+    lbpme: bool,
+    lbpu: bool,
+    max_unmap_blocks: u32,
+    max_unmap_descriptors: u32,
+    write_protected: AtomicBool,
+}
+
+impl std::fmt::Debug for RemoteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStore")
+            .field("backend", &self.name)
+            .field("block_size", &self.block_size)
+            .field("blocks", &self.num_blocks())
+            .field("max_blocks", &self.max_blocks)
+            .field("lbpu", &self.lbpu)
+            .finish()
+    }
+}
+
+/// Geometry from READ CAPACITY(16).
+struct Capacity {
+    blocks: u64,
+    block_size: u32,
+    lbpme: bool,
+}
+
+impl RemoteStore {
+    /// Opens LUN `lun` of the client's target: clears pending unit attentions and
+    /// reads geometry and limits. Captures the current tokio runtime for the sync
+    /// [`BlockStore`] methods.
+    pub async fn open(
+        client: Client,
+        lun: u64,
+        opts: RemoteStoreOptions,
+    ) -> Result<RemoteStore, InitiatorError> {
+        let name = format!("target {} LUN {lun}", client.config().target_name);
+        let mut store = RemoteStore {
+            client,
+            lun,
+            handle: Handle::current(),
+            opts,
+            name,
+            block_size: 512,
+            blocks: AtomicU64::new(0),
+            max_blocks: 1,
+            lbpme: false,
+            lbpu: false,
+            max_unmap_blocks: 0,
+            max_unmap_descriptors: 0,
+            write_protected: AtomicBool::new(false),
+        };
+        let backend = store.name.clone();
+        let failed = |what: &str, e: BlockError| InitiatorError::CommandFailed {
+            target: backend.clone(),
+            what: format!("{what}: {e}"),
+        };
+        // TEST UNIT READY: consumes the power-on / new-nexus unit attentions.
+        store
+            .command("TEST UNIT READY", &[0u8; 6], Bytes::new(), 0)
+            .await
+            .map_err(|e| failed("TEST UNIT READY", e))?;
+        let cap = store
+            .read_capacity()
+            .await
+            .map_err(|e| failed("READ CAPACITY(16)", e))?;
+        if cap.block_size == 0 || !cap.block_size.is_power_of_two() {
+            return Err(InitiatorError::CommandFailed {
+                target: store.name.clone(),
+                what: format!("unusable logical block size {}", cap.block_size),
+            });
+        }
+        store.block_size = cap.block_size;
+        store.blocks.store(cap.blocks, Ordering::Release);
+        store.lbpme = cap.lbpme;
+        let pages = store.vpd(0x00, 255).await.unwrap_or_default();
+        let supported = |p: u8| pages.len() > 4 && pages[4..].contains(&p);
+        let mut target_max = 0u32;
+        if supported(0xb0) {
+            if let Ok(b0) = store.vpd(0xb0, 64).await {
+                if b0.len() >= 28 {
+                    target_max = be32(&b0[8..12]);
+                    store.max_unmap_blocks = be32(&b0[20..24]);
+                    store.max_unmap_descriptors = be32(&b0[24..28]);
+                }
+            }
+        }
+        if store.lbpme && supported(0xb2) {
+            if let Ok(b2) = store.vpd(0xb2, 64).await {
+                store.lbpu = b2.len() > 5 && b2[5] & 0x80 != 0;
+            }
+        }
+        let own_max = (store.opts.max_io_bytes / store.block_size).max(1);
+        store.max_blocks = if target_max == 0 {
+            own_max
+        } else {
+            own_max.min(target_max)
+        };
+        // MODE SENSE(6), DBD: the WP bit of the device-specific parameter.
+        if let Ok(ms) = store
+            .command(
+                "MODE SENSE(6)",
+                &[0x1a, 0x08, 0x3f, 0, 0xff, 0],
+                Bytes::new(),
+                255,
+            )
+            .await
+        {
+            if ms.data.len() > 2 {
+                store
+                    .write_protected
+                    .store(ms.data[2] & 0x80 != 0, Ordering::Release);
+            }
+        }
+        tracing::info!(backend = %store.name, ?store, "remote LU opened");
+        Ok(store)
+    }
+
+    /// The back-end's name for messages ("target X LUN n").
+    pub fn backend_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Blocks per READ/WRITE command (target limit and our cap).
+    pub fn max_transfer_blocks(&self) -> u32 {
+        self.max_blocks
+    }
+
+    /// The client this store runs over.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Re-reads the capacity (after CAPACITY DATA HAS CHANGED); returns the blocks.
+    pub async fn refresh_capacity(&self) -> Result<u64, BlockError> {
+        let cap = self.read_capacity().await?;
+        if cap.block_size != self.block_size {
+            tracing::error!(backend = %self.name, old = self.block_size, new = cap.block_size, "the back-end changed its block size; I/O will fail");
+            return Err(self.io_error(
+                "READ CAPACITY(16)",
+                io::ErrorKind::Other,
+                None,
+                format!(
+                    "block size changed from {} to {}",
+                    self.block_size, cap.block_size
+                ),
+            ));
+        }
+        let old = self.blocks.swap(cap.blocks, Ordering::AcqRel);
+        if old != cap.blocks {
+            tracing::info!(backend = %self.name, old, new = cap.blocks, "back-end capacity changed");
+        }
+        Ok(cap.blocks)
+    }
+
+    async fn read_capacity(&self) -> Result<Capacity, BlockError> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x10;
+        cdb[13] = 32;
+        let out = self
+            .command_inner("READ CAPACITY(16)", &cdb, Bytes::new(), 32, false)
+            .await?;
+        let d = &out.data;
+        if d.len() < 12 {
+            return Err(self.io_error(
+                "READ CAPACITY(16)",
+                io::ErrorKind::InvalidData,
+                None,
+                format!("only {} bytes of capacity data", d.len()),
+            ));
+        }
+        Ok(Capacity {
+            blocks: be64(&d[0..8]).wrapping_add(1),
+            block_size: be32(&d[8..12]),
+            lbpme: d.len() > 14 && d[14] & 0x80 != 0,
+        })
+    }
+
+    async fn vpd(&self, page: u8, len: u16) -> Result<Bytes, BlockError> {
+        let [hi, lo] = len.to_be_bytes();
+        let out = self
+            .command(
+                "INQUIRY",
+                &[0x12, 0x01, page, hi, lo, 0],
+                Bytes::new(),
+                u32::from(len),
+            )
+            .await?;
+        Ok(out.data)
+    }
+
+    fn io_error(
+        &self,
+        op: &'static str,
+        kind: io::ErrorKind,
+        sense: Option<SenseInfo>,
+        detail: String,
+    ) -> BlockError {
+        BlockError::Io(io::Error::new(
+            kind,
+            RemoteIoError {
+                backend: self.name.clone(),
+                op,
+                sense,
+                detail,
+            },
+        ))
+    }
+
+    fn transport_error(&self, op: &'static str, e: InitiatorError) -> BlockError {
+        self.io_error(op, e.io_kind(), None, e.to_string())
+    }
+
+    /// Runs a command with unit attention handling and BUSY retries.
+    async fn command(
+        &self,
+        op: &'static str,
+        cdb: &[u8],
+        data_out: Bytes,
+        read_len: u32,
+    ) -> Result<ScsiOutcome, BlockError> {
+        self.command_inner(op, cdb, data_out, read_len, true).await
+    }
+
+    async fn command_inner(
+        &self,
+        op: &'static str,
+        cdb: &[u8],
+        data_out: Bytes,
+        read_len: u32,
+        refresh_on_ua: bool,
+    ) -> Result<ScsiOutcome, BlockError> {
+        let mut uas = 0;
+        let mut busy = 0;
+        loop {
+            let out = self
+                .client
+                .execute(self.lun, cdb, data_out.clone(), read_len, self.opts.timeout)
+                .await
+                .map_err(|e| self.transport_error(op, e))?;
+            match out.status {
+                status::GOOD | status::CONDITION_MET => return Ok(out),
+                status::CHECK_CONDITION => {
+                    let sense = out.sense_info();
+                    match sense {
+                        Some(s) if s.key == sense_key::UNIT_ATTENTION && uas < MAX_UA_RETRIES => {
+                            uas += 1;
+                            tracing::info!(backend = %self.name, sense = %s, op, "unit attention from the back-end; retrying");
+                            if refresh_on_ua && (s.asc, s.ascq) == (0x2a, 0x09) {
+                                // CAPACITY DATA HAS CHANGED.
+                                self.refresh_capacity_no_ua().await?;
+                            }
+                        }
+                        _ => return Err(self.sense_error(op, cdb, sense)),
+                    }
+                }
+                status::BUSY | status::TASK_SET_FULL if busy < MAX_BUSY_RETRIES => {
+                    busy += 1;
+                    tokio::time::sleep(Duration::from_millis(5 << busy)).await;
+                }
+                status::TASK_ABORTED if busy < MAX_BUSY_RETRIES => {
+                    // Aborted by another initiator's action (TAS): run it again.
+                    busy += 1;
+                }
+                status::RESERVATION_CONFLICT => {
+                    return Err(self.io_error(
+                        op,
+                        io::ErrorKind::PermissionDenied,
+                        None,
+                        "RESERVATION CONFLICT: another initiator holds a reservation".into(),
+                    ))
+                }
+                other => {
+                    return Err(self.io_error(
+                        op,
+                        io::ErrorKind::Other,
+                        None,
+                        format!("SCSI status {other:#04x}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Capacity re-read that does not recurse into unit attention handling.
+    fn refresh_capacity_no_ua(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BlockError>> + Send + '_>>
+    {
+        Box::pin(self.refresh_capacity())
+    }
+
+    /// Back-end sense to a [`BlockError`]: LBA OUT OF RANGE, DATA PROTECT and INVALID
+    /// COMMAND OPERATION CODE have variants; everything else (medium and hardware
+    /// errors, NOT READY, ...) is `Io` carrying the sense in a [`RemoteIoError`].
+    fn sense_error(&self, op: &'static str, cdb: &[u8], sense: Option<SenseInfo>) -> BlockError {
+        let Some(s) = sense else {
+            return self.io_error(
+                op,
+                io::ErrorKind::Other,
+                None,
+                "CHECK CONDITION without sense data".into(),
+            );
+        };
+        match (s.key, s.asc, s.ascq) {
+            (sense_key::ILLEGAL_REQUEST, 0x21, 0x00) => {
+                let (lba, blocks) = lba_and_blocks(cdb);
+                BlockError::OutOfRange {
+                    lba,
+                    blocks,
+                    capacity: self.num_blocks(),
+                }
+            }
+            (sense_key::ILLEGAL_REQUEST, 0x20, 0x00) => BlockError::Unsupported(op),
+            (sense_key::DATA_PROTECT, ..) => BlockError::ReadOnly,
+            _ => {
+                let kind = match s.key {
+                    sense_key::NOT_READY => io::ErrorKind::ResourceBusy,
+                    sense_key::ABORTED_COMMAND => io::ErrorKind::Interrupted,
+                    sense_key::ILLEGAL_REQUEST => io::ErrorKind::InvalidInput,
+                    _ => io::ErrorKind::Other,
+                };
+                self.io_error(op, kind, Some(s), s.to_string())
+            }
+        }
+    }
+
+    fn lba_cdb(op: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = op;
+        if fua {
+            c[1] = 0x08;
+        }
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    async fn read_async(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let bs = self.block_size as usize;
+        let piece = self.max_blocks as usize * bs;
+        stream::iter(buf.chunks_mut(piece).enumerate().map(Ok))
+            .try_for_each_concurrent(self.opts.parallel.max(1), |(i, chunk)| async move {
+                let at = lba + (i * piece / bs) as u64;
+                let blocks = (chunk.len() / bs) as u32;
+                let cdb = Self::lba_cdb(0x88, at, blocks, false);
+                let out = self
+                    .command("READ(16)", &cdb, Bytes::new(), chunk.len() as u32)
+                    .await?;
+                if out.data.len() < chunk.len() {
+                    return Err(self.io_error(
+                        "READ(16)",
+                        io::ErrorKind::UnexpectedEof,
+                        None,
+                        format!(
+                            "short read: {} of {} bytes at LBA {at}",
+                            out.data.len(),
+                            chunk.len()
+                        ),
+                    ));
+                }
+                chunk.copy_from_slice(&out.data[..chunk.len()]);
+                Ok(())
+            })
+            .await
+    }
+
+    async fn write_async(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        let bs = self.block_size as usize;
+        let piece = self.max_blocks as usize * bs;
+        stream::iter(data.chunks(piece).enumerate().map(Ok))
+            .try_for_each_concurrent(self.opts.parallel.max(1), |(i, chunk)| async move {
+                let at = lba + (i * piece / bs) as u64;
+                let blocks = (chunk.len() / bs) as u32;
+                let cdb = Self::lba_cdb(0x8a, at, blocks, fua);
+                let out = self
+                    .command("WRITE(16)", &cdb, Bytes::copy_from_slice(chunk), 0)
+                    .await?;
+                if let crate::outcome::Residual::Underflow(n) = out.residual {
+                    if n > 0 {
+                        return Err(self.io_error(
+                            "WRITE(16)",
+                            io::ErrorKind::WriteZero,
+                            None,
+                            format!("the back-end took {n} bytes less than sent at LBA {at}"),
+                        ));
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn unmap_async(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        let per_desc = u64::from(if self.max_unmap_blocks == 0 {
+            u32::MAX
+        } else {
+            self.max_unmap_blocks
+        });
+        let per_cmd = self.max_unmap_descriptors.clamp(1, 256) as usize;
+        let mut ranges = Vec::new();
+        let (mut at, mut left) = (lba, blocks);
+        while left > 0 {
+            let n = left.min(per_desc);
+            ranges.push((at, n as u32));
+            at += n;
+            left -= n;
+        }
+        for group in ranges.chunks(per_cmd) {
+            // UNMAP parameter list (SBC-4 5.30.2): 8-byte header, 16-byte descriptors.
+            let mut p = vec![0u8; 8 + 16 * group.len()];
+            let total = p.len();
+            p[0..2].copy_from_slice(&((total - 2) as u16).to_be_bytes());
+            p[2..4].copy_from_slice(&((total - 8) as u16).to_be_bytes());
+            for (i, (l, n)) in group.iter().enumerate() {
+                let d = 8 + 16 * i;
+                p[d..d + 8].copy_from_slice(&l.to_be_bytes());
+                p[d + 8..d + 12].copy_from_slice(&n.to_be_bytes());
+            }
+            let mut cdb = [0u8; 10];
+            cdb[0] = 0x42;
+            cdb[7..9].copy_from_slice(&(total as u16).to_be_bytes());
+            self.command("UNMAP", &cdb, Bytes::from(p), 0).await?;
+        }
+        Ok(())
+    }
+
+    async fn lba_status_async(&self, lba: u64) -> Result<LbaStatus, BlockError> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x12;
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[13] = 24;
+        let out = self
+            .command("GET LBA STATUS", &cdb, Bytes::new(), 24)
+            .await?;
+        let d = &out.data;
+        if d.len() < 24 {
+            return Err(self.io_error(
+                "GET LBA STATUS",
+                io::ErrorKind::InvalidData,
+                None,
+                format!("only {} bytes of LBA status", d.len()),
+            ));
+        }
+        let start = be64(&d[8..16]);
+        let count = u64::from(be32(&d[16..20]));
+        let provisioning = d[20] & 0x0f;
+        let end = start.saturating_add(count);
+        if start > lba || end <= lba {
+            return Err(self.io_error(
+                "GET LBA STATUS",
+                io::ErrorKind::InvalidData,
+                None,
+                format!("descriptor {start}+{count} does not cover LBA {lba}"),
+            ));
+        }
+        Ok(LbaStatus {
+            mapped: provisioning == 0,
+            blocks: end - lba,
+        })
+    }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(x)
+}
+
+/// LBA and block count of a READ/WRITE(16) CDB, for OutOfRange errors.
+fn lba_and_blocks(cdb: &[u8]) -> (u64, u64) {
+    if cdb.len() >= 14 && matches!(cdb[0], 0x88 | 0x8a) {
+        (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
+    } else {
+        (0, 0)
+    }
+}
+
+impl BlockStore for RemoteStore {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.blocks.load(Ordering::Acquire)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            unmap: self.lbpu,
+            lba_status: self.lbpme,
+            read_only: self.write_protected.load(Ordering::Acquire),
+            fua: true,
+        }
+    }
+
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.check_buf(lba, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.handle.block_on(self.read_async(lba, buf))
+    }
+
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        self.check_buf(lba, data.len())?;
+        if self.write_protected.load(Ordering::Acquire) {
+            return Err(BlockError::ReadOnly);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.handle.block_on(self.write_async(lba, data, fua))
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        let cdb = [0x91u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        self.handle
+            .block_on(self.command("SYNCHRONIZE CACHE(16)", &cdb, Bytes::new(), 0))
+            .map(|_| ())
+    }
+
+    fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        if !self.lbpu {
+            return Err(BlockError::Unsupported("unmap"));
+        }
+        self.check_range(lba, blocks)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        self.handle.block_on(self.unmap_async(lba, blocks))
+    }
+
+    fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
+        if !self.lbpme {
+            return Err(BlockError::Unsupported("lba status"));
+        }
+        self.check_range(lba, 1)?;
+        self.handle.block_on(self.lba_status_async(lba))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdbs() {
+        let c = RemoteStore::lba_cdb(0x8a, 0x0102_0304_0506_0708, 16, true);
+        assert_eq!(c[0], 0x8a);
+        assert_eq!(c[1], 0x08);
+        assert_eq!(&c[2..10], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&c[10..14], &[0, 0, 0, 16]);
+        assert_eq!(lba_and_blocks(&c), (0x0102_0304_0506_0708, 16));
+        let r = RemoteStore::lba_cdb(0x88, 5, 1, false);
+        assert_eq!(r[1], 0);
+    }
+}

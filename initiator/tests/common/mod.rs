@@ -1,0 +1,503 @@
+//! Shared test fixtures: our own target in-process (switchyard's `iscsi::Server` over
+//! `MemStore` LUs), test stores with knobs (slow reads, a growable capacity), and a
+//! real tgtd started on private ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus, MemStore};
+use fcwwn::Masking;
+use iscsi::{ChapConfig, FabricConfig, LunDef, PortalDef, Server, TargetDef};
+use iscsi_initiator::InitiatorConfig;
+use scsi::{Limits, LogicalUnit, LuConfig, TargetInfo};
+use tokio_util::sync::CancellationToken;
+
+pub const TARGET: &str = "iqn.2026-11.org.switchyard:array";
+pub const INITIATOR: &str = "iqn.2026-11.org.switchyard:node1";
+
+/// How to build an in-process target.
+pub struct Spec {
+    pub luns: Vec<Arc<dyn BlockStore>>,
+    pub chap: Option<ChapConfig>,
+    pub fabric: FabricConfig,
+    /// Limits for every LU (default: `Limits::for_block_size`).
+    pub limits: Option<Limits>,
+    pub thin: bool,
+    pub name: String,
+    /// Bind here (for restarts on the same port); default 127.0.0.1:0.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            luns: vec![Arc::new(MemStore::new(512, 65536))],
+            chap: None,
+            fabric: FabricConfig::default(),
+            limits: None,
+            thin: false,
+            name: TARGET.into(),
+            addr: None,
+        }
+    }
+}
+
+/// A target running in this process.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub server: Server,
+    pub lus: Vec<Arc<LogicalUnit>>,
+    pub name: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Target {
+    pub async fn start(spec: Spec) -> Target {
+        let info = Arc::new(TargetInfo {
+            name: spec.name.clone(),
+            port_name: format!("{},t,0x0001", spec.name),
+        });
+        let lus: Vec<Arc<LogicalUnit>> = spec
+            .luns
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut wwn = [0u8; 16];
+                wwn[0] = 0x60;
+                wwn[1] = spec.name.len() as u8;
+                wwn[15] = i as u8 + 1;
+                let cfg = LuConfig {
+                    wwn,
+                    naa_len: 16,
+                    serial: format!("SERIAL{i}"),
+                    thin: spec.thin,
+                    ..LuConfig::default()
+                };
+                let limits = spec
+                    .limits
+                    .unwrap_or_else(|| Limits::for_block_size(s.block_size()));
+                Arc::new(LogicalUnit::with_limits(cfg, s.clone(), limits))
+            })
+            .collect();
+        let target = TargetDef {
+            name: spec.name.clone(),
+            alias: Some("array".into()),
+            luns: lus
+                .iter()
+                .enumerate()
+                .map(|(i, lu)| LunDef {
+                    lun: i as u16,
+                    lu: lu.clone(),
+                })
+                .collect(),
+            masking: Arc::new(Masking::open()),
+            chap: spec.chap,
+            info,
+        };
+        let server = Server::new(
+            spec.fabric,
+            vec![target],
+            vec![PortalDef {
+                addr: spec.addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+                tpgt: 1,
+            }],
+        );
+        let listeners = server.bind().await.expect("bind");
+        let addr = listeners[0].local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let (s2, sd) = (server.clone(), shutdown.clone());
+        let task = tokio::spawn(async move { s2.run(listeners, sd).await });
+        Target {
+            addr,
+            server,
+            lus,
+            name: spec.name,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Ends every session of this target from the server side.
+    pub fn kill_sessions(&self) {
+        self.server.shared().reset_target(&self.name, 0);
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    /// Initiator configuration for this target, with short timeouts for tests.
+    pub fn config(&self) -> InitiatorConfig {
+        let mut c = InitiatorConfig::new(self.addr, INITIATOR, self.name.clone());
+        c.reconnect_initial = Duration::from_millis(20);
+        c.reconnect_max = Duration::from_millis(500);
+        c.abort_timeout = Duration::from_secs(2);
+        c
+    }
+}
+
+/// A deterministic pattern: block `lba` written by `writer`.
+pub fn pattern(writer: u64, lba: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut x = (lba.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ (writer << 48) ^ 0x1234_5678;
+    for chunk in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    v
+}
+
+pub fn read16(lba: u64, blocks: u32) -> [u8; 16] {
+    cdb16(0x88, lba, blocks)
+}
+
+pub fn write16(lba: u64, blocks: u32) -> [u8; 16] {
+    cdb16(0x8a, lba, blocks)
+}
+
+fn cdb16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// A MemStore whose reads sleep while `delay_ms` is non-zero.
+pub struct SlowStore {
+    pub inner: MemStore,
+    pub delay_ms: AtomicU64,
+}
+
+impl SlowStore {
+    pub fn new(blocks: u64) -> SlowStore {
+        SlowStore {
+            inner: MemStore::new(512, blocks),
+            delay_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BlockStore for SlowStore {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let d = self.delay_ms.load(Ordering::Acquire);
+        if d > 0 {
+            std::thread::sleep(Duration::from_millis(d));
+        }
+        self.inner.read(lba, buf)
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        self.inner.write(lba, data, fua)
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        self.inner.flush()
+    }
+}
+
+/// A MemStore that shows only `visible` of its blocks (to grow it online).
+pub struct GrowStore {
+    pub inner: MemStore,
+    pub visible: AtomicU64,
+}
+
+impl BlockStore for GrowStore {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.visible.load(Ordering::Acquire)
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.check_buf(lba, buf.len())?;
+        self.inner.read(lba, buf)
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        self.check_buf(lba, data.len())?;
+        self.inner.write(lba, data, fua)
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        self.inner.flush()
+    }
+    fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        self.inner.unmap(lba, blocks)
+    }
+    fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
+        self.inner.lba_status(lba)
+    }
+}
+
+/// A tgtd on private ports with one file-backed LU (LUN 1), killed on drop.
+pub struct Tgtd {
+    pub addr: SocketAddr,
+    pub iqn: String,
+    control_port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// tgtd refuses control ports of 32768 and above; pick one per test from the
+/// process id and a counter (23999 is the benchmark's).
+fn control_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let p = 24000 + (u64::from(std::process::id()) % 800) * 10 + n % 10;
+    p as u16
+}
+
+impl Tgtd {
+    /// Starts tgtd with a sparse backing file of `size` bytes. `chap`: (user, secret)
+    /// for incoming CHAP; `mutual`: (user, secret) for outgoing (mutual) CHAP.
+    pub fn start(size: u64, chap: Option<(&str, &str)>, mutual: Option<(&str, &str)>) -> Tgtd {
+        if Command::new("tgtd")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            panic!("tgtd not found: install tgt (`apt-get install -y tgt`); these tests need a real third-party target");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lu.img");
+        std::fs::File::create(&file).unwrap().set_len(size).unwrap();
+        let port = free_port();
+        let control_port = control_port();
+        let iqn = format!("iqn.2026-11.org.switchyard.test:tgtd-{port}");
+        let child = Command::new("tgtd")
+            .args(["-f", "--control-port", &control_port.to_string()])
+            .args(["--iscsi", &format!("portal=127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tgtd");
+        let t = Tgtd {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            iqn: iqn.clone(),
+            control_port,
+            child,
+            _dir: dir,
+        };
+        // Wait for the control socket.
+        let mut ok = false;
+        for _ in 0..100 {
+            if t.adm(&["--op", "show", "--mode", "target"], false) {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(ok, "tgtd did not come up");
+        t.adm(
+            &["--op", "new", "--mode", "target", "--tid", "1", "-T", &iqn],
+            true,
+        );
+        t.adm(
+            &[
+                "--op",
+                "new",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "1",
+                "--lun",
+                "1",
+                "-b",
+                file.to_str().unwrap(),
+            ],
+            true,
+        );
+        t.adm(
+            &[
+                "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+            ],
+            true,
+        );
+        if let Some((u, p)) = chap {
+            t.adm(
+                &[
+                    "--op",
+                    "new",
+                    "--mode",
+                    "account",
+                    "--user",
+                    u,
+                    "--password",
+                    p,
+                ],
+                true,
+            );
+            t.adm(
+                &[
+                    "--op", "bind", "--mode", "account", "--tid", "1", "--user", u,
+                ],
+                true,
+            );
+        }
+        if let Some((u, p)) = mutual {
+            t.adm(
+                &[
+                    "--op",
+                    "new",
+                    "--mode",
+                    "account",
+                    "--user",
+                    u,
+                    "--password",
+                    p,
+                ],
+                true,
+            );
+            t.adm(
+                &[
+                    "--op",
+                    "bind",
+                    "--mode",
+                    "account",
+                    "--tid",
+                    "1",
+                    "--user",
+                    u,
+                    "--outgoing",
+                ],
+                true,
+            );
+        }
+        // The portal listens once tgtd is up; make sure it accepts.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(t.addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t
+    }
+
+    /// Runs tgtadm against this tgtd; `must` panics on failure.
+    pub fn adm(&self, args: &[&str], must: bool) -> bool {
+        let out = Command::new("tgtadm")
+            .args([
+                "--lld",
+                "iscsi",
+                "--control-port",
+                &self.control_port.to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("run tgtadm");
+        if must && !out.status.success() {
+            panic!(
+                "tgtadm {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out.status.success()
+    }
+
+    pub fn config(&self) -> InitiatorConfig {
+        let mut c = InitiatorConfig::new(self.addr, INITIATOR, self.iqn.clone());
+        c.reconnect_initial = Duration::from_millis(20);
+        c.reconnect_max = Duration::from_millis(500);
+        c
+    }
+}
+
+impl Drop for Tgtd {
+    fn drop(&mut self) {
+        // SIGKILL: tgtd ignores SIGTERM while targets exist.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of a target whose forwarding can be frozen (the peer seems
+/// alive at the TCP level but never answers) or cut (every connection reset).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub frozen: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<parking_lot::Mutex<CancellationToken>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = Arc::new(parking_lot::Mutex::new(CancellationToken::new()));
+        let (f, c) = (frozen.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((down, _)) = l.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let token = c.lock().clone();
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, f.clone(), token.clone()));
+                tokio::spawn(pump(ur, dw, f.clone(), token));
+            }
+        });
+        Proxy { addr, frozen, cut }
+    }
+
+    /// Drops every current connection (both sides see the socket close).
+    pub fn cut(&self) {
+        let mut t = self.cut.lock();
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    cut: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = cut.cancelled() => return,
+            r = r.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+        };
+        while frozen.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if cut.is_cancelled() || w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
