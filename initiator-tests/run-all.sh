@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need, then run every check: fmt, clippy, the Rust test suites
-# (unit, integration, bounded fuzz runs) and libiscsi's conformance suite against a node.
+# (unit, integration, bounded fuzz runs), libiscsi's conformance suite against a node,
+# and the real-initiator run (open-iscsi + dm-multipath in a QEMU guest, about 2.5
+# minutes from a cold cache; see initiator-tests/qemu/README.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +31,5 @@ else
 fi
 echo "== libiscsi conformance (iscsi-test-cu)"
 ./initiator-tests/conformance.sh
+echo "== real initiators: open-iscsi + dm-multipath in a QEMU guest, qemu-img (libiscsi)"
+./initiator-tests/qemu/run.sh

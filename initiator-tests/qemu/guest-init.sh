@@ -1,0 +1,323 @@
+#!/bin/bash
+# /init of the QEMU guest (run.sh puts it into the initramfs with /etc/switchyard-test.env).
+# Runs open-iscsi + dm-multipath against the switchyard node on the host, prints one
+# "qemu-initiator: PASS|FAIL <check>" line per check and the summary line
+# "qemu-initiator: P passed, F failed", then powers the VM off.
+#
+# Lines starting with "@@HOST " ask run.sh (which reads this console) to act:
+#   @@HOST fail-path-a      kill the host-side forwarder of path A (cuts its connections)
+#   @@HOST restore-path-a   start it again
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /run /tmp /run/lock/iscsi
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/lock/iscsi /run/multipath /run/udev
+echo 1 >/proc/sys/kernel/sysrq
+exec </dev/null >/dev/console 2>&1
+
+# shellcheck disable=SC1091
+. /etc/switchyard-test.env   # IQN, PORT_A (guest port of path A), PORT_B, WWID, LU_BYTES
+
+PASSED=0
+FAILED=0
+T0=$(date +%s)
+pass() { PASSED=$((PASSED + 1)); echo "qemu-initiator: PASS $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "qemu-initiator: FAIL $1${2:+ -- $2}"; }
+# check NAME CMD...: PASS when CMD exits 0; on failure its output goes to the console.
+check() {
+    local name=$1 out rc
+    shift
+    out=$("$@" 2>&1)
+    rc=$?
+    if [[ $rc == 0 ]]; then pass "$name"; else
+        fail "$name" "exit $rc"
+        sed 's/^/    | /' <<<"$out" | tail -40
+    fi
+    return $rc
+}
+say() { echo "--- [$(($(date +%s) - T0))s] $*"; }
+finish() {
+    say "dmesg (iscsi/scsi/multipath lines)"
+    echo "@@DMESG-BEGIN"
+    dmesg | grep -E "iscsi|iSCSI|connection[0-9]|scsi|\[sd[a-z]+\]|dev sd[a-z]|alua|multipath|device-mapper|reservation|nexus|I/O error|Sense" | tail -200
+    echo "@@DMESG-END"
+    echo "qemu-initiator: $PASSED passed, $FAILED failed"
+    sync
+    echo o >/proc/sysrq-trigger
+    sleep 30
+}
+trap finish EXIT
+
+PA="10.0.2.2:$PORT_A"   # NIC 1 -> host 127.0.0.1:PORT_A (forwarder) -> portal 1
+PB="10.0.3.2:$PORT_B"   # NIC 2 -> host 127.0.0.1:PORT_B = portal 2
+MP=/dev/mapper/$WWID
+
+# --------------------------------------------------------------- base system
+say "kernel $(uname -r), loading modules"
+for m in virtio_pci virtio_net sd_mod sg scsi_dh_alua iscsi_tcp dm_multipath dm_round_robin \
+    dm_service_time dm_queue_length; do
+    modprobe "$m" || fail "modprobe $m"
+done
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up
+ip addr add 10.0.3.15/24 dev eth1 && ip link set eth1 up
+tcp_open() { timeout 10 bash -c "exec 3<>/dev/tcp/${1%:*}/${1#*:}" 2>/dev/null; }
+for _ in $(seq 1 20); do tcp_open "$PA" && tcp_open "$PB" && break; sleep 1; done
+check "net: path A portal reachable ($PA via eth0)" tcp_open "$PA"
+check "net: path B portal reachable ($PB via eth1)" tcp_open "$PB"
+
+/lib/systemd/systemd-udevd --daemon </dev/null >/dev/null 2>&1
+udevadm trigger --action=add >/dev/null 2>&1
+udevadm settle --timeout=30
+
+# --------------------------------------------------------------- iSCSI login
+sed -i -e 's/^node.session.timeo.replacement_timeout = .*/node.session.timeo.replacement_timeout = 15/' \
+    -e 's/^node.conn\[0\].timeo.noop_out_timeout = .*/node.conn[0].timeo.noop_out_timeout = 10/' \
+    /etc/iscsi/iscsid.conf
+# Daemons are started outside $(...): they would hold its pipe open.
+iscsid </dev/null >/dev/null 2>&1
+sleep 1
+check "iscsid starts" pidof iscsid
+
+say "SendTargets discovery through $PA"
+disc=$(iscsiadm -m discovery -t sendtargets -p "$PA" -o nonpersistent 2>&1)
+echo "$disc" | sed 's/^/    | /'
+check "discovery: target advertised on portal group 1" grep -qE ":$HOST_PORT_A,1 $IQN\$" <<<"$disc"
+check "discovery: target advertised on portal group 2" grep -qE ":$PORT_B,2 $IQN\$" <<<"$disc"
+
+iscsiadm -m node -o new -T "$IQN" -p "$PA,1" >/dev/null
+iscsiadm -m node -o new -T "$IQN" -p "$PB,2" >/dev/null
+check "login path A ($PA)" iscsiadm -m node -T "$IQN" -p "$PA" --login
+check "login path B ($PB)" iscsiadm -m node -T "$IQN" -p "$PB" --login
+udevadm settle --timeout=30
+
+# disk_of PORTAL: the sd device of LUN 0 in the session to that portal
+disk_of() {
+    iscsiadm -m session -P 3 2>/dev/null | awk -v p="$1" '
+        /Current Portal:/ { cur = ($3 ~ "^" p ",") }
+        cur && /Attached scsi disk/ { print $4; exit }'
+}
+wait_disk() {
+    local d
+    for _ in $(seq 1 30); do
+        d=$(disk_of "$1")
+        [[ -n $d && -b /dev/$d ]] && { echo "$d"; return 0; }
+        sleep 1
+    done
+    return 1
+}
+SDA=$(wait_disk "$PA")
+SDB=$(wait_disk "$PB")
+check "two iSCSI sessions" test "$(iscsiadm -m session 2>/dev/null | grep -c "$IQN")" = 2
+check "LUN 0 attached on both paths (path A: ${SDA:-none}, path B: ${SDB:-none})" \
+    test -n "$SDA" -a -n "$SDB" -a "$SDA" != "$SDB"
+[[ -n $SDA && -n $SDB ]] || exit 1
+
+# --------------------------------------------------------------- identity (VPD 0x83)
+for d in "$SDA" "$SDB"; do
+    id=$(/lib/udev/scsi_id -g -u -d "/dev/$d")
+    check "scsi_id of $d is the LU's NAA WWN ($id = $WWID)" test "$id" = "$WWID"
+done
+vpd=$(sg_vpd -p 0x83 "/dev/$SDA" 2>&1)
+echo "$vpd" | sed 's/^/    | /'
+check "sg_vpd 0x83 lists the NAA designator 0x${WWID#3}" grep -qi "0x${WWID#3}" <<<"$vpd"
+check "sg_vpd 0x83 on path A: relative target port 1" grep -qiE "Relative target port: 0x0*1\b" <<<"$vpd"
+check "sg_vpd 0x83 on path A: target port group 1" grep -qiE "Target port group: 0x0*1\b" <<<"$vpd"
+vpdb=$(sg_vpd -p 0x83 "/dev/$SDB" 2>&1)
+check "sg_vpd 0x83 on path B: relative target port 2" grep -qiE "Relative target port: 0x0*2\b" <<<"$vpdb"
+check "sg_vpd 0x83 on path B: target port group 2" grep -qiE "Target port group: 0x0*2\b" <<<"$vpdb"
+
+# --------------------------------------------------------------- dm-multipath
+cat >/etc/multipath.conf <<'EOF'
+defaults {
+    user_friendly_names no
+    find_multipaths no
+    polling_interval 2
+}
+devices {
+    device {
+        vendor "SWITCHYD"
+        product "VIRTUAL-DISK"
+        path_grouping_policy group_by_prio
+        prio alua
+        hardware_handler "1 alua"
+        path_checker tur
+        path_selector "service-time 0"
+        failback immediate
+        no_path_retry 12
+    }
+}
+EOF
+multipathd </dev/null >/dev/null 2>&1
+sleep 1
+check "multipathd starts" pidof multipathd
+for _ in $(seq 1 30); do [[ -b $MP ]] && break; multipath >/dev/null 2>&1; sleep 1; done
+udevadm settle --timeout=30
+
+# path_states: "sdX prio status pathstate" per path of the map, from multipath -ll
+path_states() {
+    multipath -ll "$WWID" 2>/dev/null | awk '
+        /prio=/ { for (i = 1; i <= NF; i++) { if ($i ~ /^prio=/) pr = substr($i, 6); if ($i ~ /^status=/) st = substr($i, 8) } }
+        / [0-9]+:[0-9]+:[0-9]+:[0-9]+ sd/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+:[0-9]+:[0-9]+:[0-9]+$/) print $(i+1), pr, st, $(i+3), $(i+4) }'
+}
+# wait_paths N: wait until N paths are "active ready"
+count_ready() { path_states | awk '$4 == "active" && $5 == "ready"' | wc -l; }
+wait_paths() {
+    for _ in $(seq 1 "${2:-60}"); do
+        [[ $(count_ready) == "$1" ]] && return 0
+        sleep 1
+    done
+    return 1
+}
+wait_paths 2 30
+ll=$(multipath -ll 2>&1)
+echo "$ll" | sed 's/^/    | /'
+check "multipath map $WWID exists" test -b "$MP"
+check "multipath -ll: one map" test "$(multipath -ll 2>/dev/null | grep -c "^$WWID")" = 1
+check "multipath -ll: 2 active ready paths" test "$(count_ready)" = 2
+check "multipath -ll: hardware handler alua" grep -q "hwhandler='1 alua'" <<<"$ll"
+prio_a=$(path_states | awk -v d="$SDA" '$1 == d {print $2}')
+prio_b=$(path_states | awk -v d="$SDB" '$1 == d {print $2}')
+st_a=$(path_states | awk -v d="$SDA" '$1 == d {print $3}')
+check "ALUA prio: path A (active/optimized, prio $prio_a) above path B (non-optimized, prio $prio_b)" \
+    test "${prio_a:-0}" -gt "${prio_b:-0}" -a "${prio_b:-0}" -gt 0
+check "group_by_prio: path A's group is the active one" test "$st_a" = active
+
+# --------------------------------------------------------------- I/O on both paths
+say "writing 64 MiB through $MP"
+head -c 64M /dev/urandom >/tmp/pat1
+head -c 64M /dev/urandom >/tmp/pat2
+md5_1=$(md5sum </tmp/pat1 | cut -d' ' -f1)
+md5_12=$(cat /tmp/pat1 /tmp/pat2 | md5sum | cut -d' ' -f1)
+echo "@@MD5-128M $md5_12"
+wsect() { awk '{print $7}' "/sys/block/$1/stat"; }
+wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
+t=$(date +%s)
+check "dd 64 MiB pattern -> multipath (bs=4M oflag=direct)" \
+    dd if=/tmp/pat1 of="$MP" bs=4M oflag=direct conv=fsync
+say "write took $(($(date +%s) - t)) s"
+wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
+check "writes went to the active/optimized path A ($wa sectors on A, $wb on B)" \
+    test "$wa" -ge 131072 -a "$wb" -lt 8192
+got=$(dd if="$MP" bs=4M count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+check "read back 64 MiB through multipath matches (md5 $md5_1)" test "$got" = "$md5_1"
+
+# --------------------------------------------------------------- path failure during I/O
+say "second 64 MiB write; path A is cut on the host while it runs"
+# The host polls the console about once a second, so the cut lands a moment after
+# dd has started writing through path A.
+wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
+t=$(date +%s)
+echo "@@HOST fail-path-a"
+dd if=/tmp/pat2 of="$MP" bs=4M seek=16 oflag=direct conv=fsync 2>/tmp/dd2.err
+rc=$?
+sed 's/^/    | /' /tmp/dd2.err
+check "dd during path A failure completes (exit $rc, $(($(date +%s) - t)) s)" test "$rc" = 0
+wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
+check "the write failed over to path B mid-stream ($wa sectors completed on A, $wb on B)" \
+    test "$wb" -gt 0
+for _ in $(seq 1 30); do
+    [[ $(path_states | awk -v d="$SDA" '$1 == d {print $4}') == failed ]] && break
+    sleep 1
+done
+ll=$(multipath -ll 2>&1)
+echo "$ll" | sed 's/^/    | /'
+check "multipath marks path A failed" test "$(path_states | awk -v d="$SDA" '$1 == d {print $4}')" = failed
+check "multipath keeps path B active ready" test "$(count_ready)" = 1 -a \
+    "$(path_states | awk -v d="$SDB" '$1 == d {print $4 $5}')" = activeready
+got=$(dd if="$MP" bs=4M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+check "all 128 MiB read back through multipath on path B alone" test "$got" = "$md5_12"
+got=$(dd if="/dev/$SDB" bs=4M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+check "all 128 MiB read back from path B's disk ($SDB) directly" test "$got" = "$md5_12"
+
+# --------------------------------------------------------------- recovery
+say "restoring path A on the host; iscsid reconnects by itself"
+echo "@@HOST restore-path-a"
+t=$(date +%s)
+if wait_paths 2 90; then
+    pass "path A recovered by iscsid reconnect ($(($(date +%s) - t)) s), 2 active paths"
+else
+    fail "path A recovered by iscsid reconnect within 90 s"
+    multipath -ll 2>&1 | sed 's/^/    | /'
+    iscsiadm -m session -P 1 2>&1 | sed 's/^/    | /'
+    say "logging path A out and in again by hand"
+    iscsiadm -m node -T "$IQN" -p "$PA" --logout >/dev/null 2>&1
+    iscsiadm -m node -T "$IQN" -p "$PA" --login >/dev/null 2>&1
+    wait_paths 2 60
+fi
+SDA=$(wait_disk "$PA")
+check "path A's group active again (failback immediate)" \
+    test "$(path_states | awk -v d="$SDA" '$1 == d {print $3}')" = active
+
+say "graceful logout of path B, I/O on path A, login again"
+check "logout path B" iscsiadm -m node -T "$IQN" -p "$PB" --logout
+sleep 3
+check "after logout: 1 path in the map" test "$(path_states | wc -l)" = 1
+got=$(dd if="$MP" bs=4M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+check "all 128 MiB read back on path A alone" test "$got" = "$md5_12"
+check "login path B again" iscsiadm -m node -T "$IQN" -p "$PB" --login
+udevadm settle --timeout=30
+SDB=$(wait_disk "$PB")
+check "2 active ready paths again" wait_paths 2 60
+ll=$(multipath -ll 2>&1)
+echo "$ll" | sed 's/^/    | /'
+
+# --------------------------------------------------------------- sg3_utils
+say "sg3_utils on path A ($SDA) and path B ($SDB)"
+out=$(sg_inq "/dev/$SDA" 2>&1); echo "$out" | sed 's/^/    | /'
+check "sg_inq: vendor SWITCHYD, product VIRTUAL-DISK" grep -qE "Vendor identification: SWITCHYD" <<<"$out"
+check "sg_inq: TPGS implicit ALUA (TPGS=1)" grep -qE "TPGS=1" <<<"$out"
+out=$(sg_readcap -l "/dev/$SDA" 2>&1); echo "$out" | sed 's/^/    | /'
+check "sg_readcap -l: $LU_BYTES bytes in 512-byte blocks" \
+    grep -q "Device size: $LU_BYTES bytes" <<<"$out"
+check "sg_readcap -l: logical block length 512" grep -q "Logical block length=512 bytes" <<<"$out"
+for p in A B; do
+    d=$SDA; [[ $p == B ]] && d=$SDB
+    out=$(sg_rtpg -d "/dev/$d" 2>&1); echo "$out" | sed 's/^/    | /'
+    check "sg_rtpg on path $p: REPORT TARGET PORT GROUPS succeeds" sg_rtpg "/dev/$d"
+    check "sg_rtpg on path $p: group 1 active/optimized, port 1" awk '
+        /target port group id : 0x0*1[ ,]/ {g=1; next} /target port group id/ {g=0}
+        g && /asymmetric access state : 0x00/ {s=1} g && /Relative target port ids:/ {r=1; next}
+        g && r && /0x0*1 *$/ {p=1} END {exit !(s && p)}' <<<"$out"
+    check "sg_rtpg on path $p: group 2 active/non-optimized, port 2" awk '
+        /target port group id : 0x0*2[ ,]/ {g=1; next} /target port group id/ {g=0}
+        g && /asymmetric access state : 0x01/ {s=1} g && /Relative target port ids:/ {r=1; next}
+        g && r && /0x0*2 *$/ {p=1} END {exit !(s && p)}' <<<"$out"
+done
+
+say "persistent reservations (sg_persist) across the two I_T nexuses"
+check "PR: register key 0xabc1 on path A" sg_persist -n --out --register --param-sark=0xabc1 "/dev/$SDA"
+check "PR: register key 0xabc2 on path B" sg_persist -n --out --register --param-sark=0xabc2 "/dev/$SDB"
+out=$(sg_persist -n --in --read-keys "/dev/$SDB" 2>&1); echo "$out" | sed 's/^/    | /'
+check "PR: read keys (path B) lists both keys" \
+    bash -c 'grep -q 0xabc1 <<<"$1" && grep -q 0xabc2 <<<"$1"' _ "$out"
+check "PR: reserve Write Exclusive with key 0xabc1 on path A" \
+    sg_persist -n --out --reserve --param-rk=0xabc1 --prout-type=1 "/dev/$SDA"
+out=$(sg_persist -n --in --read-reservation "/dev/$SDB" 2>&1); echo "$out" | sed 's/^/    | /'
+check "PR: read reservation (path B): key 0xabc1, Write Exclusive" \
+    bash -c 'grep -q "Key=0xabc1" <<<"$1" && grep -qiE "type: Write Exclusive *\$" <<<"$1"' _ "$out"
+check "PR: holder (path A) may write" \
+    dd if=/dev/zero of="/dev/$SDA" bs=4096 count=1 seek=60000 oflag=direct
+check "PR: path B write is refused (reservation conflict)" \
+    bash -c "! dd if=/dev/zero of=/dev/$SDB bs=4096 count=1 seek=60001 oflag=direct"
+check "PR: path B may still read" dd if="/dev/$SDB" of=/dev/null bs=4096 count=1 iflag=direct
+check "PR: release on path A" \
+    sg_persist -n --out --release --param-rk=0xabc1 --prout-type=1 "/dev/$SDA"
+out=$(sg_persist -n --in --read-reservation "/dev/$SDA" 2>&1)
+check "PR: no reservation after release" grep -qi "no reservation" <<<"$out"
+check "PR: unregister path A" sg_persist -n --out --register --param-rk=0xabc1 --param-sark=0 "/dev/$SDA"
+check "PR: unregister path B" sg_persist -n --out --register --param-rk=0xabc2 --param-sark=0 "/dev/$SDB"
+out=$(sg_persist -n --in --read-keys "/dev/$SDA" 2>&1)
+check "PR: no keys left" grep -qi "no registered reservation keys" <<<"$out"
+
+# --------------------------------------------------------------- logout
+check "data intact after all the above" \
+    test "$(dd if="$MP" bs=4M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)" = "$md5_12"
+multipath -F >/dev/null 2>&1
+check "logout of both sessions" iscsiadm -m node -T "$IQN" --logout
+say "done"
+exit 0
