@@ -182,3 +182,123 @@ async fn large_writes_through_r2t_and_reads_across_pdus() {
     assert!(r.data == data, "read back differs");
     t.stop().await;
 }
+
+/// kill -9 in the middle of a write load: every write acknowledged with FUA, and every
+/// write acknowledged before a SYNCHRONIZE CACHE that returned GOOD, is there after
+/// the restart (the node keeps no write-back cache of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_fua_and_synced_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut node = start_node(dir.path(), port);
+    wait_port(port).await;
+    let acked = std::sync::Arc::new(acked::Acked::default());
+    let mut tasks = Vec::new();
+    for n in 0..2u32 {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = session(port, 20 + n).await;
+            let mut round = 0u64;
+            // Write rounds until the node dies under us.
+            loop {
+                let base = region(n) + (round % (BLOCKS_PER_SESSION / PER_CMD)) * PER_CMD;
+                let mut data = Vec::new();
+                for b in 0..PER_CMD {
+                    data.extend(pattern(n + 100 * round as u32, base + b, BS));
+                }
+                let fua = round % 2 == 0;
+                let mut cdb = cdb16(0x8a, base, PER_CMD as u32).to_vec();
+                if fua {
+                    cdb[1] |= 0x08;
+                }
+                let Some(r) = try_scsi(&mut i, &cdb, &data).await else {
+                    return;
+                };
+                if r.status != 0 {
+                    return;
+                }
+                if fua {
+                    acked.push(base, n + 100 * round as u32);
+                } else {
+                    let sync = [0x35u8, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    match try_scsi(&mut i, &sync, &[]).await {
+                        Some(s) if s.status == 0 => acked.push(base, n + 100 * round as u32),
+                        _ => return,
+                    }
+                }
+                round += 1;
+            }
+        }));
+    }
+    // Let the load run, then kill the node without warning.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.kill().unwrap();
+    node.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.take();
+    assert!(
+        acked.len() > 10,
+        "the load ran ({} acknowledged writes)",
+        acked.len()
+    );
+
+    let node = start_node(dir.path(), port);
+    wait_port(port).await;
+    let mut i = session(port, 40).await;
+    // The last acknowledged write of each block run is what must be there.
+    let mut last = std::collections::HashMap::new();
+    for (base, writer) in acked {
+        last.insert(base, writer);
+    }
+    for (base, writer) in last {
+        let r = i.read10(0, base as u32, PER_CMD as u16, BS).await;
+        assert_eq!(r.status, 0);
+        for b in 0..PER_CMD {
+            assert!(
+                r.data[b as usize * BS..(b as usize + 1) * BS] == pattern(writer, base + b, BS)[..],
+                "acknowledged write at block {} lost after kill -9",
+                base + b
+            );
+        }
+    }
+    stop_node(node);
+}
+
+/// Run one command; `None` when the connection died (the node was killed).
+async fn try_scsi(i: &mut Initiator, cdb: &[u8], data: &[u8]) -> Option<ScsiResult> {
+    let cmd = i.command(0, cdb, data, 0);
+    let itt = cmd.itt;
+    i.send(&iscsi_wire::pdu::Request::ScsiCommand(cmd)).await;
+    loop {
+        match i.recv().await? {
+            iscsi_wire::pdu::Response::ScsiResponse(s) if s.itt == itt => {
+                return Some(ScsiResult {
+                    status: s.status,
+                    sense: s.sense,
+                    ..Default::default()
+                })
+            }
+            iscsi_wire::pdu::Response::R2T(_) => {
+                // Writes here fit in immediate + unsolicited data (4 KiB).
+                return None;
+            }
+            _ => {}
+        }
+    }
+}
+
+mod acked {
+    /// Acknowledged writes: (first block, writer id), in acknowledgement order.
+    #[derive(Default)]
+    pub struct Acked(std::sync::Mutex<Vec<(u64, u32)>>);
+    impl Acked {
+        pub fn push(&self, base: u64, writer: u32) {
+            self.0.lock().unwrap().push((base, writer));
+        }
+        pub fn take(&self) -> Vec<(u64, u32)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+}

@@ -297,3 +297,49 @@ async fn digests_negotiated_and_used() {
     assert_eq!(a.read10(0, 5, 8, 512).await.data, data);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_login_failures_are_throttled_per_initiator() {
+    let t = TestTarget::start(TargetSpec {
+        chap: Some(chap(false)),
+        ..Default::default()
+    })
+    .await;
+    let wrong = LoginOpts {
+        chap: Some(("host1".into(), "wrong-secret-xx".into())),
+        ..Default::default()
+    };
+    for _ in 0..iscsi::server::LoginThrottle::LIMIT {
+        let mut i = Initiator::connect(t.addr).await;
+        assert_eq!(
+            i.login(&wrong).await.unwrap_err(),
+            LoginFailure {
+                class: 2,
+                detail: 1
+            }
+        );
+    }
+    // Now even the right secret is refused for a while: service unavailable (3/1).
+    let right = LoginOpts {
+        chap: Some(("host1".into(), "host1-secret-12".into())),
+        ..Default::default()
+    };
+    let mut i = Initiator::connect(t.addr).await;
+    assert_eq!(
+        i.login(&right).await.unwrap_err(),
+        LoginFailure {
+            class: 3,
+            detail: 1
+        }
+    );
+    // Another initiator is not affected.
+    let mut i = Initiator::connect(t.addr).await;
+    let other = LoginOpts {
+        initiator: Some("iqn.2026-11.org.example:other-host".into()),
+        ..right
+    };
+    i.login(&other)
+        .await
+        .expect("other initiators still log in");
+    t.stop().await;
+}

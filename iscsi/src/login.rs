@@ -39,6 +39,7 @@ pub mod status {
     pub const INVALID_REQUEST: (u8, u8) = (2, 11);
     pub const INITIATOR_ERROR: (u8, u8) = (2, 0);
     pub const OUT_OF_RESOURCES: (u8, u8) = (3, 2);
+    pub const SERVICE_UNAVAILABLE: (u8, u8) = (3, 1);
 }
 
 /// Negotiated values the connection needs after login.
@@ -144,6 +145,9 @@ pub async fn run(
                     .stats
                     .login_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !st.initiator.is_empty() {
+                    shared.throttle.failed(&st.initiator);
+                }
                 return None;
             }
             Step::Done(o) => return Some(o),
@@ -301,6 +305,14 @@ impl Login<'_> {
             return Err(status::MISSING_PARAMETER);
         }
         self.initiator = initiator.to_ascii_lowercase();
+        if let Some(wait) = self.shared.throttle.blocked(&self.initiator) {
+            tracing::warn!(
+                initiator = %self.initiator,
+                "login refused: too many failed logins; retry in {}s",
+                wait.as_secs() + 1
+            );
+            return Err(status::SERVICE_UNAVAILABLE);
+        }
         self.discovery = match get("SessionType").as_deref() {
             None | Some("Normal") => false,
             Some("Discovery") => true,

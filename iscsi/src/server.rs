@@ -75,6 +75,42 @@ pub struct Stats {
     pub login_failures: AtomicU64,
 }
 
+/// Login failure throttling per initiator name: after `LIMIT` failed logins within
+/// `WINDOW`, further logins from that initiator are refused (status 3/1, "service
+/// unavailable", which initiators retry later) until the window has passed. Stops
+/// CHAP secret guessing without locking out a correctly configured host for long.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures: Mutex<HashMap<String, (std::time::Instant, u32)>>,
+}
+
+impl LoginThrottle {
+    pub const LIMIT: u32 = 8;
+    pub const WINDOW: Duration = Duration::from_secs(30);
+
+    /// Record a failed login.
+    pub fn failed(&self, initiator: &str) {
+        let now = std::time::Instant::now();
+        let mut m = self.failures.lock();
+        if m.len() > 4096 {
+            m.retain(|_, (t, _)| now.duration_since(*t) < Self::WINDOW);
+        }
+        let e = m.entry(initiator.to_string()).or_insert((now, 0));
+        if now.duration_since(e.0) >= Self::WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+    }
+
+    /// `Some(time left)` when this initiator must wait before logging in again.
+    pub fn blocked(&self, initiator: &str) -> Option<Duration> {
+        let m = self.failures.lock();
+        let (start, n) = m.get(initiator)?;
+        let age = start.elapsed();
+        (*n >= Self::LIMIT && age < Self::WINDOW).then(|| Self::WINDOW - age)
+    }
+}
+
 /// A session as management sees it.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -93,6 +129,7 @@ pub struct ServerShared {
     /// Addresses actually bound, in portal order (differs from `portals` for port 0).
     bound: Mutex<Vec<SocketAddr>>,
     pub stats: Arc<Stats>,
+    pub throttle: LoginThrottle,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     next_tsih: AtomicU16,
     next_nexus: AtomicU64,
@@ -245,6 +282,7 @@ impl Server {
                 portals,
                 bound: Mutex::new(Vec::new()),
                 stats: Arc::new(Stats::default()),
+                throttle: LoginThrottle::default(),
                 sessions: Mutex::new(HashMap::new()),
                 next_tsih: AtomicU16::new(1),
                 next_nexus: AtomicU64::new(1),
