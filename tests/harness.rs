@@ -697,3 +697,78 @@ pub fn switchyard_bin() -> PathBuf {
     );
     p
 }
+
+/// A free TCP port on 127.0.0.1 (for a node started as a separate process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait (up to 20 s) until something listens on 127.0.0.1:`port`.
+pub async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listening on 127.0.0.1:{port}");
+}
+
+/// A `switchyard serve` process; killed (SIGKILL) when dropped, unless stopped.
+pub struct NodeProcess(pub std::process::Child);
+
+impl NodeProcess {
+    /// Start `switchyard serve --config CFG`, its log (stderr) appended to `log` if given.
+    pub fn spawn(cfg: &std::path::Path, log: Option<&std::path::Path>) -> NodeProcess {
+        use std::process::{Command, Stdio};
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("node log file"),
+            ),
+            None => Stdio::inherit(),
+        };
+        let child = Command::new(switchyard_bin())
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start switchyard");
+        NodeProcess(child)
+    }
+
+    /// SIGTERM, then wait: the node finishes in-flight commands, flushes and exits 0.
+    pub fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "node exited with {status}");
+    }
+
+    /// SIGKILL, then wait.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! sessions, then the node is restarted and everything is read back.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::*;
@@ -14,7 +13,7 @@ const BLOCKS_PER_SESSION: u64 = 2048;
 const PER_CMD: u64 = 8;
 const TARGET_NAME: &str = "iqn.2026-11.org.switchyard:integrity";
 
-fn start_node(dir: &Path, port: u16) -> Child {
+fn start_node(dir: &Path, port: u16) -> NodeProcess {
     let cfg = dir.join("node.toml");
     std::fs::write(
         &cfg,
@@ -27,45 +26,7 @@ fn start_node(dir: &Path, port: u16) -> Child {
         ),
     )
     .unwrap();
-    Command::new(switchyard_bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start switchyard")
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node did not start listening on {port}");
-}
-
-fn stop_node(mut c: Child) {
-    // SIGTERM: the node finishes in-flight commands, flushes and exits.
-    let pid = c.id() as i32;
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = c.wait().unwrap();
-    assert!(status.success(), "node exited with {status}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    NodeProcess::spawn(&cfg, None)
 }
 
 async fn session(port: u16, n: u32) -> Initiator {
@@ -125,7 +86,7 @@ async fn patterns_survive_node_restart() {
     for t in tasks {
         t.await.unwrap();
     }
-    stop_node(node);
+    node.stop();
 
     // Restart on the same file and read everything back through new sessions.
     let node = start_node(dir.path(), port);
@@ -156,7 +117,7 @@ async fn patterns_survive_node_restart() {
             }
         }
     }
-    stop_node(node);
+    node.stop();
 }
 
 #[tokio::test]
@@ -190,7 +151,7 @@ async fn large_writes_through_r2t_and_reads_across_pdus() {
 async fn acknowledged_fua_and_synced_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut node = start_node(dir.path(), port);
+    let node = start_node(dir.path(), port);
     wait_port(port).await;
     let acked = std::sync::Arc::new(acked::Acked::default());
     let mut tasks = Vec::new();
@@ -206,7 +167,7 @@ async fn acknowledged_fua_and_synced_writes_survive_kill_9() {
                 for b in 0..PER_CMD {
                     data.extend(pattern(n + 100 * round as u32, base + b, BS));
                 }
-                let fua = round % 2 == 0;
+                let fua = round.is_multiple_of(2);
                 let mut cdb = cdb16(0x8a, base, PER_CMD as u32).to_vec();
                 if fua {
                     cdb[1] |= 0x08;
@@ -232,8 +193,7 @@ async fn acknowledged_fua_and_synced_writes_survive_kill_9() {
     }
     // Let the load run, then kill the node without warning.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    node.kill().unwrap();
-    node.wait().unwrap();
+    node.kill();
     for t in tasks {
         t.await.unwrap();
     }
@@ -263,7 +223,7 @@ async fn acknowledged_fua_and_synced_writes_survive_kill_9() {
             );
         }
     }
-    stop_node(node);
+    node.stop();
 }
 
 /// Run one command; `None` when the connection died (the node was killed).

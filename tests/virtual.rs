@@ -2,54 +2,11 @@
 //! second switchyard process) and a local file. Data written through the volume lands at
 //! the mapped back-end offsets, across extent boundaries, at queue depth 16.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use integration_tests::*;
 
 const BS: usize = 512;
 const ARRAY: &str = "iqn.2026-11.org.switchyard:array";
 const VIRT: &str = "iqn.2026-11.org.switchyard:virtual";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(cfg: &Path) -> Child {
-    Command::new(switchyard_bin())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start switchyard")
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listening on {port}");
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn session(port: u16, target: &str, isid: u8) -> Initiator {
     let mut i = Initiator::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
@@ -80,7 +37,7 @@ async fn volume_over_array_luns_and_a_local_file() {
         ),
     )
     .unwrap();
-    let _array = Kill(spawn(&array_cfg));
+    let _array = NodeProcess::spawn(&array_cfg, None);
     wait_port(ap).await;
     // vol1: [0,4096) -> array/lun0 [0,4096); [4096,6144) -> array/lun1 [1000,3048);
     // [6144,8192) -> local [0,2048); [8192,9216) hole.
@@ -101,7 +58,7 @@ async fn volume_over_array_luns_and_a_local_file() {
         ),
     )
     .unwrap();
-    let _virt = Kill(spawn(&virt_cfg));
+    let _virt = NodeProcess::spawn(&virt_cfg, None);
     wait_port(vp).await;
 
     let mut h = session(vp, VIRT, 1).await;

@@ -36,6 +36,18 @@ pub enum BlockError {
     /// An I/O error from the operating system or a remote array.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// A remote back-end (an array reached over iSCSI) failed the command with this
+    /// sense key, ASC and ASCQ, or the node describes a back-end failure in those
+    /// terms (e.g. NOT READY while the array is unreachable). The SCSI core decides
+    /// what the host sees (`scsi::Sense::from_block_error`): the back-end's sense is
+    /// about the node's I_T nexus to the array, so not every code passes through.
+    #[error("{msg} (back-end sense {key:02X}/{asc:02X}/{ascq:02X})")]
+    Sense {
+        key: u8,
+        asc: u8,
+        ascq: u8,
+        msg: String,
+    },
 }
 
 /// What a back-end can do beyond read, write and flush (SPDK's `io_type_supported`).

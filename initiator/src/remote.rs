@@ -11,6 +11,13 @@
 //! A UNIT ATTENTION from the back-end is consumed and the command retried (at most
 //! [`MAX_UA_RETRIES`] times); CAPACITY DATA HAS CHANGED re-reads the capacity first.
 //!
+//! Failures become [`BlockError`]s that the SCSI core turns into the host's sense
+//! (`scsi::Sense::from_block_error`): back-end sense without a dedicated variant
+//! (NOT READY, MEDIUM ERROR, HARDWARE ERROR, ABORTED COMMAND, ...) is carried as
+//! [`BlockError::Sense`]; a back-end that is unreachable, reconnecting, timed out or
+//! BUSY is reported as NOT READY 04/01 (becoming ready: the host retries), a back-end
+//! RESERVATION CONFLICT as NOT READY 04/03 (manual intervention required).
+//!
 //! # Threads
 //!
 //! The [`BlockStore`] methods are synchronous: they run the async I/O with
@@ -294,7 +301,7 @@ impl RemoteStore {
     }
 
     fn transport_error(&self, op: &'static str, e: InitiatorError) -> BlockError {
-        self.io_error(op, e.io_kind(), None, e.to_string())
+        transport_error(&self.name, op, e)
     }
 
     /// Runs a command with unit attention handling and BUSY retries.
@@ -329,6 +336,11 @@ impl RemoteStore {
                 status::CHECK_CONDITION => {
                     let sense = out.sense_info();
                     match sense {
+                        // RECOVERED ERROR: the command completed (SPC-4 4.5.6).
+                        Some(s) if s.key == sense_key::RECOVERED_ERROR => {
+                            tracing::debug!(backend = %self.name, sense = %s, op, "recovered error from the back-end");
+                            return Ok(out);
+                        }
                         Some(s) if s.key == sense_key::UNIT_ATTENTION && uas < MAX_UA_RETRIES => {
                             uas += 1;
                             tracing::info!(backend = %self.name, sense = %s, op, "unit attention from the back-end; retrying");
@@ -348,22 +360,7 @@ impl RemoteStore {
                     // Aborted by another initiator's action (TAS): run it again.
                     busy += 1;
                 }
-                status::RESERVATION_CONFLICT => {
-                    return Err(self.io_error(
-                        op,
-                        io::ErrorKind::PermissionDenied,
-                        None,
-                        "RESERVATION CONFLICT: another initiator holds a reservation".into(),
-                    ))
-                }
-                other => {
-                    return Err(self.io_error(
-                        op,
-                        io::ErrorKind::Other,
-                        None,
-                        format!("SCSI status {other:#04x}"),
-                    ))
-                }
+                other => return Err(status_error(&self.name, op, other)),
             }
         }
     }
@@ -376,39 +373,8 @@ impl RemoteStore {
         Box::pin(self.refresh_capacity())
     }
 
-    /// Back-end sense to a [`BlockError`]: LBA OUT OF RANGE, DATA PROTECT and INVALID
-    /// COMMAND OPERATION CODE have variants; everything else (medium and hardware
-    /// errors, NOT READY, ...) is `Io` carrying the sense in a [`RemoteIoError`].
     fn sense_error(&self, op: &'static str, cdb: &[u8], sense: Option<SenseInfo>) -> BlockError {
-        let Some(s) = sense else {
-            return self.io_error(
-                op,
-                io::ErrorKind::Other,
-                None,
-                "CHECK CONDITION without sense data".into(),
-            );
-        };
-        match (s.key, s.asc, s.ascq) {
-            (sense_key::ILLEGAL_REQUEST, 0x21, 0x00) => {
-                let (lba, blocks) = lba_and_blocks(cdb);
-                BlockError::OutOfRange {
-                    lba,
-                    blocks,
-                    capacity: self.num_blocks(),
-                }
-            }
-            (sense_key::ILLEGAL_REQUEST, 0x20, 0x00) => BlockError::Unsupported(op),
-            (sense_key::DATA_PROTECT, ..) => BlockError::ReadOnly,
-            _ => {
-                let kind = match s.key {
-                    sense_key::NOT_READY => io::ErrorKind::ResourceBusy,
-                    sense_key::ABORTED_COMMAND => io::ErrorKind::Interrupted,
-                    sense_key::ILLEGAL_REQUEST => io::ErrorKind::InvalidInput,
-                    _ => io::ErrorKind::Other,
-                };
-                self.io_error(op, kind, Some(s), s.to_string())
-            }
-        }
+        sense_error(&self.name, op, cdb, self.num_blocks(), sense)
     }
 
     fn lba_cdb(op: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
@@ -548,6 +514,110 @@ impl RemoteStore {
     }
 }
 
+/// A [`BlockError::Sense`] whose message names the back-end and the command.
+fn backend_sense(
+    backend: &str,
+    op: &'static str,
+    (key, asc, ascq): (u8, u8, u8),
+    sense: Option<SenseInfo>,
+    detail: String,
+) -> BlockError {
+    let msg = RemoteIoError {
+        backend: backend.to_string(),
+        op,
+        sense,
+        detail,
+    }
+    .to_string();
+    BlockError::Sense {
+        key,
+        asc,
+        ascq,
+        msg,
+    }
+}
+
+/// NOT READY, LOGICAL UNIT IS IN PROCESS OF BECOMING READY: transient, the host retries.
+const BECOMING_READY: (u8, u8, u8) = (sense_key::NOT_READY, 0x04, 0x01);
+/// NOT READY, MANUAL INTERVENTION REQUIRED.
+const MANUAL_INTERVENTION: (u8, u8, u8) = (sense_key::NOT_READY, 0x04, 0x03);
+/// HARDWARE ERROR, INTERNAL TARGET FAILURE.
+const INTERNAL_FAILURE: (u8, u8, u8) = (sense_key::HARDWARE_ERROR, 0x44, 0x00);
+
+/// Back-end sense to a [`BlockError`]: LBA OUT OF RANGE, DATA PROTECT and INVALID
+/// COMMAND OPERATION CODE have variants; everything else (medium and hardware errors,
+/// NOT READY, ABORTED COMMAND, unit attentions left after the retries, ...) is
+/// [`BlockError::Sense`] with the array's codes, which the SCSI core filters.
+fn sense_error(
+    backend: &str,
+    op: &'static str,
+    cdb: &[u8],
+    capacity: u64,
+    sense: Option<SenseInfo>,
+) -> BlockError {
+    let Some(s) = sense else {
+        return backend_sense(
+            backend,
+            op,
+            INTERNAL_FAILURE,
+            None,
+            "CHECK CONDITION without sense data".into(),
+        );
+    };
+    match (s.key, s.asc, s.ascq) {
+        (sense_key::ILLEGAL_REQUEST, 0x21, 0x00) => {
+            let (lba, blocks) = lba_and_blocks(cdb);
+            BlockError::OutOfRange {
+                lba,
+                blocks,
+                capacity,
+            }
+        }
+        (sense_key::ILLEGAL_REQUEST, 0x20, 0x00) => BlockError::Unsupported(op),
+        (sense_key::DATA_PROTECT, ..) => BlockError::ReadOnly,
+        (key, asc, ascq) => backend_sense(backend, op, (key, asc, ascq), Some(s), s.to_string()),
+    }
+}
+
+/// A SCSI status other than GOOD and CHECK CONDITION, once its retries are used up.
+fn status_error(backend: &str, op: &'static str, st: u8) -> BlockError {
+    let (code, detail) = match st {
+        status::RESERVATION_CONFLICT => (
+            MANUAL_INTERVENTION,
+            "RESERVATION CONFLICT: another initiator holds a reservation on the back-end LU"
+                .to_string(),
+        ),
+        status::BUSY | status::TASK_SET_FULL | status::TASK_ABORTED => (
+            BECOMING_READY,
+            format!("SCSI status {st:#04x} after {MAX_BUSY_RETRIES} retries"),
+        ),
+        other => (INTERNAL_FAILURE, format!("SCSI status {other:#04x}")),
+    };
+    backend_sense(backend, op, code, None, detail)
+}
+
+/// A command that got no SCSI status: the array is unreachable, the session is being
+/// re-established, or the command timed out (and was aborted) — NOT READY 04/01, so
+/// that the host retries while the client reconnects. A protocol-level refusal of the
+/// command is an internal failure.
+fn transport_error(backend: &str, op: &'static str, e: InitiatorError) -> BlockError {
+    let code = match e {
+        InitiatorError::Rejected { .. }
+        | InitiatorError::TargetFailure { .. }
+        | InitiatorError::CommandFailed { .. }
+        | InitiatorError::Invalid(_) => INTERNAL_FAILURE,
+        InitiatorError::Io { .. }
+        | InitiatorError::Login(_)
+        | InitiatorError::PhaseTimeout { .. }
+        | InitiatorError::NotConnected { .. }
+        | InitiatorError::ConnectionLost { .. }
+        | InitiatorError::Timeout { .. }
+        | InitiatorError::Protocol { .. }
+        | InitiatorError::Closed { .. } => BECOMING_READY,
+    };
+    backend_sense(backend, op, code, None, e.to_string())
+}
+
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
@@ -645,5 +715,112 @@ mod tests {
         assert_eq!(lba_and_blocks(&c), (0x0102_0304_0506_0708, 16));
         let r = RemoteStore::lba_cdb(0x88, 5, 1, false);
         assert_eq!(r[1], 0);
+    }
+
+    fn codes(e: &BlockError) -> (u8, u8, u8) {
+        match e {
+            BlockError::Sense { key, asc, ascq, .. } => (*key, *asc, *ascq),
+            other => panic!("expected BlockError::Sense, got {other:?}"),
+        }
+    }
+
+    fn sense(key: u8, asc: u8, ascq: u8) -> Option<SenseInfo> {
+        Some(SenseInfo {
+            key,
+            asc,
+            ascq,
+            info: Some(77),
+        })
+    }
+
+    #[test]
+    fn back_end_sense_becomes_block_errors() {
+        let cdb = RemoteStore::lba_cdb(0x88, 100, 8, false);
+        let err = |s| sense_error("target t LUN 0", "READ(16)", &cdb, 1000, s);
+        assert!(matches!(
+            err(sense(0x5, 0x21, 0x00)),
+            BlockError::OutOfRange {
+                lba: 100,
+                blocks: 8,
+                capacity: 1000
+            }
+        ));
+        assert!(matches!(
+            err(sense(0x5, 0x20, 0x00)),
+            BlockError::Unsupported("READ(16)")
+        ));
+        assert!(matches!(err(sense(0x7, 0x27, 0x00)), BlockError::ReadOnly));
+        // Everything else carries the array's codes for the SCSI core to filter.
+        for (k, a, q) in [
+            (0x2, 0x04, 0x01), // NOT READY, becoming ready
+            (0x2, 0x3a, 0x00), // NOT READY, medium not present
+            (0x3, 0x11, 0x00), // MEDIUM ERROR, unrecovered read error
+            (0x3, 0x0c, 0x00), // MEDIUM ERROR, write error
+            (0x4, 0x44, 0x00), // HARDWARE ERROR
+            (0xb, 0x00, 0x00), // ABORTED COMMAND
+            (0x6, 0x29, 0x00), // UNIT ATTENTION left after the retries
+            (0x5, 0x24, 0x00), // ILLEGAL REQUEST, invalid field in CDB
+        ] {
+            let e = err(sense(k, a, q));
+            assert_eq!(codes(&e), (k, a, q));
+            let msg = e.to_string();
+            assert!(
+                msg.contains("target t LUN 0") && msg.contains("READ(16)"),
+                "{msg}"
+            );
+        }
+        assert_eq!(codes(&err(None)), INTERNAL_FAILURE);
+    }
+
+    #[test]
+    fn statuses_and_transport_failures_become_sense() {
+        assert_eq!(
+            codes(&status_error(
+                "b",
+                "WRITE(16)",
+                status::RESERVATION_CONFLICT
+            )),
+            MANUAL_INTERVENTION
+        );
+        assert_eq!(
+            codes(&status_error("b", "WRITE(16)", status::BUSY)),
+            BECOMING_READY
+        );
+        assert_eq!(
+            codes(&status_error("b", "WRITE(16)", status::ACA_ACTIVE)),
+            INTERNAL_FAILURE
+        );
+        let portal = "127.0.0.1:3260".parse().unwrap();
+        let transient = [
+            InitiatorError::Timeout {
+                target: "t".into(),
+                opcode: 0x8a,
+                after: Duration::from_secs(15),
+            },
+            InitiatorError::ConnectionLost {
+                portal,
+                target: "t".into(),
+                why: "reset".into(),
+            },
+            InitiatorError::NotConnected {
+                portal,
+                target: "t".into(),
+            },
+            InitiatorError::Closed { target: "t".into() },
+        ];
+        for e in transient {
+            let what = e.to_string();
+            let b = transport_error("b", "WRITE(16)", e);
+            assert_eq!(codes(&b), BECOMING_READY, "{what}");
+            assert!(b.to_string().contains(&what));
+        }
+        let e = InitiatorError::Rejected {
+            target: "t".into(),
+            reason: 4,
+        };
+        assert_eq!(
+            codes(&transport_error("b", "READ(16)", e)),
+            INTERNAL_FAILURE
+        );
     }
 }

@@ -18,6 +18,10 @@ pub struct CmdWindow {
     pub exp_cmd_sn: u32,
     pub depth: u32,
     pub outstanding: u32,
+    /// The highest MaxCmdSN ever sent: the window never shrinks below what the
+    /// initiator was told (§4.2.2.1), even if a slot is taken just after a response
+    /// carried a larger value.
+    advertised: u32,
 }
 
 /// Where a received CmdSN falls.
@@ -37,19 +41,24 @@ impl CmdWindow {
             exp_cmd_sn,
             depth,
             outstanding: 0,
+            advertised: exp_cmd_sn.wrapping_add(depth).wrapping_sub(1),
         }
     }
 
-    /// ExpCmdSN - 1 + free slots: equal to ExpCmdSN - 1 (a closed window, §4.2.2.1)
-    /// when `depth` commands are outstanding.
-    pub fn max_cmd_sn(&self) -> u32 {
+    /// ExpCmdSN - 1 + free slots — equal to ExpCmdSN - 1, a closed window, when
+    /// `depth` commands are outstanding — but never below a value already advertised.
+    pub fn max_cmd_sn(&mut self) -> u32 {
         let free = self.depth.saturating_sub(self.outstanding);
-        self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1)
+        let natural = self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1);
+        if sn_lt(self.advertised, natural) {
+            self.advertised = natural;
+        }
+        self.advertised
     }
 
-    pub fn check(&self, cmd_sn: u32) -> CmdSnCheck {
+    pub fn check(&mut self, cmd_sn: u32) -> CmdSnCheck {
         let max = self.max_cmd_sn();
-        let open = max != self.exp_cmd_sn.wrapping_sub(1);
+        let open = sn_le(self.exp_cmd_sn, max);
         if cmd_sn == self.exp_cmd_sn && open {
             CmdSnCheck::InOrder
         } else if open && sn_lt(self.exp_cmd_sn, cmd_sn) && sn_le(cmd_sn, max) {
@@ -90,6 +99,7 @@ mod tests {
     #[test]
     fn full_window_closes_and_refuses_the_next_command() {
         let mut w = CmdWindow::new(10, 2);
+        assert_eq!(w.max_cmd_sn(), 11);
         w.exp_cmd_sn = 12;
         w.outstanding = 2;
         assert_eq!(w.max_cmd_sn(), 11, "MaxCmdSN = ExpCmdSN - 1: closed");
@@ -99,8 +109,20 @@ mod tests {
     }
 
     #[test]
+    fn advertised_max_never_shrinks() {
+        let mut w = CmdWindow::new(10, 4);
+        // A command arrives (ExpCmdSN+1) and a response goes out before its slot is
+        // counted: the initiator now believes MaxCmdSN is 14.
+        w.exp_cmd_sn = 11;
+        assert_eq!(w.max_cmd_sn(), 14);
+        w.outstanding = 1;
+        assert_eq!(w.max_cmd_sn(), 14, "not back to 13");
+        assert_eq!(w.check(14), CmdSnCheck::Ahead, "14 was promised");
+    }
+
+    #[test]
     fn window_across_wrap() {
-        let w = CmdWindow::new(u32::MAX, 4);
+        let mut w = CmdWindow::new(u32::MAX, 4);
         assert_eq!(w.max_cmd_sn(), 2);
         assert_eq!(w.check(1), CmdSnCheck::Ahead);
         assert_eq!(w.check(3), CmdSnCheck::Outside);

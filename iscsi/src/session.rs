@@ -39,7 +39,7 @@ pub struct Session {
 impl Session {
     /// (ExpCmdSN, MaxCmdSN) as of now.
     pub fn window_values(&self) -> (u32, u32) {
-        let w = self.window.lock();
+        let mut w = self.window.lock();
         (w.exp_cmd_sn, w.max_cmd_sn())
     }
 

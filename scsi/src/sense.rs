@@ -35,6 +35,29 @@ impl SenseKey {
     pub fn code(self) -> u8 {
         self as u8
     }
+
+    /// The sense key with this 4-bit code (0Ch, obsolete, has none).
+    pub fn from_code(code: u8) -> Option<SenseKey> {
+        use SenseKey::*;
+        Some(match code & 0x0f {
+            0x0 => NoSense,
+            0x1 => RecoveredError,
+            0x2 => NotReady,
+            0x3 => MediumError,
+            0x4 => HardwareError,
+            0x5 => IllegalRequest,
+            0x6 => UnitAttention,
+            0x7 => DataProtect,
+            0x8 => BlankCheck,
+            0x9 => VendorSpecific,
+            0xA => CopyAborted,
+            0xB => AbortedCommand,
+            0xD => VolumeOverflow,
+            0xE => Miscompare,
+            0xF => Completed,
+            _ => return None,
+        })
+    }
 }
 
 /// Sense-key-specific field pointer (SPC-4 4.5.2.4.2): which CDB or parameter-list byte
@@ -74,11 +97,17 @@ pub enum IoKind {
 const ASC_NAMES: &[(u8, u8, &str)] = &[
     (0x00, 0x00, "NO ADDITIONAL SENSE INFORMATION"),
     (0x00, 0x16, "OPERATION IN PROGRESS"),
+    (0x04, 0x00, "LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE"),
     (0x04, 0x01, "LOGICAL UNIT IS IN PROCESS OF BECOMING READY"),
     (
         0x04,
         0x02,
         "LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED",
+    ),
+    (
+        0x04,
+        0x03,
+        "LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED",
     ),
     (0x0C, 0x00, "WRITE ERROR"),
     (0x0D, 0x02, "COPY TARGET DEVICE NOT REACHABLE"),
@@ -243,6 +272,11 @@ impl Sense {
         Sense::new(SenseKey::NotReady, 0x04, 0x01)
     }
 
+    /// NOT READY, LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED (04/03).
+    pub const fn not_ready_manual_intervention() -> Sense {
+        Sense::new(SenseKey::NotReady, 0x04, 0x03)
+    }
+
     /// NOT READY, MEDIUM NOT PRESENT (3A/00).
     pub const fn medium_not_present() -> Sense {
         Sense::new(SenseKey::NotReady, 0x3A, 0x00)
@@ -303,15 +337,78 @@ impl Sense {
             BlockError::ReadOnly => Sense::write_protected(),
             BlockError::Unsupported(_) => Sense::invalid_opcode(),
             BlockError::Misaligned { .. } => Sense::internal_target_failure(),
+            BlockError::Sense { key, asc, ascq, .. } => Sense::from_backend(*key, *asc, *ascq),
             BlockError::Io(e) => match (e.raw_os_error(), kind) {
                 // ENOSPC / EDQUOT: a sparse back-end ran out of space.
                 (Some(28) | Some(122), IoKind::Write | IoKind::Other) => {
                     Sense::space_allocation_failed()
                 }
+                // A wait that gave up (a volume's range hold during a remap, an NFS
+                // back-end): transient, so NOT READY 04/01 and the host retries (see
+                // `from_backend` for why not ABORTED COMMAND).
+                _ if e.kind() == std::io::ErrorKind::TimedOut => Sense::not_ready_becoming_ready(),
                 (_, IoKind::Read) => Sense::unrecovered_read_error(),
                 (_, IoKind::Write) => Sense::write_error(),
                 (_, IoKind::Other) => Sense::internal_target_failure(),
             },
+        }
+    }
+
+    /// What the host sees when a back-end array failed a command the node sent on the
+    /// host's behalf with sense `key/asc/ascq` (a [`BlockError::Sense`]).
+    ///
+    /// The back-end's sense describes the node's I_T nexus to the array, not the host's
+    /// nexus to the node, and the CDB the array judged is the node's, not the host's.
+    /// So only conditions of the medium or the device pass through verbatim:
+    ///
+    /// - MEDIUM ERROR, HARDWARE ERROR, ABORTED COMMAND, DATA PROTECT, MISCOMPARE and
+    ///   COPY ABORTED keep their key, ASC and ASCQ (without INFORMATION: the array's
+    ///   LBA is not the host's).
+    /// - NOT READY 04/xx passes through (04/01 becoming ready, 04/03 manual
+    ///   intervention, ...), except the array's own ALUA states 04/0A, 04/0B, 04/0C,
+    ///   which a host would read as *our* target port group's state (SPC-4 5.16):
+    ///   they become 04/01. Other NOT READY codes (e.g. 3A/00 MEDIUM NOT PRESENT,
+    ///   which a host would act on as a removable medium) become 04/03.
+    /// - UNIT ATTENTION is never passed through (SAM-5 5.14: a unit attention belongs
+    ///   to the I_T nexus it was established for; the host's nexus saw no such event).
+    ///   The node consumes the array's unit attentions and retries; one that is still
+    ///   reported after those retries becomes NOT READY 04/01, so the host retries.
+    /// - Back-end unreachable or timed out: the node reports NOT READY, 04/01 LOGICAL
+    ///   UNIT IS IN PROCESS OF BECOMING READY (built by the initiator). SPC-4 4.5.6
+    ///   defines NOT READY as "the logical unit is not accessible" and 04/01 as a
+    ///   transient state; ABORTED COMMAND (0B) would say this one command was aborted
+    ///   and may be retried. We choose 04/01 because a back-end restart takes seconds:
+    ///   Linux retries ABORTED COMMAND only its 5 immediate retries
+    ///   (`scsi_check_sense` → NEEDS_RETRY), which a reconnecting back-end exhausts,
+    ///   while it requeues NOT READY 04/01 with a delay until (retries + 1) × the
+    ///   command timeout has passed (`scsi_io_completion_action`,
+    ///   ACTION_DELAYED_RETRY), and other initiators (libiscsi, VMware, Windows)
+    ///   treat 04/01 as "retry later" too.
+    /// - A back-end RESERVATION CONFLICT (a status, not sense: another initiator holds
+    ///   the array LU) is reported by the initiator as NOT READY 04/03: the host's
+    ///   own reservations live on the node's LU, so a RESERVATION CONFLICT status
+    ///   would tell the host something false (SPC-4 5.13), and retrying cannot help
+    ///   until an admin frees the array LU.
+    /// - ILLEGAL REQUEST (the array rejected a CDB or parameter list the node built)
+    ///   and anything else become HARDWARE ERROR 44/00 INTERNAL TARGET FAILURE: a field
+    ///   pointer into a CDB the host never sent would mislead it.
+    pub fn from_backend(key: u8, asc: u8, ascq: u8) -> Sense {
+        match SenseKey::from_code(key) {
+            Some(
+                k @ (SenseKey::MediumError
+                | SenseKey::HardwareError
+                | SenseKey::AbortedCommand
+                | SenseKey::DataProtect
+                | SenseKey::Miscompare
+                | SenseKey::CopyAborted),
+            ) => Sense::new(k, asc, ascq),
+            Some(SenseKey::NotReady) => match (asc, ascq) {
+                (0x04, 0x0A..=0x0C) => Sense::not_ready_becoming_ready(),
+                (0x04, q) => Sense::new(SenseKey::NotReady, 0x04, q),
+                _ => Sense::not_ready_manual_intervention(),
+            },
+            Some(SenseKey::UnitAttention) => Sense::not_ready_becoming_ready(),
+            _ => Sense::internal_target_failure(),
         }
     }
 
@@ -481,11 +578,96 @@ mod tests {
             Sense::from_block_error(&io(), IoKind::Write),
             Sense::write_error()
         );
+        let held = BlockError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "range held by a remap",
+        ));
+        assert_eq!(
+            Sense::from_block_error(&held, IoKind::Write),
+            Sense::not_ready_becoming_ready()
+        );
         let nospc = BlockError::Io(std::io::Error::from_raw_os_error(28));
         assert_eq!(
             Sense::from_block_error(&nospc, IoKind::Write),
             Sense::space_allocation_failed()
         );
+    }
+
+    #[test]
+    fn backend_sense_maps_to_host_sense() {
+        let be = |key: u8, asc: u8, ascq: u8| {
+            Sense::from_block_error(
+                &BlockError::Sense {
+                    key,
+                    asc,
+                    ascq,
+                    msg: "back-end".into(),
+                },
+                IoKind::Read,
+            )
+        };
+        // Medium and device conditions pass through.
+        assert_eq!(be(0x3, 0x11, 0x00), Sense::unrecovered_read_error());
+        assert_eq!(
+            be(0x3, 0x0C, 0x02),
+            Sense::new(SenseKey::MediumError, 0x0C, 0x02)
+        );
+        assert_eq!(be(0x4, 0x44, 0x00), Sense::internal_target_failure());
+        assert_eq!(
+            be(0xB, 0x47, 0x03),
+            Sense::new(SenseKey::AbortedCommand, 0x47, 0x03)
+        );
+        assert_eq!(
+            be(0xB, 0x00, 0x00),
+            Sense::new(SenseKey::AbortedCommand, 0x00, 0x00)
+        );
+        // NOT READY 04/xx passes through; the array's ALUA states and non-04 codes don't.
+        assert_eq!(be(0x2, 0x04, 0x01), Sense::not_ready_becoming_ready());
+        assert_eq!(be(0x2, 0x04, 0x03), Sense::not_ready_manual_intervention());
+        assert_eq!(
+            be(0x2, 0x04, 0x07),
+            Sense::new(SenseKey::NotReady, 0x04, 0x07)
+        );
+        for q in [0x0A, 0x0B, 0x0C] {
+            assert_eq!(be(0x2, 0x04, q), Sense::not_ready_becoming_ready());
+        }
+        assert_eq!(be(0x2, 0x3A, 0x00), Sense::not_ready_manual_intervention());
+        // Never a unit attention from the back-end: the host should retry.
+        for (asc, ascq) in [(0x29, 0x00), (0x2A, 0x09), (0x2A, 0x03), (0x3F, 0x0E)] {
+            let s = be(0x6, asc, ascq);
+            assert_ne!(s.key, SenseKey::UnitAttention);
+            assert_eq!(s, Sense::not_ready_becoming_ready());
+        }
+        // The array judged the node's CDB, not the host's: no field pointers leak.
+        assert_eq!(be(0x5, 0x24, 0x00), Sense::internal_target_failure());
+        assert_eq!(be(0x5, 0x24, 0x00).field, None);
+        assert_eq!(be(0x0, 0x00, 0x00), Sense::internal_target_failure());
+        assert_eq!(be(0x1, 0x17, 0x00), Sense::internal_target_failure());
+        assert_eq!(be(0xC, 0x00, 0x00), Sense::internal_target_failure());
+        // DATA PROTECT keeps its code.
+        assert_eq!(be(0x7, 0x27, 0x00), Sense::write_protected());
+        // The I/O direction does not change a back-end's sense.
+        let w = Sense::from_block_error(
+            &BlockError::Sense {
+                key: 0x2,
+                asc: 0x04,
+                ascq: 0x01,
+                msg: String::new(),
+            },
+            IoKind::Write,
+        );
+        assert_eq!(w, Sense::not_ready_becoming_ready());
+    }
+
+    #[test]
+    fn sense_key_codes_round_trip() {
+        for code in 0..16u8 {
+            if let Some(k) = SenseKey::from_code(code) {
+                assert_eq!(k.code(), code);
+            } else {
+                assert_eq!(code, 0xC);
+            }
+        }
     }
 
     #[test]
