@@ -1,14 +1,17 @@
 //! The sending half of a connection: one task owns the socket's write half, numbers
 //! status-bearing PDUs (StatSN) in the order they leave, stamps ExpCmdSN/MaxCmdSN at send
 //! time, splits read data into Data-In PDUs (MaxRecvDataSegmentLength, MaxBurstLength)
-//! and batches whatever is queued into one socket write.
+//! and batches whatever is queued into one socket write. Large read data is not copied:
+//! a batch is a list of buffers (headers encoded here, data segments as the `Bytes` the
+//! SCSI core returned) written with one vectored write.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use iscsi_wire::digest::Digests;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use iscsi_wire::digest::{self, Digests};
 use iscsi_wire::pdu::{
-    DataIn, LogoutResponse, NopIn, Reject, ScsiResponse, TaskMgmtResponse, TextResponse, R2T,
+    self, DataIn, LogoutResponse, NopIn, Reject, ScsiResponse, TaskMgmtResponse, TextResponse, R2T,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -79,6 +82,78 @@ pub struct WriterParams {
 
 const BATCH_BYTES: usize = 1 << 20;
 
+/// Data segments at least this long go to the socket from their own buffer (one more
+/// iovec) instead of being copied into the batch; shorter ones are cheaper to copy.
+const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// Buffers per vectored write (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
+
+/// What one socket write sends: headers and small PDUs are encoded into `buf`; each
+/// large data segment is cut in as its own buffer, after the bytes of `buf` before it.
+struct Batch {
+    buf: BytesMut,
+    parts: Vec<Bytes>,
+    /// Bytes in `parts`.
+    parts_len: usize,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.buf.len() + self.parts_len
+    }
+
+    /// Append `data` without copying it.
+    fn push_data(&mut self, data: Bytes) {
+        if !self.buf.is_empty() {
+            let head = self.buf.split().freeze();
+            self.parts_len += head.len();
+            self.parts.push(head);
+        }
+        self.parts_len += data.len();
+        self.parts.push(data);
+    }
+
+    /// Write everything and empty the batch.
+    async fn flush(&mut self, sock: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        if self.parts.is_empty() {
+            sock.write_all(&self.buf).await?;
+            self.buf.clear();
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            self.parts.push(self.buf.split().freeze());
+        }
+        let mut i = 0;
+        while i < self.parts.len() {
+            let mut n = {
+                let iov: Vec<IoSlice<'_>> = self.parts[i..]
+                    .iter()
+                    .take(MAX_IOVECS)
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                sock.write_vectored(&iov).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let part = &mut self.parts[i];
+                if n >= part.len() {
+                    n -= part.len();
+                    i += 1;
+                } else {
+                    part.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        self.parts.clear();
+        self.parts_len = 0;
+        Ok(())
+    }
+}
+
 /// Run the writer until `Out::Close`, the channel closes, or the socket fails.
 pub async fn run(
     mut sock: OwnedWriteHalf,
@@ -87,21 +162,24 @@ pub async fn run(
     params: WriterParams,
     mut stat_sn: u32,
 ) {
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut batch = Batch {
+        buf: BytesMut::with_capacity(256 * 1024),
+        parts: Vec::new(),
+        parts_len: 0,
+    };
     'outer: while let Some(first) = rx.recv().await {
-        let mut close = encode(first, &mut buf, &sess, &params, &mut stat_sn);
-        while !close && buf.len() < BATCH_BYTES {
+        let mut close = encode(first, &mut batch, &sess, &params, &mut stat_sn);
+        while !close && batch.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(m) => close = encode(m, &mut buf, &sess, &params, &mut stat_sn),
+                Ok(m) => close = encode(m, &mut batch, &sess, &params, &mut stat_sn),
                 Err(_) => break,
             }
         }
-        if !buf.is_empty() {
-            if let Err(e) = sock.write_all(&buf).await {
+        if batch.len() > 0 {
+            if let Err(e) = batch.flush(&mut sock).await {
                 tracing::debug!(error = %e, "connection write failed");
                 break 'outer;
             }
-            buf.clear();
         }
         if close {
             break;
@@ -119,7 +197,7 @@ fn next(stat_sn: &mut u32) -> u32 {
 }
 
 /// Encode one message; returns true when the connection should close after it.
-fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn: &mut u32) -> bool {
+fn encode(m: Out, batch: &mut Batch, sess: &Session, p: &WriterParams, stat_sn: &mut u32) -> bool {
     let (exp_cmd_sn, max_cmd_sn) = sess.window_values();
     let d = p.digests;
     match m {
@@ -145,7 +223,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 in_burst += n;
                 let end_of_burst = in_burst == burst;
                 let with_status = last && collapse;
-                DataIn {
+                let pdu = DataIn {
                     final_bit: last || end_of_burst,
                     ack: false,
                     status: with_status.then_some(status),
@@ -162,8 +240,21 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                     } else {
                         Residual::None
                     },
+                };
+                if n >= ZERO_COPY_MIN {
+                    // Header (and header digest) here, the data from its own buffer,
+                    // then padding and data digest (RFC 7143 §11.1).
+                    pdu::write_pdu(&mut batch.buf, &pdu.to_bhs(n), &[], &[], d);
+                    let seg = data.slice(off..off + n);
+                    let crc = d.data.then(|| digest::data_digest(&seg));
+                    batch.push_data(seg);
+                    batch.buf.put_bytes(0, digest::pad_len(n));
+                    if let Some(crc) = crc {
+                        batch.buf.put_slice(&digest::digest_bytes(crc));
+                    }
+                } else {
+                    pdu.encode(&data[off..off + n], &mut batch.buf, d);
                 }
-                .encode(&data[off..off + n], buf, d);
                 if end_of_burst {
                     in_burst = 0;
                 }
@@ -184,7 +275,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                     bidi_read_residual: Residual::None,
                     sense: sense.map(Bytes::from).unwrap_or_default(),
                 }
-                .encode(buf, d);
+                .encode(&mut batch.buf, d);
             }
             false
         }
@@ -207,7 +298,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 buffer_offset: offset,
                 desired_len: len,
             }
-            .encode(buf, d);
+            .encode(&mut batch.buf, d);
             false
         }
         Out::NopIn {
@@ -231,7 +322,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 max_cmd_sn,
                 data,
             }
-            .encode(buf, d);
+            .encode(&mut batch.buf, d);
             false
         }
         Out::TaskMgmt { itt, response } => {
@@ -242,7 +333,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 exp_cmd_sn,
                 max_cmd_sn,
             }
-            .encode(buf, d);
+            .encode(&mut batch.buf, d);
             false
         }
         Out::Text {
@@ -263,7 +354,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 max_cmd_sn,
                 data,
             }
-            .encode(buf, d);
+            .encode(&mut batch.buf, d);
             false
         }
         Out::Logout { itt, response } => {
@@ -276,7 +367,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 time2wait: 0,
                 time2retain: 0,
             }
-            .encode(buf, d);
+            .encode(&mut batch.buf, d);
             false
         }
         Out::Reject { reason, header } => {
@@ -288,7 +379,7 @@ fn encode(m: Out, buf: &mut BytesMut, sess: &Session, p: &WriterParams, stat_sn:
                 data_sn: 0,
                 header: *header,
             }
-            .encode(buf, d);
+            .encode(&mut batch.buf, d);
             false
         }
         Out::Close => true,

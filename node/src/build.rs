@@ -17,6 +17,7 @@ use scsi::{
 use iscsi_initiator::{ChapCredentials, Client, InitiatorConfig, RemoteStore, RemoteStoreOptions};
 use volume::{LiveVolume, Registry, VirtualVolume};
 
+use crate::api::Managed;
 use crate::config::{
     alua_state, backend_ref, parse_size, BackendRef, BackendSection, Config, LunSection,
 };
@@ -28,6 +29,8 @@ pub struct Node {
     pub portals: Vec<PortalDef>,
     /// Every store, to flush on shutdown.
     pub stores: Vec<Arc<dyn BlockStore>>,
+    /// What the management API sees: back-end LUs, volumes, registry, table.
+    pub managed: Managed,
 }
 
 /// Build the node: open local stores, log in to the back-end arrays the mapping table
@@ -37,7 +40,8 @@ pub struct Node {
 pub async fn build(cfg: &Config) -> Result<Node, String> {
     let masking = Arc::new(cfg.zoning.clone());
     let mut stores: Vec<Arc<dyn BlockStore>> = Vec::new();
-    let volumes = open_volumes(cfg).await?;
+    let mut managed = Managed::default();
+    let volumes = open_volumes(cfg, &mut managed).await?;
     let mut targets = Vec::new();
     for t in &cfg.targets {
         let name = IscsiName::parse(&t.name).map_err(|e| format!("target {}: {e}", t.name))?;
@@ -152,6 +156,7 @@ pub async fn build(cfg: &Config) -> Result<Node, String> {
         targets,
         portals,
         stores,
+        managed,
     })
 }
 
@@ -192,6 +197,7 @@ fn open_file(
 /// [`LiveVolume`] (remappable online). Returns volume name -> (store, WWN).
 async fn open_volumes(
     cfg: &Config,
+    mg: &mut Managed,
 ) -> Result<HashMap<String, (Arc<dyn BlockStore>, Option<Wwn>)>, String> {
     let mut out = HashMap::new();
     let Some(table) = &cfg.mapping else {
@@ -206,7 +212,10 @@ async fn open_volumes(
             st.read_only,
         )
         .map_err(|e| format!("store {}: {e}", st.id))?;
-        registry.insert(st.id.clone(), store);
+        registry.insert(
+            st.id.clone(),
+            mg.store_lu(&st.id, &cfg.resolve(&st.path), store),
+        );
     }
     // Log in to each array the table uses, once, and open the LUNs it needs.
     let mut clients: HashMap<String, Client> = HashMap::new();
@@ -242,7 +251,9 @@ async fn open_volumes(
                 )
             })?;
             tracing::info!(backend = %b.id, lun, blocks = store.num_blocks(), "back-end LU opened");
-            registry.insert(e.backend.clone(), Arc::new(store));
+            let c = store.client().clone();
+            let store = mg.remote_lu(&b.id, &b.portal, &b.target, &e.backend, &c, Arc::new(store));
+            registry.insert(e.backend.clone(), store);
         }
     }
     table
@@ -255,9 +266,10 @@ async fn open_volumes(
             .wwn
             .parse::<Wwn>()
             .map_err(|e| format!("volume {}: wwn: {e}", def.name))?;
-        let live: Arc<dyn BlockStore> = Arc::new(LiveVolume::new(vv));
+        let live: Arc<dyn BlockStore> = mg.volume(Arc::new(LiveVolume::new(vv)));
         out.insert(def.name.clone(), (live, Some(wwn)));
     }
+    mg.set_mapping(table.clone(), registry);
     Ok(out)
 }
 

@@ -31,6 +31,24 @@ pub struct Config {
     /// The mapping table: virtual volumes as extents over back-end LUs.
     #[serde(default)]
     pub mapping: Option<volume::MappingTable>,
+    /// The management API (REST, console, metrics). Absent: no API.
+    #[serde(default)]
+    pub management: Option<ManagementSection>,
+}
+
+/// `[management]`: where the API listens and who may use it. Without tokens the API
+/// must listen on loopback, reads are open and changes are refused.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementSection {
+    /// `ip:port`, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// Bearer token that may read and change (env `SWITCHYARD_ADMIN_TOKEN` overrides).
+    pub admin_token: Option<String>,
+    /// Bearer token that may only read (env `SWITCHYARD_READ_TOKEN` overrides).
+    pub read_token: Option<String>,
+    /// How long a remap waits for in-flight I/O in the affected ranges (default 5000).
+    pub drain_timeout_ms: Option<u64>,
 }
 
 /// A remote iSCSI array. Its LUs are named `<id>/lun<N>` in the mapping table.
@@ -443,6 +461,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(m) = &self.management {
+            if m.listen.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "[management] listen = \"{}\" is not an ip:port address",
+                    m.listen
+                ));
+            }
+            for t in [&m.admin_token, &m.read_token].into_iter().flatten() {
+                if t.len() < 16 {
+                    return bad("[management] tokens must be at least 16 characters".into());
+                }
+            }
+        }
         if let Some(m) = &self.mapping {
             m.validate()
                 .map_err(|e| ConfigError::Invalid(format!("[mapping]: {e}")))?;
@@ -508,14 +539,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Config files holding CHAP secrets should be readable by their owner only.
 fn warn_if_secrets_readable(path: &Path, cfg: &Config) {
     use std::os::unix::fs::PermissionsExt;
-    if !cfg.targets.iter().any(|t| t.chap.is_some()) {
+    let tokens = cfg
+        .management
+        .as_ref()
+        .is_some_and(|m| m.admin_token.is_some() || m.read_token.is_some());
+    if !tokens && !cfg.targets.iter().any(|t| t.chap.is_some()) {
         return;
     }
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(),
-                "config holds CHAP secrets but is readable by others; run `chmod 600 {}`",
+                "config holds secrets (CHAP or management tokens) but is readable by others; run `chmod 600 {}`",
                 path.display()
             );
         }

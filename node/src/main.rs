@@ -1,6 +1,8 @@
 //! `switchyard`: run a node (`serve --config FILE`), or a ready-made single-machine
-//! setup (`up`), or check a config (`check`).
+//! setup (`up`), or check a config (`check`); and the admin commands (`status`,
+//! `volumes`, `remap`, ...) that talk to a running node's management API.
 
+mod api;
 mod build;
 mod config;
 
@@ -24,6 +26,8 @@ const QUICKSTART_TARGET: &str = "iqn.2026-11.org.switchyard:quickstart";
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    conn: mgmt::cli::ConnOpts,
 }
 
 #[derive(Subcommand)]
@@ -44,13 +48,22 @@ enum Cmd {
         /// Size of the LU file when it is created.
         #[arg(long, default_value = "1GiB")]
         size: String,
+        /// Management API and console address (`off` for none). Without tokens
+        /// (SWITCHYARD_ADMIN_TOKEN, SWITCHYARD_READ_TOKEN) it is read-only.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: String,
     },
     /// Validate a config file and print what it would serve.
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Admin(mgmt::cli::AdminCmd),
 }
+
+/// Where `switchyard up` serves the management API and console.
+const DEFAULT_API: &str = "127.0.0.1:8080";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -64,9 +77,15 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Serve { config } => Config::load(&config)
             .map_err(|e| e.to_string())
-            .and_then(serve),
-        Cmd::Up { data, listen, size } => embedded_default(&data, &listen, &size).and_then(serve),
+            .and_then(|c| serve(c, true)),
+        Cmd::Up {
+            data,
+            listen,
+            size,
+            api,
+        } => embedded_default(&data, &listen, &size, &api).and_then(|c| serve(c, false)),
         Cmd::Check { config } => check(&config),
+        Cmd::Admin(cmd) => mgmt::cli::run(&cli.conn, &cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,7 +98,7 @@ fn main() -> ExitCode {
 
 /// The configuration `switchyard up` runs: the same target, LUN and portal as
 /// etc/quickstart.toml.
-fn embedded_default(data: &Path, listen: &str, size: &str) -> Result<Config, String> {
+fn embedded_default(data: &Path, listen: &str, size: &str, api: &str) -> Result<Config, String> {
     let text = format!(
         r#"
 [node]
@@ -101,6 +120,15 @@ size = "{size}"
     std::fs::create_dir_all(data)
         .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;
     cfg.node.data_dir = Some(data.to_path_buf());
+    if api != "off" {
+        if api.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("--api {api}: expected ip:port (or off)"));
+        }
+        cfg.management = Some(config::ManagementSection {
+            listen: api.to_string(),
+            ..Default::default()
+        });
+    }
     Ok(cfg)
 }
 
@@ -108,6 +136,21 @@ fn check(path: &Path) -> Result<(), String> {
     let cfg = Config::load(path).map_err(|e| e.to_string())?;
     for p in &cfg.portals {
         println!("portal {} (tpgt {})", p.listen, p.tpgt);
+    }
+    if let Some(m) = &cfg.management {
+        let auth = api::auth_from(&cfg);
+        let addr = m.listen.parse().expect("validated");
+        mgmt::server::check_listen(&addr, &auth)?;
+        println!(
+            "management API on http://{} ({})",
+            m.listen,
+            match (&auth.admin_token, &auth.read_token) {
+                (Some(_), Some(_)) => "admin and read tokens",
+                (Some(_), None) => "admin token",
+                (None, Some(_)) => "read token; no changes",
+                (None, None) => "no tokens: read-only",
+            }
+        );
     }
     if let Some(m) = &cfg.mapping {
         print!("{m}");
@@ -133,18 +176,26 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(cfg: Config) -> Result<(), String> {
+/// Run a node. `api_required`: a management API that cannot start is an error (else a
+/// warning, for `up`).
+fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchyard")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let node = build::build(&cfg).await?;
+        let mut node = build::build(&cfg).await?;
+        let managed = std::mem::take(&mut node.managed);
         let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
         let listeners = server.bind().await.map_err(|e| e.to_string())?;
+        let mut portals = Vec::new();
         for (l, p) in listeners.iter().zip(server.shared().portals.iter()) {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            portals.push(mgmt::model::PortalView {
+                address: addr.clone(),
+                tpgt: p.tpgt,
+            });
             tracing::info!(portal = %addr, tpgt = p.tpgt, "listening");
             for t in &server.shared().targets {
                 for lun in &t.luns {
@@ -153,6 +204,14 @@ fn serve(cfg: Config) -> Result<(), String> {
             }
         }
         let shutdown = CancellationToken::new();
+        let api_task = match start_api(&cfg, &server, portals, managed, &shutdown).await {
+            Ok(t) => t,
+            Err(e) if api_required => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; running without the management API");
+                None
+            }
+        };
         let sd = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -160,14 +219,69 @@ fn serve(cfg: Config) -> Result<(), String> {
             sd.cancel();
         });
         server.run(listeners, shutdown).await;
-        for s in &node.stores {
-            if let Err(e) = s.flush() {
-                tracing::error!(error = %e, "flush at shutdown failed");
+        if let Some(t) = api_task {
+            let _ = t.await;
+        }
+        // Flush every LU's store. Remote stores block on the runtime, so this runs on
+        // the blocking pool, never on a runtime thread.
+        let stores = node.stores.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            for s in &stores {
+                if let Err(e) = s.flush() {
+                    tracing::error!(error = %e, "flush at shutdown failed");
+                }
             }
+        })
+        .await;
+        if flushed.is_err() {
+            tracing::error!("flush at shutdown panicked");
         }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Start the management API if `[management]` is configured; prints its URL.
+async fn start_api(
+    cfg: &Config,
+    server: &iscsi::Server,
+    portals: Vec<mgmt::model::PortalView>,
+    managed: api::Managed,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let Some(m) = &cfg.management else {
+        return Ok(None);
+    };
+    let auth = api::auth_from(cfg);
+    let addr: std::net::SocketAddr = m.listen.parse().expect("validated");
+    mgmt::server::check_listen(&addr, &auth)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on [management] listen = {addr}: {e}; pick a free port")
+    })?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let url = format!("http://{bound}/");
+    let node = api::NodeMgmt::new(
+        cfg,
+        server.shared().clone(),
+        portals,
+        managed,
+        Some(url.clone()),
+    );
+    node.spawn_watchers(shutdown.clone());
+    let mode = if auth.is_open() {
+        " (read-only: no tokens configured)"
+    } else {
+        ""
+    };
+    println!("management: {url}{mode}");
+    tracing::info!(%bound, "management API listening");
+    let sd = shutdown.clone();
+    let api: std::sync::Arc<dyn mgmt::NodeApi> = std::sync::Arc::new(node);
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = mgmt::serve(listener, api, auth, sd).await {
+            tracing::error!(error = %e, "management API stopped");
+        }
+    })))
 }
 
 async fn wait_for_signal() {

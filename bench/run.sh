@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# The switchyard benchmark (issue 10): switchyard against tgtd, in one interleaved run,
+# on identical file LUs (same size, both filled with random data so neither reads
+# holes, same page-cache state). Prints each figure for both targets, the ratio, and
+# the median of RUNS runs:
+#   - iscsi-perf (libiscsi): 4K random read QD32 and QD1, 128K sequential read QD16;
+#   - loadgen (bench/loadgen, on our initiator crate): 4K random write QD32 and a
+#     50/50 random read/write mix QD32, plus a 4K random read QD32 to cross-check
+#     loadgen against iscsi-perf on the same target;
+#   - through the virtualizer: a switchyard node whose volume maps 1:1 onto a LU of a
+#     switchyard array node, against that array directly (4K random read QD32 with
+#     iscsi-perf, 4K random write QD32 with loadgen);
+#   - peak RSS and CPU seconds per million I/Os of each target (over the comparable
+#     loads), and the RSS of a node serving 16 sessions at QD32 (16 loadgen sessions).
+#
+#   bench/run.sh [SECONDS_PER_RUN] [RUNS]          (defaults: 10 s, 3 runs)
+#
+# Needs root for tgtd (a system daemon) and libiscsi-bin + tgt (installed if missing).
+# CARGO_TARGET_DIR is honoured. Everything runs on 127.0.0.1: client and targets share
+# the machine's cores, as in the issue's reference figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+RUNS=${2:-3}
+SIZE_MB=256
+TD=${CARGO_TARGET_DIR:-target}
+
+need=()
+command -v iscsi-perf >/dev/null || need+=(libiscsi-bin)
+command -v tgtd >/dev/null || need+=(tgt)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q -p switchyard -p loadgen
+SY=$TD/release/switchyard
+LG=$TD/release/loadgen
+
+work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+SY_PORT=23260
+TGT_PORT=23261
+ARRAY_PORT=23262
+VIRT_PORT=23263
+CTL_PORT=23999
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "${tgt_pid:-}" ]; then
+        tgtadm --lld iscsi --control-port $CTL_PORT --mode system --op delete --force >/dev/null 2>&1 || true
+        kill -9 "$tgt_pid" 2>/dev/null || true
+    fi
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Identical LUs, fully written so every target reads real data from the page cache.
+for f in sy tgt array; do
+    dd if=/dev/urandom of="$work/$f.img" bs=1M count=$SIZE_MB status=none
+done
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+node_toml() { # NAME PORT TARGET FILE
+    cat <<TOML
+[node]
+name = "$1"
+data_dir = "$work"
+[[portal]]
+listen = "127.0.0.1:$2"
+[[target]]
+name = "$3"
+[[target.lun]]
+lun = 0
+path = "$4"
+TOML
+}
+node_toml bench $SY_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/node.toml"
+node_toml array $ARRAY_PORT iqn.2026-11.org.switchyard:array array.img >"$work/array.toml"
+cat >"$work/virtual.toml" <<TOML
+[node]
+name = "virt"
+data_dir = "$work"
+[[portal]]
+listen = "127.0.0.1:$VIRT_PORT"
+[[backend]]
+id = "array"
+portal = "127.0.0.1:$ARRAY_PORT"
+target = "iqn.2026-11.org.switchyard:array"
+sessions = 1
+queue_depth = 64
+[mapping]
+epoch = 1
+[[mapping.volumes]]
+name = "v"
+wwn = "naa.6005359000000000000000000000b001"
+block_size = 512
+blocks = $((SIZE_MB * 2048))
+holes = "zero"
+[[mapping.volumes.extents]]
+vstart = 0
+blocks = $((SIZE_MB * 2048))
+backend = "array/lun0"
+bstart = 0
+[[target]]
+name = "iqn.2026-11.org.switchyard:virtual"
+[[target.lun]]
+lun = 0
+volume = "v"
+TOML
+
+start_node() { # CONFIG LOG PORT -> pid in $node_pid
+    RUST_LOG=warn "$SY" serve --config "$1" >/dev/null 2>"$2" &
+    node_pid=$!
+    pids+=("$node_pid")
+    wait_port "$3"
+}
+start_node "$work/node.toml" "$work/sy.log" $SY_PORT
+sy_pid=$node_pid
+
+tgtd -f --control-port $CTL_PORT --iscsi portal=127.0.0.1:$TGT_PORT >"$work/tgt.log" 2>&1 &
+tgt_pid=$!
+wait_port $TGT_PORT
+T="tgtadm --lld iscsi --control-port $CTL_PORT"
+$T --op new --mode target --tid 1 -T iqn.2026-11.org.switchyard:tgtd-bench
+$T --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
+$T --op bind --mode target --tid 1 -I ALL
+
+SY_URL="iscsi://127.0.0.1:$SY_PORT/iqn.2026-11.org.switchyard:bench/0"
+TGT_URL="iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.switchyard:tgtd-bench/1"
+ARRAY_URL="iscsi://127.0.0.1:$ARRAY_PORT/iqn.2026-11.org.switchyard:array/0"
+VIRT_URL="iscsi://127.0.0.1:$VIRT_PORT/iqn.2026-11.org.switchyard:virtual/0"
+
+# perf URL BLOCKS DEPTH RANDOM -> "IOPS MB/s IOS" (iscsi-perf; 512-byte blocks)
+run_perf() {
+    local url=$1 blocks=$2 depth=$3 rnd=$4
+    local args=(-b "$blocks" -m "$depth" -t "$SECS" -n)
+    [ "$rnd" = 1 ] && args+=(-r)
+    timeout $((SECS + 20)) iscsi-perf "${args[@]}" "$url" 2>&1 | tr '\r' '\n' >"$work/perf.out" || true
+    # iscsi-perf ends with "iops average N (M MB/s)".
+    python3 - "$work/perf.out" "$SECS" <<'PY'
+import re, sys
+m = None
+for l in open(sys.argv[1], errors="replace"):
+    x = re.search(r"iops average (\d+) \((\d+) MB/s\)", l)
+    if x:
+        m = x
+print(f"{m.group(1)} {m.group(2)} {int(m.group(1)) * int(sys.argv[2])}" if m else "0 0 0")
+PY
+}
+
+# gen URL PATTERN DEPTH [SESSIONS] -> "IOPS MB/s IOS P99_US" (loadgen, 4K)
+gen() {
+    local url=$1 pattern=$2 depth=$3 sessions=${4:-1}
+    timeout $((SECS + 30)) "$LG" "$url" --pattern "$pattern" --qd "$depth" --sessions "$sessions" \
+        --secs "$SECS" >"$work/gen.out" 2>"$work/gen.err" || true
+    python3 - "$work/gen.out" <<'PY'
+import sys
+kv = {}
+for l in open(sys.argv[1]):
+    if l.startswith("pattern="):
+        kv = dict(x.split("=", 1) for x in l.split())
+print(kv.get("iops", 0), kv.get("mbs", 0), kv.get("ios", 0), kv.get("p99_us", 0))
+PY
+}
+
+median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 1))" "$@"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else 'n/a')"; }
+cpu_secs() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
+cur_rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+# I/Os done against each target, for CPU seconds per million I/Os.
+sy_ios=0
+tg_ios=0
+add() { python3 -c "print(int($1 + $2))"; }
+
+# Warm both targets (first logins, page cache).
+run_perf "$SY_URL" 8 32 1 >/dev/null
+run_perf "$TGT_URL" 8 32 1 >/dev/null
+sy_cpu0=$(cpu_secs $sy_pid)
+tg_cpu0=$(cpu_secs $tgt_pid)
+
+printf '%-30s %12s %12s %7s  %s\n' "load" "switchyard" "tgtd" "ratio" "unit (all runs: switchyard / tgtd)"
+# tool:name:arg1:arg2:arg3:unit
+for spec in \
+    "perf:4K rand read QD32:8:32:1:iops" \
+    "perf:4K rand read QD1:8:1:1:iops" \
+    "perf:128K seq read QD16:256:16:0:mbs" \
+    "gen:4K rand write QD32:write:32::iops" \
+    "gen:4K 50/50 rand r/w QD32:mixed:32::iops" \
+    "gen:4K rand read QD32 (loadgen):read:32::iops"; do
+    IFS=: read -r tool name a1 a2 a3 unit <<<"$spec"
+    sy=(); tg=(); syl=(); tgl=()
+    for _ in $(seq "$RUNS"); do
+        for who in sy tg; do
+            url=$SY_URL; [ $who = tg ] && url=$TGT_URL
+            if [ "$tool" = perf ]; then
+                read -r iops mbs ios < <(run_perf "$url" "$a1" "$a2" "$a3")
+                lat=$(python3 -c "print(round(1e6/$iops, 1) if $iops else 0)")
+            else
+                read -r iops mbs ios lat < <(gen "$url" "$a1" "$a2")
+            fi
+            v=$iops; [ "$unit" = mbs ] && v=$mbs
+            if [ $who = sy ]; then sy+=("$v"); syl+=("$lat"); sy_ios=$(add $sy_ios "$ios")
+            else tg+=("$v"); tgl+=("$lat"); tg_ios=$(add $tg_ios "$ios"); fi
+        done
+    done
+    s=$(median "${sy[@]}"); t=$(median "${tg[@]}")
+    u=$([ "$unit" = iops ] && echo IOPS || echo MB/s)
+    printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "$name" "$s" "$t" "$(ratio "$s" "$t")" "$u" "${sy[*]}" "${tg[*]}"
+    if [ "$name" = "4K rand read QD1" ]; then
+        ls=$(median "${syl[@]}"); lt=$(median "${tgl[@]}")
+        printf '%-30s %12s %12s %7s  %s\n' "  QD1 mean latency" "$ls" "$lt" "$(ratio "$ls" "$lt")" "us (1/IOPS; lower is better)"
+    fi
+    if [ "$tool" = gen ]; then
+        ls=$(median "${syl[@]}"); lt=$(median "${tgl[@]}")
+        printf '%-30s %12s %12s %7s  %s\n' "  p99 latency" "$ls" "$lt" "$(ratio "$ls" "$lt")" "us (lower is better)"
+    fi
+done
+
+sy_cpu=$(python3 -c "print($(cpu_secs $sy_pid) - $sy_cpu0)")
+tg_cpu=$(python3 -c "print($(cpu_secs $tgt_pid) - $tg_cpu0)")
+sy_cpm=$(python3 -c "print(round($sy_cpu / ($sy_ios / 1e6), 2) if $sy_ios else 0)")
+tg_cpm=$(python3 -c "print(round($tg_cpu / ($tg_ios / 1e6), 2) if $tg_ios else 0)")
+printf '%-30s %12s %12s %7s  %s\n' "CPU s per million I/Os" "$sy_cpm" "$tg_cpm" "$(ratio "$sy_cpm" "$tg_cpm")" \
+    "(lower is better; $sy_ios / $tg_ios I/Os)"
+sy_rss=$(rss_kb $sy_pid); tg_rss=$(rss_kb $tgt_pid)
+printf '%-30s %12s %12s %7s  %s\n' "peak RSS" "$((sy_rss / 1024))" "$((tg_rss / 1024))" "$(ratio "$sy_rss" "$tg_rss")" "MiB"
+
+# 16 sessions at QD32 each (one loadgen process, 16 connections), 4K random reads.
+# The RSS is sampled while the load runs; VmHWM is the peak over the node's life.
+for who in sy tg; do
+    url=$SY_URL; pid=$sy_pid; [ $who = tg ] && { url=$TGT_URL; pid=$tgt_pid; }
+    "$LG" "$url" --pattern mixed --qd 32 --sessions 16 --secs "$SECS" >"$work/gen16.$who" 2>&1 &
+    lg=$!
+    sleep $((SECS / 2 + 1))
+    rss=$(cur_rss_kb $pid)
+    wait $lg || true
+    iops=$(python3 -c "
+import sys
+for l in open('$work/gen16.$who'):
+    if l.startswith('pattern='): print(dict(x.split('=',1) for x in l.split())['iops'])" || echo 0)
+    eval "${who}16_rss=$rss ${who}16_iops=${iops:-0}"
+done
+printf '%-30s %12s %12s %7s  %s\n' "RSS, 16 sessions x QD32" "$((sy16_rss / 1024))" "$((tg16_rss / 1024))" \
+    "$(ratio "$sy16_rss" "$tg16_rss")" "MiB during a 4K 50/50 load ($sy16_iops / $tg16_iops IOPS); peak RSS since start: $(( $(rss_kb $sy_pid) / 1024 )) / $(( $(rss_kb $tgt_pid) / 1024 )) MiB"
+
+# Through the virtualizer: host -> virtual node -> array node, against the array direct.
+kill "$sy_pid" 2>/dev/null || true
+start_node "$work/array.toml" "$work/array.log" $ARRAY_PORT
+array_pid=$node_pid
+start_node "$work/virtual.toml" "$work/virt.log" $VIRT_PORT
+virt_pid=$node_pid
+run_perf "$ARRAY_URL" 8 32 1 >/dev/null
+run_perf "$VIRT_URL" 8 32 1 >/dev/null
+echo
+printf '%-30s %12s %12s %7s  %s\n' "virtualizer" "virtual" "direct" "ratio" "unit (all runs: virtual / direct)"
+for spec in "perf:4K rand read QD32:8:32:1" "gen:4K rand write QD32:write:32:"; do
+    IFS=: read -r tool name a1 a2 a3 <<<"$spec"
+    vi=(); di=()
+    for _ in $(seq "$RUNS"); do
+        for who in vi di; do
+            url=$VIRT_URL; [ $who = di ] && url=$ARRAY_URL
+            if [ "$tool" = perf ]; then read -r iops _ _ < <(run_perf "$url" "$a1" "$a2" "$a3")
+            else read -r iops _ _ _ < <(gen "$url" "$a1" "$a2"); fi
+            if [ $who = vi ]; then vi+=("$iops"); else di+=("$iops"); fi
+        done
+    done
+    v=$(median "${vi[@]}"); d=$(median "${di[@]}")
+    printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "$name" "$v" "$d" "$(ratio "$v" "$d")" IOPS "${vi[*]}" "${di[*]}"
+done
+echo "virtual node: peak RSS $(( $(rss_kb $virt_pid) / 1024 )) MiB; array node: peak RSS $(( $(rss_kb $array_pid) / 1024 )) MiB"

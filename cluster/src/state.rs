@@ -1,0 +1,731 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! [`ClusterState`] is plain data; [`ClusterState::apply`] is the deterministic state
+//! machine every node runs on every committed [`Command`], in log order. A command that
+//! does not fit the state (a stale epoch, an illegal change-log transition, a PR update
+//! that lost a race) is *refused*: the state stays as it was and every node records the
+//! same refusal, so the proposer gets the reason back.
+//!
+//! Nothing here does I/O, reads a clock or knows about Raft; timestamps come inside the
+//! commands, stamped by the proposer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use volume::{Changeset, MappingTable};
+
+use crate::change::{ChangeError, ChangeId, ChangeRecord, Phase};
+use crate::NodeId;
+
+/// How many finished changes the change log keeps.
+pub const CHANGE_HISTORY: usize = 256;
+
+/// What a member does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A data node: votes, serves I/O, takes part in remaps.
+    Voter,
+    /// Votes only (the quorum tie-breaker of a two-node pair); serves no I/O and takes
+    /// no part in remaps.
+    Witness,
+}
+
+/// The admin-visible service state of a node, replicated (unlike reachability, which
+/// each node observes for itself; see [`crate::Member`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Serves I/O.
+    Active,
+    /// Being emptied by the admin; reports ALUA transitioning/unavailable.
+    Draining,
+    /// Excluded from a change (it did not answer): it must not serve I/O with its old
+    /// table; it stops serving until it has caught up and the admin (or the node
+    /// itself, after catching up) sets it active again.
+    Fenced { reason: String },
+}
+
+/// One member of the cluster, as registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    /// Management address (`ip:port`) of the cluster RPC.
+    pub mgmt_addr: String,
+    /// iSCSI portals (`ip:port`) the node serves on; empty for a witness.
+    #[serde(default)]
+    pub portals: Vec<String>,
+    pub role: Role,
+    pub health: Health,
+}
+
+impl NodeInfo {
+    /// A data node, active.
+    pub fn voter(id: NodeId, name: &str, mgmt_addr: &str, portals: Vec<String>) -> NodeInfo {
+        NodeInfo {
+            id,
+            name: name.to_string(),
+            mgmt_addr: mgmt_addr.to_string(),
+            portals,
+            role: Role::Voter,
+            health: Health::Active,
+        }
+    }
+
+    /// A witness.
+    pub fn witness(id: NodeId, name: &str, mgmt_addr: &str) -> NodeInfo {
+        NodeInfo {
+            role: Role::Witness,
+            ..NodeInfo::voter(id, name, mgmt_addr, Vec::new())
+        }
+    }
+
+    /// True for an active data node: one that serves I/O and takes part in remaps.
+    pub fn serves_io(&self) -> bool {
+        self.role == Role::Voter && self.health == Health::Active
+    }
+}
+
+/// ALUA asymmetric access state of a node's target port group (mirrors
+/// [`scsi::AluaState`], which is not serialisable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AluaAccess {
+    ActiveOptimized,
+    ActiveNonOptimized,
+    Standby,
+    Unavailable,
+    Offline,
+    Transitioning,
+}
+
+impl From<scsi::AluaState> for AluaAccess {
+    fn from(s: scsi::AluaState) -> AluaAccess {
+        match s {
+            scsi::AluaState::ActiveOptimized => AluaAccess::ActiveOptimized,
+            scsi::AluaState::ActiveNonOptimized => AluaAccess::ActiveNonOptimized,
+            scsi::AluaState::Standby => AluaAccess::Standby,
+            scsi::AluaState::Unavailable => AluaAccess::Unavailable,
+            scsi::AluaState::Offline => AluaAccess::Offline,
+            scsi::AluaState::Transitioning => AluaAccess::Transitioning,
+        }
+    }
+}
+
+impl From<AluaAccess> for scsi::AluaState {
+    fn from(s: AluaAccess) -> scsi::AluaState {
+        match s {
+            AluaAccess::ActiveOptimized => scsi::AluaState::ActiveOptimized,
+            AluaAccess::ActiveNonOptimized => scsi::AluaState::ActiveNonOptimized,
+            AluaAccess::Standby => scsi::AluaState::Standby,
+            AluaAccess::Unavailable => scsi::AluaState::Unavailable,
+            AluaAccess::Offline => scsi::AluaState::Offline,
+            AluaAccess::Transitioning => scsi::AluaState::Transitioning,
+        }
+    }
+}
+
+/// One PR registration (mirrors [`scsi::PrRegistration`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrReg {
+    /// Initiator port name ("<iSCSI name>,i,0x<ISID>").
+    pub initiator: String,
+    pub relative_port: u16,
+    pub key: u64,
+    pub all_tg_pt: bool,
+}
+
+/// The reservation holder (mirrors [`scsi::PrHolder`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrHold {
+    pub initiator: String,
+    pub relative_port: u16,
+    /// TYPE code (SPC-4 table 188).
+    pub pr_type: u8,
+}
+
+/// The persistent reservation state of one logical unit (mirrors
+/// [`scsi::PrSnapshot`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrState {
+    pub generation: u32,
+    pub aptpl: bool,
+    pub registrations: Vec<PrReg>,
+    pub reservation: Option<PrHold>,
+}
+
+impl From<&scsi::PrSnapshot> for PrState {
+    fn from(s: &scsi::PrSnapshot) -> PrState {
+        PrState {
+            generation: s.generation,
+            aptpl: s.aptpl,
+            registrations: s
+                .registrations
+                .iter()
+                .map(|r| PrReg {
+                    initiator: r.initiator.clone(),
+                    relative_port: r.relative_port,
+                    key: r.key,
+                    all_tg_pt: r.all_tg_pt,
+                })
+                .collect(),
+            reservation: s.reservation.as_ref().map(|h| PrHold {
+                initiator: h.initiator.clone(),
+                relative_port: h.relative_port,
+                pr_type: h.pr_type,
+            }),
+        }
+    }
+}
+
+impl From<&PrState> for scsi::PrSnapshot {
+    fn from(s: &PrState) -> scsi::PrSnapshot {
+        scsi::PrSnapshot {
+            generation: s.generation,
+            aptpl: s.aptpl,
+            registrations: s
+                .registrations
+                .iter()
+                .map(|r| scsi::PrRegistration {
+                    initiator: r.initiator.clone(),
+                    relative_port: r.relative_port,
+                    key: r.key,
+                    all_tg_pt: r.all_tg_pt,
+                })
+                .collect(),
+            reservation: s.reservation.as_ref().map(|h| scsi::PrHolder {
+                initiator: h.initiator.clone(),
+                relative_port: h.relative_port,
+                pr_type: h.pr_type,
+            }),
+        }
+    }
+}
+
+/// PR state of one LU with a version that every update bumps (for compare-and-set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrRecord {
+    pub version: u64,
+    pub state: PrState,
+    /// The node that made the last update (it already applied it locally).
+    pub by: NodeId,
+}
+
+/// Everything the cluster agrees on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Registered members. Raft membership (who votes) is kept by Raft; see
+    /// [`crate::Cluster::members`] for the merged view.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// The committed mapping table; `table.epoch` is the cluster's table epoch.
+    pub table: MappingTable,
+    /// Persistent reservations per LU (keyed by the LU's NAA WWN or volume name, the
+    /// node's choice, used the same way by every node).
+    pub pr: BTreeMap<String, PrRecord>,
+    /// ALUA state of each node's target port group; a node not listed is
+    /// active/optimized.
+    pub alua: BTreeMap<NodeId, AluaAccess>,
+    /// The change log: the active change and the last [`CHANGE_HISTORY`] finished ones.
+    pub changes: BTreeMap<ChangeId, ChangeRecord>,
+    /// The unfinished change, if any (at most one at a time).
+    pub active_change: Option<ChangeId>,
+    pub next_change_id: ChangeId,
+    /// Raft log index of the last command applied to this state.
+    pub applied_index: u64,
+}
+
+impl Default for ClusterState {
+    fn default() -> ClusterState {
+        ClusterState {
+            nodes: BTreeMap::new(),
+            table: MappingTable::new(0),
+            pr: BTreeMap::new(),
+            alua: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            active_change: None,
+            next_change_id: 1,
+            applied_index: 0,
+        }
+    }
+}
+
+/// A change to the cluster state: what [`crate::Cluster::propose`] replicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Add or update a member's registration (name, addresses, role). A node registers
+    /// itself at start; an existing `health` is kept.
+    RegisterNode(NodeInfo),
+    /// Drop a member's registration (after it left Raft membership).
+    ForgetNode { id: NodeId },
+    /// Set a member's service state.
+    SetHealth { id: NodeId, health: Health },
+    /// Set the ALUA state of a node's port group.
+    SetAlua { node: NodeId, state: AluaAccess },
+    /// Replace the whole table, if the cluster is still at `expected_epoch`; the new
+    /// table gets epoch `expected_epoch + 1`. For bootstrap and admin imports; refused
+    /// while a change is active.
+    ReplaceTable {
+        expected_epoch: u64,
+        table: MappingTable,
+    },
+    /// Apply a changeset at once, without the remap protocol: for changes that need no
+    /// quiesce (adding a volume). Refused while a change is active.
+    ApplyChangeset(Changeset),
+    /// Set the PR state of `lu`. With `expected_version`, refused unless the current
+    /// version matches (the proposer re-reads and retries: two nodes racing on one LU).
+    SetPr {
+        lu: String,
+        expected_version: Option<u64>,
+        state: PrState,
+        by: NodeId,
+    },
+    /// Begin an online remap (state `Proposed`); the reply carries its id.
+    BeginChange {
+        changeset: Changeset,
+        requested_by: NodeId,
+        at_ms: u64,
+    },
+    /// A node finished `phase` of change `id`.
+    AckChange {
+        id: ChangeId,
+        node: NodeId,
+        phase: Phase,
+        at_ms: u64,
+    },
+    /// Move change `id` to `to` (checked: see [`ChangeRecord::check_transition`]).
+    AdvanceChange {
+        id: ChangeId,
+        to: Phase,
+        reason: Option<String>,
+        at_ms: u64,
+    },
+    /// Exclude a node that does not answer from change `id`, and fence it.
+    ExcludeFromChange {
+        id: ChangeId,
+        node: NodeId,
+        reason: String,
+        at_ms: u64,
+    },
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied.
+    Ok,
+    /// `BeginChange` applied: the new change's id.
+    ChangeBegun(ChangeId),
+    /// Refused (the state is unchanged), with the reason for the admin.
+    Refused(String),
+}
+
+impl ClusterState {
+    /// The unfinished change, if any.
+    pub fn active(&self) -> Option<&ChangeRecord> {
+        self.active_change.and_then(|id| self.changes.get(&id))
+    }
+
+    /// The data nodes that serve I/O now.
+    pub fn serving_nodes(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.serves_io())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// ALUA state of `node`'s port group (active/optimized unless set).
+    pub fn alua_of(&self, node: NodeId) -> AluaAccess {
+        self.alua
+            .get(&node)
+            .copied()
+            .unwrap_or(AluaAccess::ActiveOptimized)
+    }
+
+    /// Apply one committed command. Deterministic: same state + same command gives the
+    /// same result on every node.
+    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        match self.try_apply(cmd) {
+            Ok(o) => o,
+            Err(reason) => Outcome::Refused(reason),
+        }
+    }
+
+    fn try_apply(&mut self, cmd: &Command) -> Result<Outcome, String> {
+        match cmd {
+            Command::RegisterNode(info) => {
+                let mut info = info.clone();
+                if let Some(old) = self.nodes.get(&info.id) {
+                    info.health = old.health.clone();
+                }
+                self.nodes.insert(info.id, info);
+            }
+            Command::ForgetNode { id } => {
+                if self.nodes.remove(id).is_none() {
+                    return Err(format!("node {id} is not registered"));
+                }
+                self.alua.remove(id);
+            }
+            Command::SetHealth { id, health } => {
+                let n = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| format!("node {id} is not registered"))?;
+                n.health = health.clone();
+            }
+            Command::SetAlua { node, state } => {
+                if !self.nodes.contains_key(node) {
+                    return Err(format!("node {node} is not registered"));
+                }
+                self.alua.insert(*node, *state);
+            }
+            Command::ReplaceTable {
+                expected_epoch,
+                table,
+            } => {
+                self.no_active_change()?;
+                self.check_epoch(*expected_epoch)?;
+                let mut t = table.normalized();
+                t.epoch = self.table.epoch + 1;
+                t.validate().map_err(|e| e.to_string())?;
+                self.table = t;
+            }
+            Command::ApplyChangeset(cs) => {
+                self.no_active_change()?;
+                self.table = self.apply_checked(cs)?;
+            }
+            Command::SetPr {
+                lu,
+                expected_version,
+                state,
+                by,
+            } => {
+                let rec = self.pr.entry(lu.clone()).or_default();
+                if let Some(v) = expected_version {
+                    if *v != rec.version {
+                        return Err(format!(
+                            "PR state of {lu} changed (version {} now, {v} expected); re-read and retry",
+                            rec.version
+                        ));
+                    }
+                }
+                rec.version += 1;
+                rec.state = state.clone();
+                rec.by = *by;
+            }
+            Command::BeginChange {
+                changeset,
+                requested_by,
+                at_ms,
+            } => {
+                self.no_active_change()?;
+                if changeset.is_empty() {
+                    return Err("the changeset changes nothing".to_string());
+                }
+                // Refuse now what could not be switched later.
+                self.apply_checked(changeset)?;
+                let id = self.next_change_id;
+                self.next_change_id += 1;
+                let rec = ChangeRecord::new(
+                    id,
+                    changeset.clone(),
+                    self.serving_nodes(),
+                    *requested_by,
+                    *at_ms,
+                );
+                self.changes.insert(id, rec);
+                self.active_change = Some(id);
+                return Ok(Outcome::ChangeBegun(id));
+            }
+            Command::AckChange {
+                id,
+                node,
+                phase,
+                at_ms,
+            } => {
+                self.change_mut(*id)?
+                    .ack(*node, *phase, *at_ms)
+                    .map_err(|e| e.to_string())?;
+            }
+            Command::AdvanceChange {
+                id,
+                to,
+                reason,
+                at_ms,
+            } => self.advance(*id, *to, reason.clone(), *at_ms)?,
+            Command::ExcludeFromChange {
+                id,
+                node,
+                reason,
+                at_ms,
+            } => {
+                self.change_mut(*id)?
+                    .exclude(*node, reason.clone(), *at_ms)
+                    .map_err(|e| e.to_string())?;
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.health = Health::Fenced {
+                        reason: format!("excluded from change {id}: {reason}"),
+                    };
+                }
+            }
+        }
+        Ok(Outcome::Ok)
+    }
+
+    fn advance(
+        &mut self,
+        id: ChangeId,
+        to: Phase,
+        reason: Option<String>,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let rec = self.change_mut(id)?;
+        rec.check_transition(to).map_err(|e| e.to_string())?;
+        let from = rec.phase();
+        let changeset = rec.changeset.clone();
+        let rollback = rec.rollback.clone();
+        // Table side effects first, so a failure refuses the whole transition.
+        let new_table = match (from, to) {
+            (_, Phase::Switched) => {
+                let new = self.apply_checked(&changeset)?;
+                let mut inverse = MappingTable::diff(&new, &self.table);
+                inverse.base_epoch = new.epoch;
+                Some((new, Some(inverse)))
+            }
+            (Phase::Switched, Phase::RolledBack) => {
+                let inverse =
+                    rollback.ok_or_else(|| format!("change {id} has no rollback recorded"))?;
+                Some((self.apply_checked(&inverse)?, None))
+            }
+            _ => None,
+        };
+        let rec = self.change_mut(id)?;
+        rec.transition(to, reason, at_ms)
+            .map_err(|e: ChangeError| e.to_string())?;
+        if let Some((table, inverse)) = new_table {
+            if inverse.is_some() {
+                rec.rollback = inverse;
+            }
+            self.table = table;
+        }
+        if to.is_terminal() {
+            self.active_change = None;
+            self.trim_history();
+        }
+        Ok(())
+    }
+
+    fn change_mut(&mut self, id: ChangeId) -> Result<&mut ChangeRecord, String> {
+        self.changes
+            .get_mut(&id)
+            .ok_or_else(|| format!("change {id} is not in the change log"))
+    }
+
+    fn no_active_change(&self) -> Result<(), String> {
+        match self.active() {
+            Some(c) => Err(format!(
+                "change {} is in progress ({}); wait for it to finish or roll it back",
+                c.id,
+                c.phase()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn check_epoch(&self, expected: u64) -> Result<(), String> {
+        if expected != self.table.epoch {
+            return Err(format!(
+                "the table is at epoch {}, not {expected}; re-read it and retry",
+                self.table.epoch
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_checked(&self, cs: &Changeset) -> Result<MappingTable, String> {
+        let t = self.table.apply(cs).map_err(|e| e.to_string())?;
+        t.validate().map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+
+    fn trim_history(&mut self) {
+        let finished: Vec<ChangeId> = self
+            .changes
+            .keys()
+            .copied()
+            .filter(|id| Some(*id) != self.active_change)
+            .collect();
+        if finished.len() > CHANGE_HISTORY {
+            for id in &finished[..finished.len() - CHANGE_HISTORY] {
+                self.changes.remove(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volume::{Extent, HolePolicy, VolumeDef};
+
+    fn vol(backend: &str) -> VolumeDef {
+        VolumeDef {
+            name: "db01".into(),
+            wwn: "naa.6001405f0e1d2c3b4a5968778695a4b3".into(),
+            block_size: 512,
+            blocks: 1024,
+            holes: HolePolicy::Zero,
+            extents: vec![Extent {
+                vstart: 0,
+                blocks: 1024,
+                backend: backend.into(),
+                bstart: 0,
+            }],
+        }
+    }
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        for id in [1, 2] {
+            s.apply(&Command::RegisterNode(NodeInfo::voter(
+                id,
+                "n",
+                "x:1",
+                vec![],
+            )));
+        }
+        s.apply(&Command::RegisterNode(NodeInfo::witness(3, "w", "x:3")));
+        let mut t = MappingTable::new(0);
+        t.volumes.push(vol("a/lun0"));
+        assert_eq!(
+            s.apply(&Command::ReplaceTable {
+                expected_epoch: 0,
+                table: t
+            }),
+            Outcome::Ok
+        );
+        s
+    }
+
+    fn advance(s: &mut ClusterState, id: ChangeId, to: Phase) -> Outcome {
+        s.apply(&Command::AdvanceChange {
+            id,
+            to,
+            reason: None,
+            at_ms: 0,
+        })
+    }
+
+    fn ack_all(s: &mut ClusterState, id: ChangeId, phase: Phase) {
+        for node in [1, 2] {
+            let o = s.apply(&Command::AckChange {
+                id,
+                node,
+                phase,
+                at_ms: 0,
+            });
+            assert_eq!(o, Outcome::Ok);
+        }
+    }
+
+    #[test]
+    fn change_commits_at_switch_and_rolls_back_with_a_new_epoch() {
+        let mut s = state();
+        let old = s.table.clone();
+        let mut new = old.clone();
+        new.volumes[0].extents[0].backend = "b/lun0".into();
+        let cs = MappingTable::diff(&old, &new);
+        let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
+            changeset: cs.clone(),
+            requested_by: 2,
+            at_ms: 0,
+        }) else {
+            panic!("not begun")
+        };
+        // The witness is not a participant.
+        assert_eq!(s.active().unwrap().participants, [1, 2].into());
+        // A second change, or a direct table change, is refused meanwhile.
+        assert!(matches!(
+            s.apply(&Command::BeginChange {
+                changeset: cs.clone(),
+                requested_by: 2,
+                at_ms: 0
+            }),
+            Outcome::Refused(_)
+        ));
+        assert!(matches!(
+            s.apply(&Command::ApplyChangeset(cs.clone())),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(advance(&mut s, id, Phase::Staged), Outcome::Ok);
+        ack_all(&mut s, id, Phase::Staged);
+        assert_eq!(advance(&mut s, id, Phase::Quiescing), Outcome::Ok);
+        assert_eq!(s.table.epoch, 1);
+        // Switch before every drain ack: refused, table unchanged.
+        s.apply(&Command::AckChange {
+            id,
+            node: 1,
+            phase: Phase::Quiescing,
+            at_ms: 0,
+        });
+        assert!(
+            matches!(advance(&mut s, id, Phase::Switched), Outcome::Refused(r) if r.contains("[2]"))
+        );
+        assert_eq!(s.table.epoch, 1);
+        ack_all(&mut s, id, Phase::Quiescing);
+        assert_eq!(advance(&mut s, id, Phase::Switched), Outcome::Ok);
+        assert_eq!(s.table.epoch, 2);
+        assert_eq!(s.table.volumes[0].extents[0].backend, "b/lun0");
+        // A switch failed somewhere: roll back to the old mapping, at a new epoch.
+        assert_eq!(advance(&mut s, id, Phase::RolledBack), Outcome::Ok);
+        assert_eq!(s.table.epoch, 3);
+        assert_eq!(s.table.volumes, old.volumes);
+        assert_eq!(s.active_change, None);
+        // A stale changeset (made against epoch 1) no longer applies.
+        assert!(matches!(
+            s.apply(&Command::ApplyChangeset(cs)),
+            Outcome::Refused(r) if r.contains("epoch")
+        ));
+    }
+
+    #[test]
+    fn exclusion_fences_and_pr_cas() {
+        let mut s = state();
+        let mut new = s.table.clone();
+        new.volumes[0].blocks = 2048;
+        let cs = MappingTable::diff(&s.table, &new);
+        let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
+            changeset: cs,
+            requested_by: 1,
+            at_ms: 0,
+        }) else {
+            panic!()
+        };
+        s.apply(&Command::ExcludeFromChange {
+            id,
+            node: 2,
+            reason: "no answer in 5s".into(),
+            at_ms: 0,
+        });
+        assert!(matches!(s.nodes[&2].health, Health::Fenced { .. }));
+        assert_eq!(s.serving_nodes(), [1].into());
+
+        let pr = PrState {
+            generation: 1,
+            ..Default::default()
+        };
+        let set = |v| Command::SetPr {
+            lu: "db01".into(),
+            expected_version: v,
+            state: pr.clone(),
+            by: 1,
+        };
+        assert_eq!(s.apply(&set(Some(0))), Outcome::Ok);
+        assert!(matches!(s.apply(&set(Some(0))), Outcome::Refused(_)));
+        assert_eq!(s.apply(&set(Some(1))), Outcome::Ok);
+        assert_eq!(s.pr["db01"].version, 2);
+        let snap: scsi::PrSnapshot = (&s.pr["db01"].state).into();
+        assert_eq!(PrState::from(&snap), pr);
+    }
+}

@@ -1,0 +1,480 @@
+//! Durable Raft storage: the log, the vote and snapshots on disk, and the state
+//! machine that applies committed commands to a [`ClusterState`].
+//!
+//! Layout of a node's data directory:
+//!
+//! ```text
+//! vote.json        the last vote (term + candidate), replaced atomically
+//! committed.json   the last known committed log id (advisory; replayed at start)
+//! purged.json      the last log id removed from the log
+//! log/<index>.json one file per log entry (index zero-padded to 20 digits)
+//! snapshot.json    the last snapshot: its metadata and the state it captured
+//! ```
+//!
+//! Every file is written to a temporary name, fsynced, renamed into place, and the
+//! directory is fsynced, so a crash leaves either the old or the new file. An append
+//! is reported flushed to Raft only after its files and the directory are synced.
+//! The state machine itself is not persisted per entry: at start it loads the snapshot
+//! and Raft re-applies the log from there up to the committed index.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File};
+use std::io::{Cursor, Write as _};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::state::{ClusterState, Command, Outcome};
+use crate::{NodeId, TypeConfig};
+
+type SErr = StorageError<NodeId>;
+
+/// One applied command, as told to [`crate::Cluster::subscribe`] subscribers. The
+/// state after it is [`crate::Cluster::state`] (published before the event is sent).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A command was applied at log `index`.
+    Applied {
+        index: u64,
+        command: Arc<Command>,
+        outcome: Outcome,
+    },
+    /// The membership changed (Raft voters/learners).
+    Membership { index: u64 },
+    /// The whole state was replaced by a snapshot from the leader (a node that was far
+    /// behind): re-read everything.
+    Snapshot { index: u64 },
+}
+
+/// The state every reader sees: swapped atomically after each applied batch.
+pub(crate) struct Published {
+    pub state: ArcSwap<ClusterState>,
+    pub events: broadcast::Sender<Event>,
+}
+
+impl Published {
+    pub fn new() -> Arc<Published> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Published {
+            state: ArcSwap::from_pointee(ClusterState::default()),
+            events,
+        })
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8], sync_dir: bool) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    if sync_dir {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("cluster storage types serialise")
+}
+
+fn entry_name(index: u64) -> String {
+    format!("{index:020}.json")
+}
+
+struct LogInner {
+    dir: PathBuf,
+    log_dir: PathBuf,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+/// The Raft log and vote, one file per entry. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl LogStore {
+    /// Open (or create) the log in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<LogStore> {
+        let log_dir = dir.join("log");
+        fs::create_dir_all(&log_dir)?;
+        let vote = read_json(&dir.join("vote.json"))?;
+        let committed = read_json(&dir.join("committed.json"))?;
+        let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged.json"))?;
+        let mut entries = BTreeMap::new();
+        for f in fs::read_dir(&log_dir)? {
+            let path = f?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.starts_with('.') || !name.ends_with(".json") {
+                // A temporary file left by a crash: its entry was never reported flushed.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let e: Entry<TypeConfig> = read_json(&path)?.expect("listed file exists");
+            if last_purged.is_some_and(|p| e.log_id.index <= p.index) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            entries.insert(e.log_id.index, e);
+        }
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(LogInner {
+                dir: dir.to_path_buf(),
+                log_dir,
+                entries,
+                last_purged,
+                vote,
+                committed,
+            })),
+        })
+    }
+
+    /// True when nothing was ever stored here (a fresh node).
+    pub fn is_empty(&self) -> bool {
+        let g = self.inner.lock();
+        g.entries.is_empty() && g.last_purged.is_none() && g.vote.is_none()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let g = self.inner.lock();
+        Ok(g.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let g = self.inner.lock();
+        let last = g
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(g.last_purged);
+        Ok(LogState {
+            last_purged_log_id: g.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        let mut g = self.inner.lock();
+        write_atomic(&g.dir, "vote.json", &json(vote), true)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        g.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        Ok(self.inner.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        let mut g = self.inner.lock();
+        // Advisory (Raft can recompute it), so no directory sync.
+        write_atomic(&g.dir, "committed.json", &json(&committed), false)
+            .map_err(|e| StorageIOError::write(&e))?;
+        g.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        Ok(self.inner.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut g = self.inner.lock();
+        let mut result = Ok(());
+        for e in entries {
+            if let Err(err) =
+                write_atomic(&g.log_dir, &entry_name(e.log_id.index), &json(&e), false)
+            {
+                result = Err(err);
+                break;
+            }
+            g.entries.insert(e.log_id.index, e);
+        }
+        if result.is_ok() {
+            result = File::open(&g.log_dir).and_then(|d| d.sync_all());
+        }
+        let err = result.as_ref().err().map(StorageIOError::write_logs);
+        callback.log_io_completed(result);
+        match err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let mut g = self.inner.lock();
+        let doomed: Vec<u64> = g.entries.range(log_id.index..).map(|(i, _)| *i).collect();
+        for i in doomed {
+            g.entries.remove(&i);
+            let _ = fs::remove_file(g.log_dir.join(entry_name(i)));
+        }
+        File::open(&g.log_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let mut g = self.inner.lock();
+        write_atomic(&g.dir, "purged.json", &json(&log_id), true)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        g.last_purged = Some(log_id);
+        let doomed: Vec<u64> = g.entries.range(..=log_id.index).map(|(i, _)| *i).collect();
+        for i in doomed {
+            g.entries.remove(&i);
+            let _ = fs::remove_file(g.log_dir.join(entry_name(i)));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    state: ClusterState,
+}
+
+struct SmInner {
+    dir: PathBuf,
+    state: Arc<ClusterState>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
+    snapshots_built: u64,
+}
+
+/// The state machine: applies commands to the [`ClusterState`] and publishes it.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<SmInner>>,
+    published: Arc<Published>,
+}
+
+impl StateMachine {
+    /// Open the state machine in `dir`, starting from the snapshot there, if any.
+    pub(crate) fn open(dir: &Path, published: Arc<Published>) -> std::io::Result<StateMachine> {
+        fs::create_dir_all(dir)?;
+        let snap: Option<SnapshotFile> = read_json(&dir.join("snapshot.json"))?;
+        let (state, last_applied, membership, snapshot) = match snap {
+            Some(s) => {
+                let bytes = json(&s.state);
+                (
+                    s.state,
+                    s.meta.last_log_id,
+                    s.meta.last_membership.clone(),
+                    Some((s.meta, bytes)),
+                )
+            }
+            None => (
+                ClusterState::default(),
+                None,
+                StoredMembership::default(),
+                None,
+            ),
+        };
+        let state = Arc::new(state);
+        published.state.store(state.clone());
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(SmInner {
+                dir: dir.to_path_buf(),
+                state,
+                last_applied,
+                membership,
+                snapshot,
+                snapshots_built: 0,
+            })),
+            published,
+        })
+    }
+
+    /// Current Raft membership as applied.
+    pub(crate) fn membership(&self) -> StoredMembership<NodeId, openraft::BasicNode> {
+        self.inner.lock().membership.clone()
+    }
+
+    fn persist_snapshot(
+        dir: &Path,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        state: &ClusterState,
+    ) -> std::io::Result<()> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            state: state.clone(),
+        };
+        write_atomic(dir, "snapshot.json", &json(&file), true)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let mut g = self.inner.lock();
+        g.snapshots_built += 1;
+        let snapshot_id = match g.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, g.snapshots_built),
+            None => format!("empty-{}", g.snapshots_built),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: g.last_applied,
+            last_membership: g.membership.clone(),
+            snapshot_id,
+        };
+        Self::persist_snapshot(&g.dir, &meta, &g.state)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let bytes = json(&*g.state);
+        g.snapshot = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        SErr,
+    > {
+        let g = self.inner.lock();
+        Ok((g.last_applied, g.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut g = self.inner.lock();
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let mut state = (*g.state).clone();
+        for e in entries {
+            g.last_applied = Some(e.log_id);
+            state.applied_index = e.log_id.index;
+            match e.payload {
+                EntryPayload::Blank => out.push(Outcome::Ok),
+                EntryPayload::Normal(cmd) => {
+                    let outcome = state.apply(&cmd);
+                    if let Outcome::Refused(r) = &outcome {
+                        tracing::info!(index = e.log_id.index, "command refused: {r}");
+                    }
+                    events.push(Event::Applied {
+                        index: e.log_id.index,
+                        command: Arc::new(cmd),
+                        outcome: outcome.clone(),
+                    });
+                    out.push(outcome);
+                }
+                EntryPayload::Membership(m) => {
+                    g.membership = StoredMembership::new(Some(e.log_id), m);
+                    events.push(Event::Membership {
+                        index: e.log_id.index,
+                    });
+                    out.push(Outcome::Ok);
+                }
+            }
+        }
+        let state = Arc::new(state);
+        g.state = state.clone();
+        self.published.state.store(state);
+        drop(g);
+        for ev in events {
+            // No subscribers is fine.
+            let _ = self.published.events.send(ev);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let bytes = snapshot.into_inner();
+        let state: ClusterState = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut g = self.inner.lock();
+        Self::persist_snapshot(&g.dir, meta, &state)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let state = Arc::new(state);
+        g.state = state.clone();
+        g.last_applied = meta.last_log_id;
+        g.membership = meta.last_membership.clone();
+        g.snapshot = Some((meta.clone(), bytes));
+        self.published.state.store(state);
+        drop(g);
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let _ = self.published.events.send(Event::Snapshot { index });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let g = self.inner.lock();
+        Ok(g.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes.clone())),
+        }))
+    }
+}

@@ -1,0 +1,342 @@
+//! What the management API returns and accepts: plain serde types, shaped around the
+//! cluster's concepts (nodes, back-ends, volumes, sessions, changes, events) so that
+//! the same documents describe one node today and a cluster later.
+
+use serde::{Deserialize, Serialize};
+use volume::{BlockRange, Extent, HolePolicy};
+
+/// One node: `GET /api/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// The node's name (`[node] name`).
+    pub name: String,
+    /// The switchyard version the node runs.
+    pub version: String,
+    /// Seconds since the node started.
+    pub uptime_secs: u64,
+    /// Unix time (seconds) the node started.
+    pub started_at: u64,
+    /// iSCSI portals (`ip:port`) actually bound, with their portal group tags.
+    pub portals: Vec<PortalView>,
+    /// The node that leads changes. A single node leads itself.
+    pub leader: String,
+    /// The nodes of the cluster as this node knows them (just itself for now).
+    pub nodes: Vec<NodeView>,
+    /// `ok`, or `degraded` when a back-end is reconnecting.
+    pub health: String,
+    /// Epoch of the mapping table the node serves.
+    pub epoch: u64,
+    /// Counters since start.
+    pub counters: Counters,
+}
+
+/// An iSCSI portal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortalView {
+    pub address: String,
+    pub tpgt: u16,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    /// `up` (answers), `fenced` or `unreachable` once there are several nodes.
+    pub state: String,
+    /// The management URL of the node, when known.
+    pub api: Option<String>,
+    pub is_self: bool,
+}
+
+/// Node-wide counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    pub commands: u64,
+    pub logins: u64,
+    pub login_failures: u64,
+    pub sessions: u64,
+    pub backend_errors: u64,
+}
+
+/// A host's iSCSI session: `GET /api/v1/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    /// The node that serves the session.
+    pub node: String,
+    pub initiator: String,
+    /// `0x` + 12 hex digits.
+    pub isid: String,
+    /// `None` for a discovery session.
+    pub target: Option<String>,
+    pub tsih: u16,
+    /// The portal address the host connected to.
+    pub portal: String,
+}
+
+/// A target and its LUNs: `GET /api/v1/targets`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetView {
+    pub name: String,
+    pub alias: Option<String>,
+    /// Whether CHAP is required (secrets are never shown).
+    pub chap: bool,
+    pub luns: Vec<LunView>,
+}
+
+/// One LUN of a target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LunView {
+    pub lun: u16,
+    /// `naa.` + hex.
+    pub wwn: String,
+    /// `volume` (a virtual volume) or `file` (a file or block device).
+    pub kind: String,
+    /// The volume name or the file path.
+    pub backing: String,
+    pub block_size: u32,
+    pub blocks: u64,
+    pub read_only: bool,
+}
+
+/// A back-end: a remote array or a local store: `GET /api/v1/backends`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendView {
+    pub id: String,
+    /// `array` (a remote iSCSI target) or `store` (a local file or device).
+    pub kind: String,
+    /// Portal of the array (`ip:port`); the path of a store.
+    pub address: String,
+    /// The array's target name; `None` for a store.
+    pub target: Option<String>,
+    /// `connected`, `reconnecting` or (for a store) `online`.
+    pub state: String,
+    /// Logins to the array so far (reconnects add one each).
+    pub logins: u64,
+    pub lus: Vec<BackendLuView>,
+}
+
+/// One LU of a back-end, as the mapping table names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendLuView {
+    /// The id extents use (`<backend>/lun<N>` or the store id).
+    pub id: String,
+    pub block_size: u32,
+    pub blocks: u64,
+    pub capacity_bytes: u64,
+    /// Blocks the mapping table maps onto this LU.
+    pub mapped_blocks: u64,
+    pub state: String,
+    pub io: IoCounters,
+}
+
+/// I/O counters of a volume or a back-end LU.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoCounters {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub errors: u64,
+}
+
+/// A virtual volume with its extent map: `GET /api/v1/volumes[/{name}]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeView {
+    pub name: String,
+    pub wwn: String,
+    pub block_size: u32,
+    pub blocks: u64,
+    pub holes: HolePolicy,
+    /// Epoch of the table the volume serves I/O from.
+    pub epoch: u64,
+    /// Where the volume is served: `target` and `lun`.
+    pub exports: Vec<ExportView>,
+    /// The live extent map, sorted by virtual start, holes included.
+    pub map: Vec<MapSegment>,
+    /// Ranges held right now by a change.
+    pub held: Vec<BlockRange>,
+    pub io: IoCounters,
+}
+
+/// Where a volume is served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExportView {
+    pub target: String,
+    pub lun: u16,
+}
+
+/// A run of a volume's blocks: an extent on a back-end LU or a hole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MapSegment {
+    pub vstart: u64,
+    pub blocks: u64,
+    /// `None` for a hole.
+    pub backend: Option<String>,
+    pub bstart: Option<u64>,
+}
+
+/// `POST /api/v1/volumes/{name}/remap`: the volume's new extent list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemapRequest {
+    /// The complete new extent list of the volume.
+    pub extents: Vec<Extent>,
+    /// Refuse the change unless the table is still at this epoch (optimistic locking).
+    #[serde(default)]
+    pub expect_epoch: Option<u64>,
+    /// How long to wait for in-flight I/O in the affected ranges (ms).
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// The state of a change. A remap goes staged → holding → draining → copying →
+/// switched → done; on a failure it is rolled back (`rolled-back`) or, when it failed
+/// before anything was staged, `failed`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeState {
+    Staged,
+    Holding,
+    Draining,
+    Copying,
+    Switched,
+    Done,
+    RolledBack,
+    Failed,
+}
+
+impl ChangeState {
+    /// No further transitions.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ChangeState::Done | ChangeState::RolledBack | ChangeState::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Staged => "staged",
+            ChangeState::Holding => "holding",
+            ChangeState::Draining => "draining",
+            ChangeState::Copying => "copying",
+            ChangeState::Switched => "switched",
+            ChangeState::Done => "done",
+            ChangeState::RolledBack => "rolled-back",
+            ChangeState::Failed => "failed",
+        }
+    }
+
+    pub const ALL: [ChangeState; 8] = [
+        ChangeState::Staged,
+        ChangeState::Holding,
+        ChangeState::Draining,
+        ChangeState::Copying,
+        ChangeState::Switched,
+        ChangeState::Done,
+        ChangeState::RolledBack,
+        ChangeState::Failed,
+    ];
+}
+
+impl std::fmt::Display for ChangeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change to the mapping table and its progress: `GET /api/v1/changes[/{id}]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChangeRecord {
+    pub id: u64,
+    /// `remap` (later also `migrate`, `create`, `grow`, `delete`).
+    pub kind: String,
+    pub volume: String,
+    pub state: ChangeState,
+    /// The node leading the change.
+    pub leader: String,
+    pub from_epoch: u64,
+    pub to_epoch: u64,
+    /// The virtual ranges the change quiesces.
+    pub affected: Vec<BlockRange>,
+    /// Blocks whose home moves (copied before the switch).
+    pub moved_blocks: u64,
+    pub copied_blocks: u64,
+    /// How long the affected ranges were held (ms), once released.
+    pub hold_ms: Option<u64>,
+    pub extents_before: Vec<Extent>,
+    pub extents_after: Vec<Extent>,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+    /// Each state with the time it was entered (unix ms).
+    pub history: Vec<StateStamp>,
+}
+
+/// A state a change entered, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateStamp {
+    pub state: ChangeState,
+    pub at_ms: u64,
+}
+
+/// One entry of the event log: `GET /api/v1/events`, `GET /api/v1/events/stream`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Increases by one per event; `?since=` takes it.
+    pub seq: u64,
+    pub time_ms: u64,
+    /// `info`, `warn` or `error`.
+    pub level: String,
+    /// `change`, `progress`, `session`, `backend`, `node`.
+    pub kind: String,
+    pub node: String,
+    pub message: String,
+    /// The change this event is about, with its state at the time.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub change: Option<ChangeRecord>,
+}
+
+/// `POST /api/v1/mapping/validate` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidationReport {
+    pub valid: bool,
+    pub epoch: u64,
+    pub volumes: usize,
+    pub problems: Vec<String>,
+    /// What applying the table would change, as text (empty when nothing would).
+    pub changes: String,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: String,
+    pub hint: Option<String>,
+    /// Every problem found, for validation errors.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub problems: Vec<String>,
+    /// The change that failed, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub change: Option<ChangeRecord>,
+}
+
+/// Everything `/metrics` exports that the API itself does not count.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    pub counters: Counters,
+    pub uptime_secs: u64,
+    pub epoch: u64,
+    pub volumes: Vec<(String, IoCounters)>,
+    pub backends: Vec<(String, IoCounters, bool)>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,118 @@
+//! What a node must provide to be managed: [`NodeApi`]. The REST server
+//! ([`crate::server`]) is written against this trait only; the `switchyard` binary
+//! implements it over its running pieces, and the cluster will implement it over the
+//! replicated state (answering for every node, forwarding changes to the leader).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use volume::MappingTable;
+
+use crate::journal::Journal;
+use crate::model::{
+    BackendView, ErrorBody, MetricsSnapshot, NodeStatus, RemapRequest, SessionView, TargetView,
+    ValidationReport, VolumeView,
+};
+
+/// A management request that failed: an HTTP status, a message and advice.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: Box<ErrorBody>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+        let hint = hint.into();
+        ApiError {
+            status,
+            body: Box::new(ErrorBody {
+                error: error.into(),
+                hint: (!hint.is_empty()).then_some(hint),
+                problems: Vec::new(),
+                change: None,
+            }),
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error, hint)
+    }
+
+    /// 404: no such volume, change, ...
+    pub fn not_found(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, error, hint)
+    }
+
+    /// 409: the request conflicts with the node's state (another change running, stale
+    /// epoch).
+    pub fn conflict(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, error, hint)
+    }
+
+    /// 422: well-formed but invalid (the mapping does not validate); every problem is
+    /// listed.
+    pub fn invalid(error: impl Into<String>, problems: Vec<String>) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            error,
+            "fix every problem listed and send the request again; nothing was changed",
+        );
+        e.body.problems = problems;
+        e
+    }
+
+    pub fn with_change(mut self, change: crate::model::ChangeRecord) -> ApiError {
+        self.body.change = Some(change);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.body.error)?;
+        for p in &self.body.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        if let Some(h) = &self.body.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The management view of one node. Methods are synchronous and cheap (they read the
+/// node's state); [`NodeApi::start_remap`] only validates and starts the change, which
+/// runs on its own thread and reports through the [`Journal`].
+pub trait NodeApi: Send + Sync + 'static {
+    /// Name, version, uptime, portals, leader, health, counters.
+    fn status(&self) -> NodeStatus;
+    /// Host sessions logged in to this node.
+    fn sessions(&self) -> Vec<SessionView>;
+    /// Targets and their LUNs.
+    fn targets(&self) -> Vec<TargetView>;
+    /// Back-end arrays and stores with their LUs.
+    fn backends(&self) -> Vec<BackendView>;
+    /// Virtual volumes with their live extent maps.
+    fn volumes(&self) -> Vec<VolumeView>;
+    /// One volume.
+    fn volume(&self, name: &str) -> Option<VolumeView> {
+        self.volumes().into_iter().find(|v| v.name == name)
+    }
+    /// The mapping table as served now.
+    fn mapping(&self) -> MappingTable;
+    /// Check a whole table (structure and against this node's back-ends) and describe
+    /// what applying it would change. Changes nothing.
+    fn validate_mapping(&self, table: &MappingTable) -> ValidationReport;
+    /// Validate a remap of `volume` and start it. Returns the change id; the change's
+    /// progress is in the journal. Errors (unknown volume, invalid extents, another
+    /// change running, stale epoch) change nothing.
+    fn start_remap(&self, volume: &str, req: RemapRequest) -> Result<u64, ApiError>;
+    /// Event log and change records.
+    fn journal(&self) -> &Arc<Journal>;
+    /// Counters for `/metrics`.
+    fn metrics(&self) -> MetricsSnapshot;
+}

@@ -1,0 +1,1472 @@
+//! The node's implementation of [`mgmt::NodeApi`]: what the management API sees of a
+//! running node (portals, sessions, targets, back-ends, volumes, the mapping table) and
+//! the node-local online remap it runs on request.
+//!
+//! A remap runs the steps of the remap protocol on this node — stage, hold, drain, copy
+//! the moved blocks from their old back-end location to the new one, switch, release —
+//! and records each state in the [`Journal`], so the API, the CLI and the console can
+//! follow it. On any failure the staged table is dropped and held I/O goes on against
+//! the old table (rolled back). One change runs at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus};
+use iscsi::server::ServerShared;
+use iscsi_initiator::Client;
+use mgmt::model::{
+    BackendLuView, BackendView, ChangeRecord, ChangeState, Counters, ExportView, IoCounters,
+    LunView, MapSegment, MetricsSnapshot, NodeStatus, NodeView, PortalView, RemapRequest,
+    SessionView, TargetView, ValidationReport, VolumeView,
+};
+use mgmt::{ApiError, Journal, NodeApi, StatusCode};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use volume::{BlockRange, LiveVolume, MappingTable, Registry, VolumeDef};
+
+use crate::config::Config;
+
+/// Default time a remap waits for I/O in flight in the affected ranges: well below the
+/// hold wait (10 s), so a remap gives up before held host I/O fails.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// I/O counters of one store (cheap: a few relaxed atomic adds per I/O).
+#[derive(Default)]
+pub struct IoStats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl IoStats {
+    fn snapshot(&self) -> IoCounters {
+        IoCounters {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            write_bytes: self.write_bytes.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count<T>(&self, r: Result<T, BlockError>) -> Result<T, BlockError> {
+        if r.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// A [`BlockStore`] that counts the I/O passing through it.
+pub struct Counted {
+    inner: Arc<dyn BlockStore>,
+    stats: Arc<IoStats>,
+}
+
+impl BlockStore for Counted {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .read_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.stats.count(self.inner.read(lba, buf))
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .write_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats.count(self.inner.write(lba, data, fua))
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        self.stats.count(self.inner.flush())
+    }
+    fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        self.stats.count(self.inner.unmap(lba, blocks))
+    }
+    fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
+        self.inner.lba_status(lba)
+    }
+    fn inline_ok(&self) -> bool {
+        self.inner.inline_ok()
+    }
+}
+
+fn counted(store: Arc<dyn BlockStore>) -> (Arc<dyn BlockStore>, Arc<IoStats>) {
+    let stats = Arc::new(IoStats::default());
+    let c: Arc<dyn BlockStore> = Arc::new(Counted {
+        inner: store,
+        stats: stats.clone(),
+    });
+    (c, stats)
+}
+
+/// A back-end as management sees it.
+struct Backend {
+    id: String,
+    /// `Some` for a remote array.
+    client: Option<Client>,
+    address: String,
+    target: Option<String>,
+    lus: Vec<(String, Arc<dyn BlockStore>, Arc<IoStats>)>,
+}
+
+/// What `build` hands to management: the back-end LUs and volumes (counted), the
+/// registry and the mapping table.
+#[derive(Default)]
+pub struct Managed {
+    backends: Vec<Backend>,
+    volumes: BTreeMap<String, (Arc<LiveVolume>, Arc<IoStats>)>,
+    registry: Registry,
+    mapping: Option<MappingTable>,
+}
+
+impl Managed {
+    /// A local store LU; returns the store to put in the registry (counted).
+    pub fn store_lu(
+        &mut self,
+        id: &str,
+        path: &Path,
+        store: Arc<dyn BlockStore>,
+    ) -> Arc<dyn BlockStore> {
+        let (c, stats) = counted(store);
+        self.backends.push(Backend {
+            id: id.to_string(),
+            client: None,
+            address: path.display().to_string(),
+            target: None,
+            lus: vec![(id.to_string(), c.clone(), stats)],
+        });
+        c
+    }
+
+    /// An LU of a remote array; returns the store to put in the registry (counted).
+    pub fn remote_lu(
+        &mut self,
+        backend: &str,
+        portal: &str,
+        target: &str,
+        lu_id: &str,
+        client: &Client,
+        store: Arc<dyn BlockStore>,
+    ) -> Arc<dyn BlockStore> {
+        let (c, stats) = counted(store);
+        let i = match self.backends.iter().position(|b| b.id == backend) {
+            Some(i) => i,
+            None => {
+                self.backends.push(Backend {
+                    id: backend.to_string(),
+                    client: Some(client.clone()),
+                    address: portal.to_string(),
+                    target: Some(target.to_string()),
+                    lus: Vec::new(),
+                });
+                self.backends.len() - 1
+            }
+        };
+        self.backends[i]
+            .lus
+            .push((lu_id.to_string(), c.clone(), stats));
+        c
+    }
+
+    /// A virtual volume; returns the store the LU serves (counted).
+    pub fn volume(&mut self, live: Arc<LiveVolume>) -> Arc<dyn BlockStore> {
+        let (c, stats) = counted(live.clone());
+        self.volumes.insert(live.name().to_string(), (live, stats));
+        c
+    }
+
+    /// The registry remaps resolve against, and the table the node starts with.
+    pub fn set_mapping(&mut self, table: MappingTable, registry: Registry) {
+        self.mapping = Some(table);
+        self.registry = registry;
+    }
+}
+
+struct TargetMeta {
+    def: Arc<iscsi::TargetDef>,
+    /// LUN -> (kind, backing).
+    backing: HashMap<u16, (String, String)>,
+}
+
+struct Inner {
+    name: String,
+    started: Instant,
+    started_at: u64,
+    server: Arc<ServerShared>,
+    portals: Vec<PortalView>,
+    api_url: Option<String>,
+    targets: Vec<TargetMeta>,
+    m: Managed,
+    table: Mutex<MappingTable>,
+    /// A change is running.
+    busy: AtomicBool,
+    journal: Arc<Journal>,
+    drain_timeout: Duration,
+}
+
+/// The node's management view. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeMgmt(Arc<Inner>);
+
+impl NodeMgmt {
+    /// `portals` are the addresses actually bound; `api_url` the management URL.
+    pub fn new(
+        cfg: &Config,
+        server: Arc<ServerShared>,
+        portals: Vec<PortalView>,
+        managed: Managed,
+        api_url: Option<String>,
+    ) -> NodeMgmt {
+        let mut targets = Vec::new();
+        for def in &server.targets {
+            let sect = cfg.targets.iter().find(|t| {
+                fcwwn::IscsiName::parse(&t.name)
+                    .map(|n| n.as_str() == def.name)
+                    .unwrap_or(false)
+            });
+            let mut backing = HashMap::new();
+            if let Some(t) = sect {
+                for l in &t.luns {
+                    let b = match (&l.path, &l.volume) {
+                        (_, Some(v)) => ("volume".to_string(), v.clone()),
+                        (Some(p), None) => {
+                            ("file".to_string(), cfg.resolve(p).display().to_string())
+                        }
+                        (None, None) => ("file".to_string(), String::new()),
+                    };
+                    backing.insert(l.lun, b);
+                }
+            }
+            targets.push(TargetMeta {
+                def: def.clone(),
+                backing,
+            });
+        }
+        let table = managed
+            .mapping
+            .clone()
+            .unwrap_or_else(|| cfg.mapping.clone().unwrap_or_else(|| MappingTable::new(0)));
+        let drain_timeout = cfg
+            .management
+            .as_ref()
+            .and_then(|m| m.drain_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let journal = Arc::new(Journal::new(cfg.node.name.clone()));
+        journal.event(
+            "info",
+            "node",
+            format!(
+                "node {} started: {} portal(s), {} target(s), {} volume(s), epoch {}",
+                cfg.node.name,
+                portals.len(),
+                targets.len(),
+                managed.volumes.len(),
+                table.epoch
+            ),
+        );
+        NodeMgmt(Arc::new(Inner {
+            name: cfg.node.name.clone(),
+            started: Instant::now(),
+            started_at: mgmt::model::now_ms() / 1000,
+            server,
+            portals,
+            api_url,
+            targets,
+            m: managed,
+            table: Mutex::new(table),
+            busy: AtomicBool::new(false),
+            journal,
+            drain_timeout,
+        }))
+    }
+
+    /// Watch sessions and back-ends once a second and log what changes, until
+    /// `shutdown`.
+    pub fn spawn_watchers(&self, shutdown: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut sessions: BTreeMap<(String, String, u16), SessionView> = BTreeMap::new();
+            let mut states: HashMap<String, String> = HashMap::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now: BTreeMap<_, _> = me
+                    .sessions()
+                    .into_iter()
+                    .map(|s| ((s.initiator.clone(), s.isid.clone(), s.tsih), s))
+                    .collect();
+                let j = &me.0.journal;
+                for (k, s) in &now {
+                    if !sessions.contains_key(k) {
+                        j.event(
+                            "info",
+                            "session",
+                            format!(
+                                "{} logged in to {} via {} (ISID {}, TSIH {})",
+                                s.initiator,
+                                s.target.as_deref().unwrap_or("discovery"),
+                                s.portal,
+                                s.isid,
+                                s.tsih
+                            ),
+                        );
+                    }
+                }
+                for (k, s) in &sessions {
+                    if !now.contains_key(k) {
+                        j.event(
+                            "info",
+                            "session",
+                            format!(
+                                "{} logged out of {} (TSIH {})",
+                                s.initiator,
+                                s.target.as_deref().unwrap_or("discovery"),
+                                s.tsih
+                            ),
+                        );
+                    }
+                }
+                sessions = now;
+                for b in me.backends() {
+                    let prev = states.insert(b.id.clone(), b.state.clone());
+                    if prev.is_some_and(|p| p != b.state) {
+                        let level = if b.state == "reconnecting" {
+                            "warn"
+                        } else {
+                            "info"
+                        };
+                        j.event(
+                            level,
+                            "backend",
+                            format!("back-end {} is {}", b.id, b.state),
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    fn backend_state(b: &Backend) -> &'static str {
+        match &b.client {
+            None => "online",
+            Some(c) if c.sessions().is_empty() => "reconnecting",
+            Some(_) => "connected",
+        }
+    }
+}
+
+/// The runs of a volume's blocks, holes included, sorted.
+fn segments(def: &VolumeDef) -> Vec<MapSegment> {
+    let mut ex: Vec<_> = def.extents.iter().collect();
+    ex.sort_by_key(|e| e.vstart);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for e in ex {
+        if e.vstart > at {
+            out.push(MapSegment {
+                vstart: at,
+                blocks: e.vstart - at,
+                backend: None,
+                bstart: None,
+            });
+        }
+        out.push(MapSegment {
+            vstart: e.vstart,
+            blocks: e.blocks,
+            backend: Some(e.backend.clone()),
+            bstart: Some(e.bstart),
+        });
+        at = e.vstart + e.blocks;
+    }
+    if at < def.blocks {
+        out.push(MapSegment {
+            vstart: at,
+            blocks: def.blocks - at,
+            backend: None,
+            bstart: None,
+        });
+    }
+    out
+}
+
+/// Where virtual block `lba` lives, and how many blocks from it share that mapping.
+fn home(segs: &[MapSegment], lba: u64) -> (Option<(String, u64)>, u64) {
+    for s in segs {
+        if lba >= s.vstart && lba < s.vstart + s.blocks {
+            let left = s.vstart + s.blocks - lba;
+            let h = s
+                .backend
+                .clone()
+                .map(|b| (b, s.bstart.unwrap_or(0) + (lba - s.vstart)));
+            return (h, left);
+        }
+    }
+    (None, u64::MAX)
+}
+
+/// One run of blocks a remap moves: from its old home (`None`: a hole, zeroes) to its
+/// new one.
+#[derive(Debug, Clone)]
+struct Move {
+    blocks: u64,
+    src: Option<(String, u64)>,
+    dst: (String, u64),
+}
+
+/// The moves a change from `old` to `new` needs inside `affected`.
+fn moves(old: &VolumeDef, new: &VolumeDef, affected: &[BlockRange]) -> Vec<Move> {
+    let (so, sn) = (segments(old), segments(new));
+    let mut out = Vec::new();
+    for r in affected {
+        let mut lba = r.start;
+        while lba < r.end {
+            let (src, lo) = home(&so, lba);
+            let (dst, ln) = home(&sn, lba);
+            let n = lo.min(ln).min(r.end - lba);
+            if let Some(dst) = dst {
+                if src.as_ref() != Some(&dst) {
+                    out.push(Move {
+                        blocks: n,
+                        src,
+                        dst,
+                    });
+                }
+            }
+            lba += n;
+        }
+    }
+    out
+}
+
+fn ranges_overlap(a: u64, an: u64, b: u64, bn: u64) -> bool {
+    a < b + bn && b < a + an
+}
+
+/// A move whose destination overwrites blocks another move still has to read cannot be
+/// done in one pass.
+fn crossing_moves(mv: &[Move]) -> Option<String> {
+    for (i, a) in mv.iter().enumerate() {
+        for (j, b) in mv.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            if let Some((sb, so)) = &b.src {
+                if &a.dst.0 == sb && ranges_overlap(a.dst.1, a.blocks, *so, b.blocks) {
+                    return Some(format!(
+                        "the new home of {} blocks on {} at {} overwrites blocks that another \
+                         moved range still reads from",
+                        a.blocks, a.dst.0, a.dst.1
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+impl Inner {
+    fn store(&self, id: &str) -> Result<&Arc<dyn BlockStore>, BlockError> {
+        self.m.registry.get(id).ok_or_else(|| {
+            BlockError::Io(std::io::Error::other(format!(
+                "back-end {id} is not open on this node"
+            )))
+        })
+    }
+
+    /// Copy every move, in chunks, reporting progress; then flush the destinations.
+    fn copy(&self, id: u64, mv: &[Move], bs: u32) -> Result<(), BlockError> {
+        let chunk = u64::from((1u32 << 20) / bs).max(1);
+        let total: u64 = mv.iter().map(|m| m.blocks).sum();
+        let mut copied = 0u64;
+        let mut last_emit = 0u64;
+        let mut buf = vec![0u8; (chunk * u64::from(bs)) as usize];
+        let mut dsts: Vec<&str> = Vec::new();
+        for m in mv {
+            let dst = self.store(&m.dst.0)?;
+            if !dsts.contains(&m.dst.0.as_str()) {
+                dsts.push(&m.dst.0);
+            }
+            // Copy backwards when moving up within one back-end over an overlap.
+            let backwards = m.src.as_ref().is_some_and(|(s, so)| {
+                s == &m.dst.0 && m.dst.1 > *so && ranges_overlap(*so, m.blocks, m.dst.1, m.blocks)
+            });
+            let mut offsets: Vec<u64> = (0..m.blocks.div_ceil(chunk)).map(|k| k * chunk).collect();
+            if backwards {
+                offsets.reverse();
+            }
+            for off in offsets {
+                let n = chunk.min(m.blocks - off);
+                let b = &mut buf[..(n * u64::from(bs)) as usize];
+                match &m.src {
+                    Some((s, so)) => self.store(s)?.read(so + off, b)?,
+                    None => b.fill(0),
+                }
+                dst.write(m.dst.1 + off, b, false)?;
+                copied += n;
+                let emit = copied == total || copied - last_emit >= (total / 20).max(chunk);
+                if emit {
+                    last_emit = copied;
+                }
+                self.journal.progress(id, copied, emit);
+            }
+        }
+        for d in dsts {
+            self.store(d)?.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The node-local remap, after staging: hold, drain, copy, switch, release.
+    fn run_remap(
+        &self,
+        id: u64,
+        live: &LiveVolume,
+        affected: &[BlockRange],
+        mv: &[Move],
+        new_table: MappingTable,
+        drain_timeout: Duration,
+    ) {
+        let j = &self.journal;
+        j.set_state(id, ChangeState::Holding, None, None);
+        let hold = live.hold(affected);
+        let held_at = Instant::now();
+        j.set_state(id, ChangeState::Draining, None, None);
+        let result = hold
+            .drain(drain_timeout)
+            .map_err(|e| {
+                (
+                    format!("drain timed out: {e}"),
+                    "I/O in the affected ranges did not finish in time; held I/O was resumed \
+                     against the old table. Retry when I/O is lower, or with a longer \
+                     drain_timeout_ms",
+                )
+            })
+            .and_then(|()| {
+                j.set_state(id, ChangeState::Copying, None, None);
+                self.copy(id, mv, live.block_size()).map_err(|e| {
+                    (
+                        format!("copying the moved blocks failed: {e}"),
+                        "the old table stays in force and its data is intact; check the \
+                         destination back-end (GET /api/v1/backends) and retry",
+                    )
+                })
+            })
+            .and_then(|()| {
+                live.switch().map_err(|e| {
+                    (
+                        format!("switch refused: {e}"),
+                        "the old table stays in force; retry the remap",
+                    )
+                })
+            });
+        match result {
+            Ok(epoch) => {
+                *self.table.lock() = new_table;
+                j.set_state(id, ChangeState::Switched, None, None);
+                hold.release();
+                j.set_hold(id, held_at.elapsed());
+                j.update(id, |r| r.to_epoch = epoch);
+                j.set_state(id, ChangeState::Done, None, None);
+            }
+            Err((err, hint)) => {
+                live.rollback();
+                hold.release();
+                j.set_hold(id, held_at.elapsed());
+                j.set_state(
+                    id,
+                    ChangeState::RolledBack,
+                    Some(err),
+                    Some(hint.to_string()),
+                );
+            }
+        }
+    }
+}
+
+impl NodeApi for NodeMgmt {
+    fn status(&self) -> NodeStatus {
+        let i = &self.0;
+        let degraded =
+            i.m.backends
+                .iter()
+                .any(|b| NodeMgmt::backend_state(b) == "reconnecting");
+        let epoch = i.table.lock().epoch;
+        let counters = self.metrics().counters;
+        NodeStatus {
+            name: i.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: i.started.elapsed().as_secs(),
+            started_at: i.started_at,
+            portals: i.portals.clone(),
+            leader: i.name.clone(),
+            nodes: vec![NodeView {
+                name: i.name.clone(),
+                state: "up".into(),
+                api: i.api_url.clone(),
+                is_self: true,
+            }],
+            health: if degraded { "degraded" } else { "ok" }.into(),
+            epoch,
+            counters,
+        }
+    }
+
+    fn sessions(&self) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> = self
+            .0
+            .server
+            .sessions()
+            .into_iter()
+            .map(|s| SessionView {
+                node: self.0.name.clone(),
+                initiator: s.initiator,
+                isid: s.isid,
+                target: s.target,
+                tsih: s.tsih,
+                portal: s.local_addr.to_string(),
+            })
+            .collect();
+        v.sort_by_key(|s| s.tsih);
+        v
+    }
+
+    fn targets(&self) -> Vec<TargetView> {
+        self.0
+            .targets
+            .iter()
+            .map(|t| TargetView {
+                name: t.def.name.clone(),
+                alias: t.def.alias.clone(),
+                chap: t.def.chap.is_some(),
+                luns: t
+                    .def
+                    .luns
+                    .iter()
+                    .map(|l| {
+                        let c = l.lu.config();
+                        let mut wwn = String::from("naa.");
+                        for b in &c.wwn[..usize::from(c.naa_len).min(16)] {
+                            wwn.push_str(&format!("{b:02x}"));
+                        }
+                        let (kind, backing) = t.backing.get(&l.lun).cloned().unwrap_or_default();
+                        LunView {
+                            lun: l.lun,
+                            wwn,
+                            kind,
+                            backing,
+                            block_size: l.lu.store().block_size(),
+                            blocks: l.lu.store().num_blocks(),
+                            read_only: c.read_only,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn backends(&self) -> Vec<BackendView> {
+        let table = self.0.table.lock().clone();
+        let mapped = |id: &str| -> u64 {
+            table
+                .volumes
+                .iter()
+                .flat_map(|v| v.extents.iter())
+                .filter(|e| e.backend == id)
+                .map(|e| e.blocks)
+                .sum()
+        };
+        self.0
+            .m
+            .backends
+            .iter()
+            .map(|b| {
+                let state = NodeMgmt::backend_state(b).to_string();
+                BackendView {
+                    id: b.id.clone(),
+                    kind: if b.client.is_some() { "array" } else { "store" }.into(),
+                    address: b.address.clone(),
+                    target: b.target.clone(),
+                    logins: b.client.as_ref().map(|c| c.login_count()).unwrap_or(0),
+                    lus: b
+                        .lus
+                        .iter()
+                        .map(|(id, s, st)| BackendLuView {
+                            id: id.clone(),
+                            block_size: s.block_size(),
+                            blocks: s.num_blocks(),
+                            capacity_bytes: s.num_blocks() * u64::from(s.block_size()),
+                            mapped_blocks: mapped(id),
+                            state: state.clone(),
+                            io: st.snapshot(),
+                        })
+                        .collect(),
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    fn volumes(&self) -> Vec<VolumeView> {
+        self.0
+            .m
+            .volumes
+            .values()
+            .map(|(live, stats)| {
+                let cur = live.current();
+                let def = cur.def();
+                let exports = self
+                    .0
+                    .targets
+                    .iter()
+                    .flat_map(|t| {
+                        t.backing
+                            .iter()
+                            .filter(|(_, (kind, b))| kind == "volume" && b == &def.name)
+                            .map(|(lun, _)| ExportView {
+                                target: t.def.name.clone(),
+                                lun: *lun,
+                            })
+                    })
+                    .collect::<Vec<_>>();
+                let mut exports = exports;
+                exports.sort_by(|a, b| (&a.target, a.lun).cmp(&(&b.target, b.lun)));
+                VolumeView {
+                    name: def.name.clone(),
+                    wwn: def.wwn.clone(),
+                    block_size: def.block_size,
+                    blocks: def.blocks,
+                    holes: def.holes,
+                    epoch: cur.epoch(),
+                    exports,
+                    map: segments(def),
+                    held: live.holds().held_ranges(),
+                    io: stats.snapshot(),
+                }
+            })
+            .collect()
+    }
+
+    fn mapping(&self) -> MappingTable {
+        self.0.table.lock().clone()
+    }
+
+    fn validate_mapping(&self, table: &MappingTable) -> ValidationReport {
+        let mut problems: Vec<String> = match table.validate_with(&self.0.m.registry.catalog()) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        };
+        let cur = self.0.table.lock().clone();
+        let changes = MappingTable::diff(&cur, table);
+        for v in &table.volumes {
+            if let Some(c) = cur.volume(&v.name) {
+                if c.block_size != v.block_size {
+                    problems.push(format!(
+                        "volume {:?}: the block size of a served volume cannot change ({} -> {})",
+                        v.name, c.block_size, v.block_size
+                    ));
+                }
+            }
+        }
+        ValidationReport {
+            valid: problems.is_empty(),
+            epoch: table.epoch,
+            volumes: table.volumes.len(),
+            problems,
+            changes: if changes.is_empty() {
+                String::new()
+            } else {
+                changes.to_string()
+            },
+        }
+    }
+
+    fn start_remap(&self, volume: &str, req: RemapRequest) -> Result<u64, ApiError> {
+        let inner = &self.0;
+        let (live, _) = inner.m.volumes.get(volume).cloned().ok_or_else(|| {
+            ApiError::not_found(
+                format!("no volume named {volume:?}"),
+                "GET /api/v1/volumes lists the volumes",
+            )
+        })?;
+        if inner
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            let running = inner
+                .journal
+                .changes()
+                .into_iter()
+                .find(|c| !c.state.is_final())
+                .map(|c| format!("change {} ({} of {})", c.id, c.kind, c.volume))
+                .unwrap_or_else(|| "another change".into());
+            return Err(ApiError::conflict(
+                format!("{running} is running on this node"),
+                "wait for it to finish (`switchyard changes`), then retry",
+            ));
+        }
+        struct Busy<'a>(&'a AtomicBool, bool);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut busy = Busy(&inner.busy, true);
+        let old_table = inner.table.lock().clone();
+        if let Some(e) = req.expect_epoch {
+            if e != old_table.epoch {
+                return Err(ApiError::conflict(
+                    format!("the mapping table is at epoch {}, not {e}", old_table.epoch),
+                    "someone changed it meanwhile; look at the volume again and retry",
+                ));
+            }
+        }
+        let old_def = live.current().def().clone();
+        let mut new_def = old_def.clone();
+        new_def.extents = req.extents.clone();
+        new_def.extents.sort();
+        let mut sorted_old = old_def.extents.clone();
+        sorted_old.sort();
+        if sorted_old == new_def.extents {
+            return Err(ApiError::bad_request(
+                "the new extents are the volume's current extents; nothing to do",
+                "send the complete new extent list of the volume",
+            ));
+        }
+        let mut new_table = old_table.clone();
+        new_table.epoch = old_table.epoch + 1;
+        match new_table.volumes.iter_mut().find(|v| v.name == volume) {
+            Some(v) => *v = new_def.clone(),
+            None => new_table.volumes.push(new_def.clone()),
+        }
+        if let Err(e) = new_table.validate_with(&inner.m.registry.catalog()) {
+            return Err(ApiError::invalid(
+                format!("the new extents of volume {volume} are not valid"),
+                e.0.iter().map(|p| p.to_string()).collect(),
+            ));
+        }
+        let affected = volume::table::affected_ranges(&old_def, &new_def);
+        let mv = moves(&old_def, &new_def, &affected);
+        if let Some(why) = crossing_moves(&mv) {
+            return Err(ApiError::invalid(
+                format!("volume {volume}: the remap cannot be done in one step"),
+                vec![format!("{why}; remap in two steps (first to free blocks)")],
+            ));
+        }
+        let staged = live
+            .stage(&new_def, &inner.m.registry, new_table.epoch)
+            .map_err(|e| {
+                ApiError::conflict(
+                    format!("cannot stage the new table: {e}"),
+                    "nothing was changed",
+                )
+            })?;
+        let moved: u64 = mv.iter().map(|m| m.blocks).sum();
+        let id = inner.journal.open_change(ChangeRecord {
+            id: 0,
+            kind: "remap".into(),
+            volume: volume.to_string(),
+            state: ChangeState::Staged,
+            leader: inner.name.clone(),
+            from_epoch: old_table.epoch,
+            to_epoch: new_table.epoch,
+            affected: staged.clone(),
+            moved_blocks: moved,
+            copied_blocks: 0,
+            hold_ms: None,
+            extents_before: sorted_old,
+            extents_after: new_def.extents.clone(),
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            hint: None,
+            history: Vec::new(),
+        });
+        let drain_timeout = req
+            .drain_timeout_ms
+            .map(|ms| Duration::from_millis(ms.clamp(1, 60_000)))
+            .unwrap_or(inner.drain_timeout);
+        let me = self.0.clone();
+        busy.1 = false; // the thread clears it
+        let spawned = std::thread::Builder::new()
+            .name(format!("remap-{id}"))
+            .spawn(move || {
+                let _busy = Busy(&me.busy, true);
+                me.run_remap(id, &live, &staged, &mv, new_table, drain_timeout);
+            });
+        if let Err(e) = spawned {
+            busy.1 = true;
+            self.0.journal.set_state(
+                id,
+                ChangeState::Failed,
+                Some(format!("cannot start the remap thread: {e}")),
+                None,
+            );
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot start the remap: {e}"),
+                "the node is short of resources; retry",
+            ));
+        }
+        Ok(id)
+    }
+
+    fn journal(&self) -> &Arc<Journal> {
+        &self.0.journal
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        let i = &self.0;
+        let stats = &i.server.stats;
+        let backends: Vec<(String, IoCounters, bool)> =
+            i.m.backends
+                .iter()
+                .flat_map(|b| {
+                    let up = NodeMgmt::backend_state(b) != "reconnecting";
+                    b.lus
+                        .iter()
+                        .map(move |(id, _, st)| (id.clone(), st.snapshot(), up))
+                })
+                .collect();
+        MetricsSnapshot {
+            counters: Counters {
+                commands: stats.commands.load(Ordering::Relaxed),
+                logins: stats.logins.load(Ordering::Relaxed),
+                login_failures: stats.login_failures.load(Ordering::Relaxed),
+                sessions: i.server.sessions().len() as u64,
+                backend_errors: backends.iter().map(|b| b.1.errors).sum(),
+            },
+            uptime_secs: i.started.elapsed().as_secs(),
+            epoch: i.table.lock().epoch,
+            volumes: i
+                .m
+                .volumes
+                .iter()
+                .map(|(n, (_, s))| (n.clone(), s.snapshot()))
+                .collect(),
+            backends,
+        }
+    }
+}
+
+/// The management settings in force: listen address and tokens, with the environment
+/// (`SWITCHYARD_ADMIN_TOKEN`, `SWITCHYARD_READ_TOKEN`) overriding the config.
+pub fn auth_from(cfg: &Config) -> mgmt::AuthConfig {
+    let m = cfg.management.clone().unwrap_or_default();
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    mgmt::AuthConfig {
+        admin_token: env("SWITCHYARD_ADMIN_TOKEN").or(m.admin_token),
+        read_token: env("SWITCHYARD_READ_TOKEN").or(m.read_token),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! In-process API tests: a node built from a temp config (two file stores, a volume
+    //! over them), its router on an ephemeral port, and the blocking client.
+    use super::*;
+    use mgmt::client::{Client as ApiClient, ClientError};
+    use mgmt::model::Event;
+    use std::sync::atomic::AtomicUsize;
+
+    const ADMIN: &str = "admin-token-0123456789";
+    const READ: &str = "read-token-0123456789";
+    const BS: usize = 512;
+
+    struct TestNode {
+        _dir: tempfile::TempDir,
+        rt: tokio::runtime::Runtime,
+        url: String,
+        volume: Arc<dyn BlockStore>,
+        shutdown: CancellationToken,
+        dir: PathBuf,
+    }
+
+    impl Drop for TestNode {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    fn config(tokens: bool) -> String {
+        let mgmt = if tokens {
+            format!("[management]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\nread_token = \"{READ}\"\n")
+        } else {
+            "[management]\nlisten = \"127.0.0.1:0\"\n".to_string()
+        };
+        format!(
+            r#"
+[node]
+name = "testnode"
+
+[[portal]]
+listen = "127.0.0.1:0"
+
+[[store]]
+id = "a"
+path = "a.img"
+size = "4MiB"
+
+[[store]]
+id = "b"
+path = "b.img"
+size = "4MiB"
+
+[[target]]
+name = "iqn.2026-11.org.switchyard:mgmt-test"
+[[target.lun]]
+lun = 0
+volume = "v1"
+
+{mgmt}
+[mapping]
+epoch = 1
+[[mapping.volumes]]
+name = "v1"
+wwn = "naa.600140500000000000000000000000a1"
+block_size = 512
+blocks = 4096
+[[mapping.volumes.extents]]
+vstart = 0
+blocks = 2048
+backend = "a"
+bstart = 0
+[[mapping.volumes.extents]]
+vstart = 2048
+blocks = 2048
+backend = "a"
+bstart = 2048
+"#
+        )
+    }
+
+    fn start(tokens: bool) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::parse(&config(tokens)).unwrap();
+        cfg.node.data_dir = Some(dir.path().to_path_buf());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let (url, volume) = rt.block_on(async {
+            let mut node = crate::build::build(&cfg).await.unwrap();
+            let managed = std::mem::take(&mut node.managed);
+            let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
+            let listeners = server.bind().await.unwrap();
+            let portals = listeners
+                .iter()
+                .map(|l| PortalView {
+                    address: l.local_addr().unwrap().to_string(),
+                    tpgt: 1,
+                })
+                .collect();
+            let volume = server.shared().targets[0].luns[0].lu.store().clone();
+            let api = NodeMgmt::new(&cfg, server.shared().clone(), portals, managed, None);
+            api.spawn_watchers(shutdown.clone());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            let sd = shutdown.clone();
+            tokio::spawn(mgmt::serve(l, Arc::new(api), auth_from(&cfg), sd));
+            let sd = shutdown.clone();
+            tokio::spawn(async move { server.run(listeners, sd).await });
+            (url, volume)
+        });
+        TestNode {
+            dir: dir.path().to_path_buf(),
+            _dir: dir,
+            rt,
+            url,
+            volume,
+            shutdown,
+        }
+    }
+
+    fn status_of(e: ClientError) -> u16 {
+        e.status()
+            .unwrap_or_else(|| panic!("not an API error: {e}"))
+    }
+
+    fn remap_body(backend_hi: &str, bstart_hi: u64) -> serde_json::Value {
+        serde_json::json!({"extents": [
+            {"vstart": 0, "blocks": 2048, "backend": "a", "bstart": 0},
+            {"vstart": 2048, "blocks": 2048, "backend": backend_hi, "bstart": bstart_hi}
+        ]})
+    }
+
+    #[test]
+    fn tokens_and_roles() {
+        let n = start(true);
+        let anon = ApiClient::new(&n.url, None);
+        let bad = ApiClient::new(&n.url, Some("wrong-token-0123456789".into()));
+        let read = ApiClient::new(&n.url, Some(READ.into()));
+        let admin = ApiClient::new(&n.url, Some(ADMIN.into()));
+        // No token, a wrong token: 401, with the JSON error body.
+        let e = anon.get::<Vec<VolumeView>>("/api/v1/volumes").unwrap_err();
+        assert_eq!(status_of(e), 401);
+        let e = bad.get::<NodeStatus>("/api/v1/status").unwrap_err();
+        assert!(e.to_string().contains("not valid"), "{e}");
+        assert_eq!(status_of(e), 401);
+        assert!(anon.get_text("/metrics").is_err());
+        // The console page itself needs no token (it holds no data).
+        assert!(anon.get_text("/").unwrap().contains("switchyard console"));
+        // Read token: reads, but cannot remap.
+        assert_eq!(
+            read.get::<Vec<VolumeView>>("/api/v1/volumes")
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = read
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("b", 0))
+            .unwrap_err();
+        assert_eq!(status_of(e), 403);
+        assert_eq!(read.get::<NodeStatus>("/api/v1/status").unwrap().epoch, 1);
+        // Admin: remaps.
+        let (code, rec) = admin
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("b", 0))
+            .unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(rec.state, ChangeState::Done);
+        assert_eq!(admin.get::<NodeStatus>("/api/v1/status").unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn without_tokens_reads_are_open_and_changes_refused() {
+        let n = start(false);
+        let anon = ApiClient::new(&n.url, None);
+        let s: NodeStatus = anon.get("/api/v1/status").unwrap();
+        assert_eq!(s.name, "testnode");
+        assert_eq!(s.leader, "testnode");
+        let e = anon
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("b", 0))
+            .unwrap_err();
+        assert_eq!(status_of(e), 403);
+        assert!(e_text(&anon).contains("admin_token"));
+    }
+
+    fn e_text(c: &ApiClient) -> String {
+        c.post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("b", 0))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn lists_mapping_and_bad_input() {
+        let n = start(true);
+        let c = ApiClient::new(&n.url, Some(ADMIN.into()));
+        let s: NodeStatus = c.get("/api/v1/status").unwrap();
+        assert_eq!((s.health.as_str(), s.nodes.len()), ("ok", 1));
+        assert_eq!(s.portals.len(), 1);
+        assert!(c
+            .get::<Vec<SessionView>>("/api/v1/sessions")
+            .unwrap()
+            .is_empty());
+        let t: Vec<TargetView> = c.get("/api/v1/targets").unwrap();
+        assert_eq!(t[0].luns[0].kind, "volume");
+        assert_eq!(t[0].luns[0].wwn, "naa.600140500000000000000000000000a1");
+        assert_eq!(t[0].luns[0].blocks, 4096);
+        let b: Vec<BackendView> = c.get("/api/v1/backends").unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].lus[0].mapped_blocks, 4096);
+        assert_eq!(b[1].lus[0].mapped_blocks, 0);
+        assert_eq!(b[0].lus[0].capacity_bytes, 4 << 20);
+        let v: VolumeView = c.get("/api/v1/volumes/v1").unwrap();
+        assert_eq!(v.epoch, 1);
+        assert_eq!(v.map.len(), 2);
+        assert_eq!(v.exports[0].lun, 0);
+        let e = c.get::<VolumeView>("/api/v1/volumes/nope").unwrap_err();
+        assert!(e.to_string().contains("v1"), "{e}");
+        assert_eq!(status_of(e), 404);
+        // Export as TOML and JSON; the TOML validates unchanged.
+        let toml = c.get_text("/api/v1/mapping?format=toml").unwrap();
+        assert!(toml.contains("epoch = 1"), "{toml}");
+        let j: MappingTable = c.get("/api/v1/mapping").unwrap();
+        assert_eq!(j.volumes[0].extents.len(), 2);
+        let (code, r): (u16, ValidationReport) = c
+            .post_text("/api/v1/mapping/validate", "application/toml", &toml)
+            .unwrap();
+        assert!(r.valid && code == 200 && r.changes.is_empty(), "{r:?}");
+        // A table with overlapping extents, an unknown back-end and a LU too small.
+        let bad = toml
+            .replace("bstart = 2048", "bstart = 9000")
+            .replacen("backend = \"a\"", "backend = \"zz\"", 1)
+            .replace("vstart = 2048", "vstart = 2000");
+        let (code, r): (u16, ValidationReport) = c
+            .post_text("/api/v1/mapping/validate", "application/toml", &bad)
+            .unwrap();
+        assert_eq!(code, 422);
+        assert!(!r.valid);
+        let all = r.problems.join("\n");
+        assert!(all.contains("zz"), "{all}");
+        assert!(all.contains("overlap"), "{all}");
+        assert!(all.contains("which has 8192 blocks"), "{all}");
+        let e = c
+            .post_text::<ValidationReport>(
+                "/api/v1/mapping/validate",
+                "application/toml",
+                "epoch = ",
+            )
+            .unwrap_err();
+        assert_eq!(status_of(e), 400);
+        // Bad remaps change nothing: unknown volume, invalid extents, malformed body,
+        // a stale epoch, the same extents.
+        let e = c
+            .post::<_, ChangeRecord>("/api/v1/volumes/nope/remap", &remap_body("b", 0))
+            .unwrap_err();
+        assert_eq!(status_of(e), 404);
+        let e = c
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("b", 8000))
+            .unwrap_err();
+        assert!(e.to_string().contains("which has 8192 blocks"), "{e}");
+        assert_eq!(status_of(e), 422);
+        let e = c
+            .post::<_, ChangeRecord>(
+                "/api/v1/volumes/v1/remap",
+                &serde_json::json!({"extent": []}),
+            )
+            .unwrap_err();
+        assert_eq!(status_of(e), 400);
+        let mut stale = remap_body("b", 0);
+        stale["expect_epoch"] = 7.into();
+        let e = c
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &stale)
+            .unwrap_err();
+        assert_eq!(status_of(e), 409);
+        let e = c
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("a", 2048))
+            .unwrap_err();
+        assert_eq!(status_of(e), 400);
+        assert!(c
+            .get::<Vec<ChangeRecord>>("/api/v1/changes")
+            .unwrap()
+            .is_empty());
+        assert_eq!(c.get::<VolumeView>("/api/v1/volumes/v1").unwrap().epoch, 1);
+        let e = c.get::<ChangeRecord>("/api/v1/changes/99").unwrap_err();
+        assert_eq!(status_of(e), 404);
+        let e = c.get::<serde_json::Value>("/api/v1/nothing").unwrap_err();
+        assert_eq!(status_of(e), 404);
+    }
+
+    /// The block's expected content: `(lba, version)` stamped over the block.
+    fn block(lba: u64, version: u32) -> Vec<u8> {
+        let mut b = vec![0u8; BS];
+        for (i, ch) in b.chunks_mut(12).enumerate() {
+            let stamp = [&lba.to_le_bytes()[..], &version.to_le_bytes()[..]].concat();
+            let n = ch.len();
+            ch.copy_from_slice(&stamp[..n]);
+            ch[0] ^= i as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn remap_under_load_moves_the_data_and_streams_events() {
+        let n = start(true);
+        let c = ApiClient::new(&n.url, Some(ADMIN.into()));
+        // Initial content: every block stamped with version 0.
+        for lba in 0..4096u64 {
+            n.volume.write(lba, &block(lba, 0), false).unwrap();
+        }
+        // Follow the event stream from now on.
+        let since = c
+            .get::<Vec<Event>>("/api/v1/events?limit=1")
+            .unwrap()
+            .last()
+            .map(|e| e.seq)
+            .unwrap_or(0);
+        let sse = c.clone();
+        let events = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            sse.follow_events(Some(since), |ev| {
+                let done = ev.change.as_ref().is_some_and(|ch| ch.state.is_final());
+                got.push(ev);
+                !done
+            })
+            .unwrap();
+            got
+        });
+        // Load: writers each own every 4th block and rewrite it with a rising version,
+        // reading it back at once; they run before, during and after the remap.
+        let stop = Arc::new(AtomicBool::new(false));
+        let ios = Arc::new(AtomicUsize::new(0));
+        let writers: Vec<_> = (0..3u64)
+            .map(|w| {
+                let (vol, stop, ios) = (n.volume.clone(), stop.clone(), ios.clone());
+                std::thread::spawn(move || {
+                    let mut last = vec![0u32; 4096];
+                    let mut version = 0u32;
+                    let mut rbuf = vec![0u8; BS];
+                    while !stop.load(Ordering::Relaxed) {
+                        version += 1;
+                        // Focus on the moving half, but touch the other half too.
+                        for lba in (2048 + w..4096).step_by(64).chain((w..2048).step_by(512)) {
+                            vol.write(lba, &block(lba, version), false).unwrap();
+                            last[lba as usize] = version;
+                            vol.read(lba, &mut rbuf).unwrap();
+                            assert_eq!(rbuf, block(lba, version), "lba {lba} read back");
+                            ios.fetch_add(2, Ordering::Relaxed);
+                        }
+                    }
+                    (w, last)
+                })
+            })
+            .collect();
+        while ios.load(Ordering::Relaxed) < 500 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (code, rec) = c
+            .post::<_, ChangeRecord>("/api/v1/volumes/v1/remap", &remap_body("b", 0))
+            .unwrap();
+        let during = ios.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        let mut last = vec![0u32; 4096];
+        for h in writers {
+            let (_, l) = h.join().unwrap();
+            for (i, v) in l.into_iter().enumerate() {
+                last[i] = last[i].max(v);
+            }
+        }
+        assert!(
+            ios.load(Ordering::Relaxed) > during,
+            "I/O kept running after the remap"
+        );
+        assert_eq!(code, 200);
+        assert_eq!(rec.state, ChangeState::Done, "{rec:?}");
+        assert_eq!((rec.from_epoch, rec.to_epoch), (1, 2));
+        assert_eq!(rec.moved_blocks, 2048);
+        assert_eq!(rec.copied_blocks, 2048);
+        assert_eq!(rec.affected, vec![BlockRange::new(2048, 4096)]);
+        assert!(rec.hold_ms.is_some());
+        let states: Vec<ChangeState> = rec.history.iter().map(|h| h.state).collect();
+        use ChangeState::*;
+        assert_eq!(
+            states,
+            vec![Staged, Holding, Draining, Copying, Switched, Done]
+        );
+        // The data is intact, through the volume and on the new back-end.
+        let mut rbuf = vec![0u8; BS];
+        for lba in 0..4096u64 {
+            n.volume.read(lba, &mut rbuf).unwrap();
+            assert_eq!(rbuf, block(lba, last[lba as usize]), "lba {lba}");
+        }
+        let b = std::fs::read(n.dir.join("b.img")).unwrap();
+        for lba in 2048..4096u64 {
+            let off = (lba - 2048) as usize * BS;
+            assert_eq!(
+                &b[off..off + BS],
+                &block(lba, last[lba as usize])[..],
+                "b.img block {}",
+                lba - 2048
+            );
+        }
+        // The map shows the new home, at the new epoch.
+        let v: VolumeView = c.get("/api/v1/volumes/v1").unwrap();
+        assert_eq!(v.epoch, 2);
+        assert_eq!(v.map[1].backend.as_deref(), Some("b"));
+        assert_eq!(v.map[1].bstart, Some(0));
+        assert!(v.held.is_empty());
+        assert_eq!(v.io.errors, 0);
+        let table: MappingTable = c.get("/api/v1/mapping").unwrap();
+        assert_eq!(table.epoch, 2);
+        let bk: Vec<BackendView> = c.get("/api/v1/backends").unwrap();
+        assert_eq!(bk[1].lus[0].mapped_blocks, 2048);
+        // SSE delivered every state of the change, in order, and progress.
+        let evs = events.join().unwrap();
+        let seen: Vec<ChangeState> = evs
+            .iter()
+            .filter(|e| e.kind == "change")
+            .filter_map(|e| e.change.as_ref().map(|c| c.state))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![Staged, Holding, Draining, Copying, Switched, Done]
+        );
+        assert!(evs.iter().any(|e| e.kind == "progress"));
+        assert!(evs.windows(2).all(|w| w[0].seq < w[1].seq));
+        // The change is listed; metrics count it.
+        let cs: Vec<ChangeRecord> = c.get("/api/v1/changes").unwrap();
+        assert_eq!(cs.len(), 1);
+        let m = c.get_text("/metrics").unwrap();
+        assert!(
+            m.contains("switchyard_remap_hold_seconds_count{node=\"testnode\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("switchyard_volume_writes_total{node=\"testnode\",volume=\"v1\"}"),
+            "{m}"
+        );
+        assert!(
+            m.contains("switchyard_backend_errors_total{node=\"testnode\"} 0"),
+            "{m}"
+        );
+        assert!(
+            m.contains("switchyard_changes{node=\"testnode\",state=\"done\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("switchyard_commands_total"), "{m}");
+        n.rt.block_on(async {});
+    }
+
+    #[test]
+    fn move_planning() {
+        let def = |ex: &[(u64, u64, &str, u64)]| VolumeDef {
+            name: "v".into(),
+            wwn: "naa.6001405000000000".into(),
+            block_size: 512,
+            blocks: 100,
+            holes: Default::default(),
+            extents: ex
+                .iter()
+                .map(|(v, n, b, s)| volume::Extent {
+                    vstart: *v,
+                    blocks: *n,
+                    backend: b.to_string(),
+                    bstart: *s,
+                })
+                .collect(),
+        };
+        let old = def(&[(0, 50, "a", 0)]);
+        let new = def(&[(0, 30, "a", 0), (30, 20, "b", 5), (50, 10, "b", 40)]);
+        let aff = volume::table::affected_ranges(&old, &new);
+        let mv = moves(&old, &new, &aff);
+        assert_eq!(mv.len(), 2);
+        assert_eq!(
+            (mv[0].blocks, mv[0].src.clone(), mv[0].dst.clone()),
+            (20, Some(("a".into(), 30)), ("b".into(), 5))
+        );
+        assert_eq!((mv[1].blocks, mv[1].src.clone()), (10, None));
+        assert!(crossing_moves(&mv).is_none());
+        // Swapping two halves in place cannot be done in one pass.
+        let old = def(&[(0, 10, "a", 0), (10, 10, "a", 10)]);
+        let new = def(&[(0, 10, "a", 10), (10, 10, "a", 0)]);
+        let mv = moves(&old, &new, &volume::table::affected_ranges(&old, &new));
+        assert!(crossing_moves(&mv).is_some());
+    }
+}
