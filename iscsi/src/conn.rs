@@ -87,15 +87,22 @@ struct Job {
 }
 
 impl Job {
-    /// Execute; returns the response to send (none if the task was aborted) and the ITT.
+    /// Execute; returns the response to send (none if the task was aborted: its
+    /// window slot is freed here) and the ITT.
     fn run(self) -> (Option<Out>, u32) {
         let out = run_command(&self.sess, &self.stats, &self.cmd, &self.data);
-        let out = (!self.aborted.load(Ordering::Acquire)).then_some(out);
-        (out, self.cmd.itt)
+        if self.aborted.load(Ordering::Acquire) {
+            release_slot(&self.sess);
+            return (None, self.cmd.itt);
+        }
+        (Some(out), self.cmd.itt)
     }
 }
 
-/// Execute one command and free its slot in the command window.
+/// Execute one command. Its slot in the command window stays taken until the writer
+/// hands the response to the socket (see `writer::encode`), so a client that stops
+/// reading can make us hold at most `queue_depth` responses, not one per command it
+/// keeps sending as earlier ones finish.
 fn run_command(
     sess: &Session,
     stats: &crate::server::Stats,
@@ -110,12 +117,17 @@ fn run_command(
         nexus: &sess.nexus,
     });
     stats.commands.fetch_add(1, Ordering::Relaxed);
-    let out = response_out(cmd, resp);
-    {
-        let mut w = sess.window.lock();
-        w.outstanding = w.outstanding.saturating_sub(1);
+    let mut out = response_out(cmd, resp);
+    if let Out::Scsi { holds_slot, .. } = &mut out {
+        *holds_slot = true;
     }
     out
+}
+
+/// Free one command-window slot (a command that will send no response).
+pub(crate) fn release_slot(sess: &Session) {
+    let mut w = sess.window.lock();
+    w.outstanding = w.outstanding.saturating_sub(1);
 }
 
 /// One R2T's data sequence (RFC 7143 §4.2.3 / §11.7.4): its own TTT, the range it
@@ -256,7 +268,9 @@ impl Conn {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = self.tx.send(Out::Close).await;
+        // Bounded: if the writer is stuck behind a client that stopped reading, it
+        // gives up on its own (WriterParams::stall_timeout) and the channel closes.
+        let _ = tokio::time::timeout(self.params.nop_timeout, self.tx.send(Out::Close)).await;
         self.sess.luns.nexus_gone(&self.sess.nexus);
     }
 
@@ -688,8 +702,11 @@ impl Conn {
                     );
                     let tx = self.tx.clone();
                     let tasks = self.tasks.clone();
+                    let sess = self.sess.clone();
                     tokio::spawn(async move {
-                        if !aborted.load(Ordering::Acquire) {
+                        if aborted.load(Ordering::Acquire) {
+                            release_slot(&sess);
+                        } else {
                             let _ = tx.send(out).await;
                         }
                         tasks.lock().remove(&itt);
@@ -989,6 +1006,7 @@ fn response_out(cmd: &ScsiCommand, resp: scsi::Response) -> Out {
         sense,
         residual,
         data,
+        holds_slot: false,
     }
 }
 

@@ -84,6 +84,12 @@ struct Login<'a> {
     pending: Vec<u8>,
     /// Stage we are in.
     csg: Stage,
+    /// Key for login throttling: initiator name and source address, so a stranger who
+    /// knows a host's name cannot lock that host out from another address.
+    throttle_key: String,
+    /// The status the login failed with, if it did.
+    failed_with: Option<(u8, u8)>,
+    peer_ip: std::net::IpAddr,
 }
 
 /// Run the login phase. `None` when the login failed (the reason was sent).
@@ -116,6 +122,9 @@ pub async fn run(
         tsih: 0,
         pending: Vec::new(),
         csg: Stage::Security,
+        throttle_key: String::new(),
+        failed_with: None,
+        peer_ip: peer.ip(),
     };
     loop {
         let frame = match reader.next().await {
@@ -145,8 +154,12 @@ pub async fn run(
                     .stats
                     .login_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if !st.initiator.is_empty() {
-                    shared.throttle.failed(&st.initiator);
+                // Only authentication failures count: a host that retries with a stale
+                // TSIH or a wrong target name must not lock itself out.
+                if matches!(st.failed_with, Some(status::AUTH_FAILED))
+                    && !st.throttle_key.is_empty()
+                {
+                    shared.throttle.failed(&st.throttle_key);
                 }
                 return None;
             }
@@ -305,7 +318,8 @@ impl Login<'_> {
             return Err(status::MISSING_PARAMETER);
         }
         self.initiator = initiator.to_ascii_lowercase();
-        if let Some(wait) = self.shared.throttle.blocked(&self.initiator) {
+        self.throttle_key = format!("{}@{}", self.initiator, self.peer_ip);
+        if let Some(wait) = self.shared.throttle.blocked(&self.throttle_key) {
             tracing::warn!(
                 initiator = %self.initiator,
                 "login refused: too many failed logins; retry in {}s",
@@ -554,6 +568,7 @@ impl Login<'_> {
     }
 
     async fn fail(&mut self, w: &mut OwnedWriteHalf, req: &LoginRequest, st: (u8, u8)) {
+        self.failed_with = Some(st);
         self.send(w, req, false, req.csg, Stage::Security, st, &[])
             .await;
     }

@@ -75,10 +75,11 @@ pub struct Stats {
     pub login_failures: AtomicU64,
 }
 
-/// Login failure throttling per initiator name: after `LIMIT` failed logins within
-/// `WINDOW`, further logins from that initiator are refused (status 3/1, "service
-/// unavailable", which initiators retry later) until the window has passed. Stops
-/// CHAP secret guessing without locking out a correctly configured host for long.
+/// Login failure throttling per initiator name and source address: after `LIMIT`
+/// failed authentications within `WINDOW`, further logins from that initiator at that
+/// address are refused (status 3/1, "service unavailable", which initiators retry
+/// later) until the window has passed. Stops CHAP secret guessing without locking out
+/// a correctly configured host for long, or letting a stranger lock it out.
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
     failures: Mutex<HashMap<String, (std::time::Instant, u32)>>,
@@ -406,6 +407,7 @@ async fn handle_connection(
         digests: params.digests,
         max_send_data: params.max_send_data,
         max_burst: params.max_burst,
+        stall_timeout: shared.config.nop_interval + shared.config.nop_timeout,
     };
     let wtask = tokio::spawn(writer::run(wr, rx, session.clone(), wparams, stat_sn));
     let conn = Conn::new(

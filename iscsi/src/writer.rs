@@ -32,6 +32,9 @@ pub enum Out {
         sense: Option<Vec<u8>>,
         residual: Residual,
         data: Option<Bytes>,
+        /// The command holds a slot in the session's command window until this
+        /// response is handed to the socket (false for commands refused up front).
+        holds_slot: bool,
     },
     R2t {
         itt: u32,
@@ -78,6 +81,9 @@ pub struct WriterParams {
     /// What the initiator declared it can receive per PDU.
     pub max_send_data: u32,
     pub max_burst: u32,
+    /// A socket write that makes no progress for this long (the initiator stopped
+    /// reading) ends the connection.
+    pub stall_timeout: std::time::Duration,
 }
 
 const BATCH_BYTES: usize = 1 << 20;
@@ -114,10 +120,26 @@ impl Batch {
         self.parts.push(data);
     }
 
-    /// Write everything and empty the batch.
-    async fn flush(&mut self, sock: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    /// Write everything and empty the batch. Fails if one write makes no progress
+    /// within `stall`.
+    async fn flush(
+        &mut self,
+        sock: &mut OwnedWriteHalf,
+        stall: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let stalled =
+            |_| std::io::Error::new(std::io::ErrorKind::TimedOut, "initiator stopped reading");
         if self.parts.is_empty() {
-            sock.write_all(&self.buf).await?;
+            let mut off = 0;
+            while off < self.buf.len() {
+                let n = tokio::time::timeout(stall, sock.write(&self.buf[off..]))
+                    .await
+                    .map_err(stalled)??;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                off += n;
+            }
             self.buf.clear();
             return Ok(());
         }
@@ -132,7 +154,9 @@ impl Batch {
                     .take(MAX_IOVECS)
                     .map(|b| IoSlice::new(b))
                     .collect();
-                sock.write_vectored(&iov).await?
+                tokio::time::timeout(stall, sock.write_vectored(&iov))
+                    .await
+                    .map_err(stalled)??
             };
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
@@ -176,7 +200,7 @@ pub async fn run(
             }
         }
         if batch.len() > 0 {
-            if let Err(e) = batch.flush(&mut sock).await {
+            if let Err(e) = batch.flush(&mut sock, params.stall_timeout).await {
                 tracing::debug!(error = %e, "connection write failed");
                 break 'outer;
             }
@@ -198,6 +222,14 @@ fn next(stat_sn: &mut u32) -> u32 {
 
 /// Encode one message; returns true when the connection should close after it.
 fn encode(m: Out, batch: &mut Batch, sess: &Session, p: &WriterParams, stat_sn: &mut u32) -> bool {
+    if let Out::Scsi {
+        holds_slot: true, ..
+    } = m
+    {
+        // The response leaves now: its command's window slot is free, and this
+        // response already advertises it in MaxCmdSN.
+        crate::conn::release_slot(sess);
+    }
     let (exp_cmd_sn, max_cmd_sn) = sess.window_values();
     let d = p.digests;
     match m {
@@ -208,6 +240,7 @@ fn encode(m: Out, batch: &mut Batch, sess: &Session, p: &WriterParams, stat_sn: 
             sense,
             residual,
             data,
+            holds_slot: _,
         } => {
             let data = data.unwrap_or_default();
             // Phase collapse: GOOD status rides on the last Data-In (§11.7.4).
