@@ -33,5 +33,7 @@ echo "== libiscsi conformance (iscsi-test-cu)"
 ./initiator-tests/conformance.sh
 echo "== libiscsi conformance through a virtual volume over a switchyard array, tgtd and a file"
 ./initiator-tests/virtual-conformance.sh
+echo "== libiscsi conformance against a cluster: two nodes (and a witness), one path through each"
+./initiator-tests/cluster-conformance.sh
 echo "== real initiators: open-iscsi + dm-multipath in a QEMU guest, qemu-img (libiscsi)"
 ./initiator-tests/qemu/run.sh

@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster_rig;
+
 pub const TARGET: &str = "iqn.2026-11.org.switchyard:test";
 pub const INITIATOR: &str = "iqn.2026-11.org.switchyard:test-initiator";
 
@@ -94,6 +96,7 @@ impl TestTarget {
             vec![PortalDef {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 tpgt: 1,
+                relative_port: 0,
             }],
         );
         let listeners = server.bind().await.expect("bind");
@@ -724,6 +727,16 @@ pub struct NodeProcess(pub std::process::Child);
 impl NodeProcess {
     /// Start `switchyard serve --config CFG`, its log (stderr) appended to `log` if given.
     pub fn spawn(cfg: &std::path::Path, log: Option<&std::path::Path>) -> NodeProcess {
+        NodeProcess::spawn_with_env(cfg, log, &[])
+    }
+
+    /// [`NodeProcess::spawn`] with extra environment variables (they override the
+    /// default `RUST_LOG=warn`).
+    pub fn spawn_with_env(
+        cfg: &std::path::Path,
+        log: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         use std::process::{Command, Stdio};
         let stderr = match log {
             Some(p) => Stdio::from(
@@ -739,6 +752,7 @@ impl NodeProcess {
             .args(["serve", "--config"])
             .arg(cfg)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -51,6 +51,8 @@ pub enum BlockError {
 }
 
 /// What a back-end can do beyond read, write and flush (SPDK's `io_type_supported`).
+/// Atomic compare-and-write is reported by [`BlockStore::supports_compare_and_write`]
+/// instead, so that the stores that build this struct field by field need no change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// Deallocate blocks (punch holes); unmapped blocks read back as zeroes.
@@ -61,6 +63,17 @@ pub struct Capabilities {
     pub read_only: bool,
     /// `write` with `fua = true` reaches stable storage before it returns.
     pub fua: bool,
+}
+
+/// How a [`BlockStore::compare_and_write`] that ran to completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CawOutcome {
+    /// The medium matched the compare data and the write data was written.
+    Written,
+    /// The medium differed from the compare data; nothing was written. `offset` is the
+    /// byte offset, from the start of the compare data, of the first byte that differs
+    /// (what COMPARE AND WRITE reports in the sense INFORMATION field).
+    Miscompare { offset: u64 },
 }
 
 /// Allocation state of a run of blocks, as GET LBA STATUS reports it.
@@ -97,6 +110,39 @@ pub trait BlockStore: Send + Sync + 'static {
     fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
         let _ = lba;
         Err(BlockError::Unsupported("lba status"))
+    }
+
+    /// Atomically compare `compare.len() / block_size` blocks at `lba` with `compare`
+    /// and, only if they are equal, write `write` there (`fua` as for
+    /// [`BlockStore::write`]). `compare` and `write` have the same length. Atomic means
+    /// with respect to every other command on the medium, from whichever node or path
+    /// it comes — which a caller that reads, compares and writes cannot promise once
+    /// several nodes serve the same blocks. The store does it itself or on its array
+    /// (COMPARE AND WRITE passed through).
+    ///
+    /// `Ok(CawOutcome::Miscompare { .. })` is not an error: nothing was written.
+    /// Stores that cannot do it atomically return [`BlockError::Unsupported`] (the
+    /// default), having done nothing; the caller then falls back to its own
+    /// read-compare-write under its own lock.
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<CawOutcome, BlockError> {
+        let _ = (lba, compare, write, fua);
+        Err(BlockError::Unsupported("compare and write"))
+    }
+
+    /// True when [`BlockStore::compare_and_write`] may run atomically here — for every
+    /// range, or (a volume over several back-ends) for some — so that callers can skip
+    /// the attempt when it is false. A hint only: callers must still fall back on
+    /// `Unsupported`. It may change over the store's life (a remote array that turns
+    /// out to refuse the command, a volume remapped onto other back-ends). Wrappers
+    /// that forward `compare_and_write` must forward this too.
+    fn supports_compare_and_write(&self) -> bool {
+        false
     }
 
     /// True when plain reads and writes (no FUA) complete in microseconds without

@@ -198,6 +198,9 @@ pub struct ChangeRecord {
     /// The node the admin asked.
     pub requested_by: NodeId,
     pub timeline: Vec<TimelineEvent>,
+    /// The leader copies the data of moved ranges before the switch.
+    #[serde(default)]
+    pub copy_data: bool,
 }
 
 /// Why a change-log command was refused. Refusing changes nothing.
@@ -251,6 +254,7 @@ impl ChangeRecord {
                 node: None,
                 what: "proposed".to_string(),
             }],
+            copy_data: false,
         }
     }
 

@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ClusterError, NodeId};
 
@@ -52,6 +52,12 @@ impl std::str::FromStr for Peer {
     }
 }
 
+impl Serialize for Peer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}@{}", self.id, self.addr))
+    }
+}
+
 impl<'de> Deserialize<'de> for Peer {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Peer, D::Error> {
         let s = String::deserialize(d)?;
@@ -75,8 +81,8 @@ fn default_snapshot_every() -> u64 {
     1000
 }
 
-/// The node's cluster settings.
-#[derive(Debug, Clone, Deserialize)]
+/// The node's cluster settings. Serialising never writes the secret.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub id: NodeId,
@@ -93,7 +99,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub join: Option<String>,
     /// The shared cluster secret (prefer `secret_file`).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub secret: Option<String>,
     /// A file holding the shared cluster secret (first line).
     #[serde(default)]

@@ -41,7 +41,7 @@ pub use config::ClusterConfig;
 pub use node::ClusterNode;
 pub use state::{
     AluaAccess, ClusterState, Command, Health, NodeInfo, Outcome, PrHold, PrRecord, PrReg, PrState,
-    Role,
+    PrUa, Role,
 };
 pub use store::Event;
 pub use transport::Faults;

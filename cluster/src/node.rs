@@ -236,6 +236,103 @@ impl ClusterNode {
         }
     }
 
+    /// A read barrier: ask the leader how far it has applied the log and wait until
+    /// this node has applied as far (the leader itself: at once). A node that was cut
+    /// off calls it before serving again, so it never serves a state older than what
+    /// the cluster committed while it was away. False when there is no leader or it
+    /// does not answer, or this node does not catch up within `timeout`.
+    pub async fn sync_with_leader(&self, timeout: Duration) -> bool {
+        let Some(leader) = self.inner.leader() else {
+            return false;
+        };
+        if leader == self.inner.id {
+            return true;
+        }
+        let Some(addr) = self.inner.addr_of(leader) else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(st) = self
+            .inner
+            .transport
+            .call::<_, Status>(leader, &addr, "/v1/status", &(), timeout)
+            .await
+        else {
+            return false;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_applied(st.applied_index, left).await
+    }
+
+    /// The members as the leader sees them (followers only hear from the leader, so
+    /// only the leader knows who else is reachable). `None` when there is no leader or
+    /// it does not answer within `timeout`.
+    pub async fn leader_view(&self, timeout: Duration) -> Option<Vec<Member>> {
+        let leader = self.inner.leader()?;
+        if leader == self.inner.id {
+            return Some(self.inner.members());
+        }
+        let addr = self.inner.addr_of(leader)?;
+        self.inner
+            .transport
+            .call::<_, Vec<Member>>(leader, &addr, "/v1/members", &(), timeout)
+            .await
+            .ok()
+    }
+
+    /// Observe every applied command synchronously, before Raft counts it as applied on
+    /// this node: what `f` does is done when [`ClusterNode::confirm_applied`] (or a
+    /// peer's `/v1/status`) reports the index. `f` must be quick and must not wait on
+    /// the cluster. Replaces any previous one.
+    pub fn set_applier(&self, f: crate::store::Applier) {
+        *self.inner.published.applier.write() = Some(f);
+    }
+
+    /// Wait until each of `nodes` has *applied* log index `index`, asking each over the
+    /// management network (this node: locally), for at most `timeout`. Returns the
+    /// nodes that did not confirm in time. A coherent operation (a PR OUT) completes
+    /// once every serving node has applied it — or has been silent for longer than its
+    /// lease, after which it serves no I/O.
+    pub async fn confirm_applied(
+        &self,
+        index: u64,
+        nodes: &[NodeId],
+        timeout: Duration,
+    ) -> Vec<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let checks = nodes.iter().map(|&n| async move {
+            if n == self.inner.id {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return (n, self.wait_applied(index, left).await);
+            }
+            let mut pause = Duration::from_millis(2);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return (n, false);
+                }
+                if let Some(addr) = self.inner.addr_of(n) {
+                    let r = self
+                        .inner
+                        .transport
+                        .call::<_, Status>(n, &addr, "/v1/status", &(), left)
+                        .await;
+                    if r.is_ok_and(|s| s.applied_index >= index) {
+                        return (n, true);
+                    }
+                }
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        });
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     /// Take a snapshot now and drop the log it covers (an admin "compact"; tests use it
     /// to make a lagging node catch up from a snapshot). Log entries still being sent
     /// to a follower are kept until that send ends, so this retries for up to
@@ -597,7 +694,7 @@ impl Inner {
         Ok(())
     }
 
-    fn members(&self) -> Vec<Member> {
+    pub(crate) fn members(&self) -> Vec<Member> {
         let m = self.raft.metrics().borrow().clone();
         let state = self.published.state.load();
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();

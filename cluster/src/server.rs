@@ -111,6 +111,7 @@ async fn rpc(
             Err(e) => bad_request(e),
         },
         "status" => reply(&node.status()),
+        "members" => reply(&node.members()),
         _ => (StatusCode::NOT_FOUND, format!("no RPC {path}")).into_response(),
     }
 }

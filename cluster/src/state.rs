@@ -145,6 +145,14 @@ pub struct PrHold {
     pub pr_type: u8,
 }
 
+/// The I_T nexus holding the SPC-2 reservation (RESERVE(6)/(10)) of a logical unit
+/// (mirrors [`scsi::Spc2Holder`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spc2Hold {
+    pub initiator: String,
+    pub relative_port: u16,
+}
+
 /// The persistent reservation state of one logical unit (mirrors
 /// [`scsi::PrSnapshot`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +161,10 @@ pub struct PrState {
     pub aptpl: bool,
     pub registrations: Vec<PrReg>,
     pub reservation: Option<PrHold>,
+    /// The SPC-2 reservation holder, kept cluster-wide so every node enforces it
+    /// (absent in entries written before it existed: none).
+    #[serde(default)]
+    pub spc2_reservation: Option<Spc2Hold>,
 }
 
 impl From<&scsi::PrSnapshot> for PrState {
@@ -174,6 +186,10 @@ impl From<&scsi::PrSnapshot> for PrState {
                 initiator: h.initiator.clone(),
                 relative_port: h.relative_port,
                 pr_type: h.pr_type,
+            }),
+            spc2_reservation: s.spc2_reservation.as_ref().map(|h| Spc2Hold {
+                initiator: h.initiator.clone(),
+                relative_port: h.relative_port,
             }),
         }
     }
@@ -199,8 +215,22 @@ impl From<&PrState> for scsi::PrSnapshot {
                 relative_port: h.relative_port,
                 pr_type: h.pr_type,
             }),
+            spc2_reservation: s.spc2_reservation.as_ref().map(|h| scsi::Spc2Holder {
+                initiator: h.initiator.clone(),
+                relative_port: h.relative_port,
+            }),
         }
     }
+}
+
+/// A unit attention a PR change raises for one I_T nexus, named by its initiator port
+/// and relative target port (unique across the cluster); sense key UNIT ATTENTION.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrUa {
+    pub initiator: String,
+    pub relative_port: u16,
+    pub asc: u8,
+    pub ascq: u8,
 }
 
 /// PR state of one LU with a version that every update bumps (for compare-and-set).
@@ -279,12 +309,20 @@ pub enum Command {
         expected_version: Option<u64>,
         state: PrState,
         by: NodeId,
+        /// The unit attentions the change raises, for the nodes that serve the named
+        /// ports to deliver (each node applies the ones for its own ports).
+        #[serde(default)]
+        attentions: Vec<PrUa>,
     },
     /// Begin an online remap (state `Proposed`); the reply carries its id.
     BeginChange {
         changeset: Changeset,
         requested_by: NodeId,
         at_ms: u64,
+        /// Copy the data of ranges whose home moves while every node holds them
+        /// (before the switch); false: the admin asserts the new homes already hold it.
+        #[serde(default)]
+        copy_data: bool,
     },
     /// A node finished `phase` of change `id`.
     AckChange {
@@ -400,6 +438,7 @@ impl ClusterState {
                 expected_version,
                 state,
                 by,
+                ..
             } => {
                 let rec = self.pr.entry(lu.clone()).or_default();
                 if let Some(v) = expected_version {
@@ -418,6 +457,7 @@ impl ClusterState {
                 changeset,
                 requested_by,
                 at_ms,
+                copy_data,
             } => {
                 self.no_active_change()?;
                 if changeset.is_empty() {
@@ -427,13 +467,14 @@ impl ClusterState {
                 self.apply_checked(changeset)?;
                 let id = self.next_change_id;
                 self.next_change_id += 1;
-                let rec = ChangeRecord::new(
+                let mut rec = ChangeRecord::new(
                     id,
                     changeset.clone(),
                     self.serving_nodes(),
                     *requested_by,
                     *at_ms,
                 );
+                rec.copy_data = *copy_data;
                 self.changes.insert(id, rec);
                 self.active_change = Some(id);
                 return Ok(Outcome::ChangeBegun(id));
@@ -637,6 +678,7 @@ mod tests {
         new.volumes[0].extents[0].backend = "b/lun0".into();
         let cs = MappingTable::diff(&old, &new);
         let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
+            copy_data: false,
             changeset: cs.clone(),
             requested_by: 2,
             at_ms: 0,
@@ -648,6 +690,7 @@ mod tests {
         // A second change, or a direct table change, is refused meanwhile.
         assert!(matches!(
             s.apply(&Command::BeginChange {
+                copy_data: false,
                 changeset: cs.clone(),
                 requested_by: 2,
                 at_ms: 0
@@ -696,6 +739,7 @@ mod tests {
         new.volumes[0].blocks = 2048;
         let cs = MappingTable::diff(&s.table, &new);
         let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
+            copy_data: false,
             changeset: cs,
             requested_by: 1,
             at_ms: 0,
@@ -720,6 +764,7 @@ mod tests {
             expected_version: v,
             state: pr.clone(),
             by: 1,
+            attentions: Vec::new(),
         };
         assert_eq!(s.apply(&set(Some(0))), Outcome::Ok);
         assert!(matches!(s.apply(&set(Some(0))), Outcome::Refused(_)));

@@ -61,6 +61,23 @@ pub enum Event {
 pub(crate) struct Published {
     pub state: ArcSwap<ClusterState>,
     pub events: broadcast::Sender<Event>,
+    /// Called for every event synchronously, after the state is published and before
+    /// the entries count as applied (see [`crate::ClusterNode::set_applier`]).
+    pub applier: parking_lot::RwLock<Option<Applier>>,
+}
+
+/// A synchronous observer of applied events (must be quick and must not block on the
+/// cluster).
+pub type Applier = Arc<dyn Fn(&ClusterState, &Event) + Send + Sync>;
+
+impl Published {
+    fn emit(&self, state: &ClusterState, ev: Event) {
+        if let Some(f) = self.applier.read().as_ref() {
+            f(state, &ev);
+        }
+        // No subscribers is fine.
+        let _ = self.events.send(ev);
+    }
 }
 
 impl Published {
@@ -69,6 +86,7 @@ impl Published {
         Arc::new(Published {
             state: ArcSwap::from_pointee(ClusterState::default()),
             events,
+            applier: parking_lot::RwLock::new(None),
         })
     }
 }
@@ -430,11 +448,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let state = Arc::new(state);
         g.state = state.clone();
-        self.published.state.store(state);
+        self.published.state.store(state.clone());
         drop(g);
         for ev in events {
-            // No subscribers is fine.
-            let _ = self.published.events.send(ev);
+            self.published.emit(&state, ev);
         }
         Ok(out)
     }
@@ -463,10 +480,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         g.last_applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
         g.snapshot = Some((meta.clone(), bytes));
-        self.published.state.store(state);
+        self.published.state.store(state.clone());
         drop(g);
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        let _ = self.published.events.send(Event::Snapshot { index });
+        self.published.emit(&state, Event::Snapshot { index });
         Ok(())
     }
 

@@ -499,6 +499,7 @@ async fn single_node_change_log_is_validated_and_durable() {
     let cs = MappingTable::diff(&old, &new);
     let a = n
         .propose(Command::BeginChange {
+            copy_data: false,
             changeset: cs.clone(),
             requested_by: 1,
             at_ms: 1,

@@ -29,5 +29,5 @@ pub use config::{ChapCredentials, InitiatorConfig};
 pub use error::{InitiatorError, LoginError};
 pub use login::NegotiatedParams;
 pub use outcome::{Residual, ScsiOutcome, SenseInfo};
-pub use remote::{RemoteIoError, RemoteStore, RemoteStoreOptions};
+pub use remote::{CawSupport, RemoteIoError, RemoteStore, RemoteStoreOptions};
 pub use session::Session;

@@ -8,6 +8,11 @@
 //! STATUS, split at the smaller of the target's MAXIMUM TRANSFER LENGTH and our own
 //! cap, with the pieces of one request in flight together.
 //!
+//! COMPARE AND WRITE is passed through to the array, so that it is atomic across every
+//! node that serves the LU (see [`RemoteStore::compare_and_write_support`] for how
+//! support is detected). A miscompare comes back as [`CawOutcome::Miscompare`] with the
+//! array's offset.
+//!
 //! A UNIT ATTENTION from the back-end is consumed and the command retried (at most
 //! [`MAX_UA_RETRIES`] times); CAPACITY DATA HAS CHANGED re-reads the capacity first.
 //!
@@ -27,10 +32,10 @@
 //! inside an async task, where `block_on` panics.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
 use bytes::Bytes;
 use futures::stream::{self, TryStreamExt};
 use tokio::runtime::Handle;
@@ -80,6 +85,59 @@ pub struct RemoteIoError {
     pub detail: String,
 }
 
+/// Whether the array runs COMPARE AND WRITE, as far as the store knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CawSupport {
+    /// REPORT SUPPORTED OPERATION CODES lists it (and the block limits allow it), or
+    /// one ran. An INVALID COMMAND OPERATION CODE on use still turns it `Unsupported`:
+    /// tgtd 1.0.85 lists 89h and reports a MAXIMUM COMPARE AND WRITE LENGTH, then
+    /// refuses the command.
+    Supported,
+    /// The array did not say (no REPORT SUPPORTED OPERATION CODES); the first
+    /// COMPARE AND WRITE decides: INVALID COMMAND OPERATION CODE makes it `Unsupported`.
+    Unknown,
+    /// The array refuses it: not listed, MAXIMUM COMPARE AND WRITE LENGTH 0, or INVALID
+    /// COMMAND OPERATION CODE on use.
+    Unsupported,
+}
+
+impl CawSupport {
+    fn code(self) -> u8 {
+        match self {
+            CawSupport::Supported => 1,
+            CawSupport::Unknown => 2,
+            CawSupport::Unsupported => 0,
+        }
+    }
+
+    fn from_code(c: u8) -> CawSupport {
+        match c {
+            1 => CawSupport::Supported,
+            2 => CawSupport::Unknown,
+            _ => CawSupport::Unsupported,
+        }
+    }
+}
+
+/// COMPARE AND WRITE support from what the array reports at open: MAXIMUM COMPARE AND
+/// WRITE LENGTH from the block limits VPD page (`None` without the page) and the
+/// SUPPORT field of REPORT SUPPORTED OPERATION CODES for opcode 89h (`None` when the
+/// array does not implement that command).
+fn caw_support(max_caw_blocks: Option<u8>, rsoc_support: Option<u8>) -> CawSupport {
+    if max_caw_blocks == Some(0) {
+        // SBC-4 6.6.4: zero means the device server does not support COMPARE AND WRITE.
+        return CawSupport::Unsupported;
+    }
+    match rsoc_support {
+        // 011b: supported as the standard says; 101b: in a vendor-specific way.
+        Some(0b011 | 0b101) => CawSupport::Supported,
+        // 001b: not supported.
+        Some(0b001) => CawSupport::Unsupported,
+        // 000b (not available now) or reserved values, or no answer: try it.
+        _ => CawSupport::Unknown,
+    }
+}
+
 /// One LUN of a remote target as a block store.
 pub struct RemoteStore {
     client: Client,
@@ -96,6 +154,10 @@ pub struct RemoteStore {
     max_unmap_blocks: u32,
     max_unmap_descriptors: u32,
     write_protected: AtomicBool,
+    /// [`CawSupport`] as its code.
+    caw: AtomicU8,
+    /// MAXIMUM COMPARE AND WRITE LENGTH (1..=255 blocks; 255 when not reported).
+    max_caw_blocks: u8,
 }
 
 impl std::fmt::Debug for RemoteStore {
@@ -106,6 +168,7 @@ impl std::fmt::Debug for RemoteStore {
             .field("blocks", &self.num_blocks())
             .field("max_blocks", &self.max_blocks)
             .field("lbpu", &self.lbpu)
+            .field("compare_and_write", &self.compare_and_write_support())
             .finish()
     }
 }
@@ -141,6 +204,8 @@ impl RemoteStore {
             max_unmap_blocks: 0,
             max_unmap_descriptors: 0,
             write_protected: AtomicBool::new(false),
+            caw: AtomicU8::new(CawSupport::Unknown.code()),
+            max_caw_blocks: u8::MAX,
         };
         let backend = store.name.clone();
         let failed = |what: &str, e: BlockError| InitiatorError::CommandFailed {
@@ -168,8 +233,12 @@ impl RemoteStore {
         let pages = store.vpd(0x00, 255).await.unwrap_or_default();
         let supported = |p: u8| pages.len() > 4 && pages[4..].contains(&p);
         let mut target_max = 0u32;
+        let mut max_caw = None;
         if supported(0xb0) {
             if let Ok(b0) = store.vpd(0xb0, 64).await {
+                if b0.len() > 5 {
+                    max_caw = Some(b0[5]);
+                }
                 if b0.len() >= 28 {
                     target_max = be32(&b0[8..12]);
                     store.max_unmap_blocks = be32(&b0[20..24]);
@@ -188,6 +257,13 @@ impl RemoteStore {
         } else {
             own_max.min(target_max)
         };
+        if let Some(m) = max_caw.filter(|&m| m > 0) {
+            store.max_caw_blocks = m;
+        }
+        let rsoc = store.caw_rsoc().await;
+        store
+            .caw
+            .store(caw_support(max_caw, rsoc).code(), Ordering::Release);
         // MODE SENSE(6), DBD: the WP bit of the device-specific parameter.
         if let Ok(ms) = store
             .command(
@@ -216,6 +292,19 @@ impl RemoteStore {
     /// Blocks per READ/WRITE command (target limit and our cap).
     pub fn max_transfer_blocks(&self) -> u32 {
         self.max_blocks
+    }
+
+    /// Whether the array runs COMPARE AND WRITE, as far as this store knows: probed at
+    /// open (the block limits page's MAXIMUM COMPARE AND WRITE LENGTH, then REPORT
+    /// SUPPORTED OPERATION CODES for opcode 89h); when the array does not say, the first
+    /// COMPARE AND WRITE decides, and an INVALID COMMAND OPERATION CODE is remembered.
+    pub fn compare_and_write_support(&self) -> CawSupport {
+        CawSupport::from_code(self.caw.load(Ordering::Acquire))
+    }
+
+    /// MAXIMUM COMPARE AND WRITE LENGTH of the array (255 when it does not report one).
+    pub fn max_compare_write_blocks(&self) -> u8 {
+        self.max_caw_blocks
     }
 
     /// The client this store runs over.
@@ -267,6 +356,17 @@ impl RemoteStore {
             block_size: be32(&d[8..12]),
             lbpme: d.len() > 14 && d[14] & 0x80 != 0,
         })
+    }
+
+    /// REPORT SUPPORTED OPERATION CODES, one command (reporting options 001b), for
+    /// COMPARE AND WRITE: the SUPPORT field, or `None` when the array does not answer.
+    async fn caw_rsoc(&self) -> Option<u8> {
+        let cdb = [0xa3, 0x0c, 0x01, 0x89, 0, 0, 0, 0, 0, 64, 0, 0];
+        let out = self
+            .command("REPORT SUPPORTED OPERATION CODES", &cdb, Bytes::new(), 64)
+            .await
+            .ok()?;
+        out.data.get(1).map(|b| b & 0x07)
     }
 
     async fn vpd(&self, page: u8, len: u16) -> Result<Bytes, BlockError> {
@@ -323,6 +423,29 @@ impl RemoteStore {
         read_len: u32,
         refresh_on_ua: bool,
     ) -> Result<ScsiOutcome, BlockError> {
+        let out = self
+            .command_outcome(op, cdb, data_out, read_len, refresh_on_ua)
+            .await?;
+        if out.status == status::CHECK_CONDITION {
+            let sense = out.sense_info();
+            if sense.is_none_or(|s| s.key != sense_key::RECOVERED_ERROR) {
+                return Err(self.sense_error(op, cdb, sense));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a command with unit attention handling and BUSY retries, and returns its
+    /// final outcome: GOOD, CONDITION MET, or CHECK CONDITION (RECOVERED ERROR, or a
+    /// sense the caller maps). Other statuses are errors.
+    async fn command_outcome(
+        &self,
+        op: &'static str,
+        cdb: &[u8],
+        data_out: Bytes,
+        read_len: u32,
+        refresh_on_ua: bool,
+    ) -> Result<ScsiOutcome, BlockError> {
         let mut uas = 0;
         let mut busy = 0;
         loop {
@@ -349,7 +472,7 @@ impl RemoteStore {
                                 self.refresh_capacity_no_ua().await?;
                             }
                         }
-                        _ => return Err(self.sense_error(op, cdb, sense)),
+                        _ => return Ok(out),
                     }
                 }
                 status::BUSY | status::TASK_SET_FULL if busy < MAX_BUSY_RETRIES => {
@@ -441,6 +564,78 @@ impl RemoteStore {
                 Ok(())
             })
             .await
+    }
+
+    /// COMPARE AND WRITE (SBC-4 5.3) of `compare.len() / block_size` blocks: one
+    /// command, data-out = compare data then write data.
+    async fn compare_and_write_async(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<CawOutcome, BlockError> {
+        const OP: &str = "COMPARE AND WRITE";
+        let blocks = compare.len() / self.block_size as usize;
+        let cdb = caw_cdb(lba, blocks as u8, fua);
+        let mut data = Vec::with_capacity(compare.len() + write.len());
+        data.extend_from_slice(compare);
+        data.extend_from_slice(write);
+        let out = self
+            .command_outcome(OP, &cdb, Bytes::from(data), 0, true)
+            .await?;
+        if out.status == status::CHECK_CONDITION {
+            let sense = out.sense_info();
+            return match sense {
+                Some(s) if s.key == sense_key::MISCOMPARE && s.asc == 0x1d => {
+                    let offset = match s.info {
+                        Some(o) => o,
+                        // The array did not say where: find it ourselves (the medium
+                        // may have changed since; then the offset is only a guess).
+                        None => self.miscompare_offset(lba, compare).await,
+                    };
+                    Ok(CawOutcome::Miscompare { offset })
+                }
+                Some(s) if s.key == sense_key::RECOVERED_ERROR => Ok(CawOutcome::Written),
+                _ => {
+                    let e = self.sense_error(OP, &cdb, sense);
+                    if matches!(e, BlockError::Unsupported(_)) {
+                        self.caw
+                            .store(CawSupport::Unsupported.code(), Ordering::Release);
+                        tracing::warn!(backend = %self.name, "the back-end refuses COMPARE AND WRITE; the node emulates it, which is not atomic across nodes");
+                    }
+                    Err(e)
+                }
+            };
+        }
+        if let crate::outcome::Residual::Underflow(n) = out.residual {
+            if n > 0 {
+                return Err(self.io_error(
+                    OP,
+                    io::ErrorKind::WriteZero,
+                    None,
+                    format!("the back-end took {n} bytes less than sent at LBA {lba}"),
+                ));
+            }
+        }
+        if self.compare_and_write_support() == CawSupport::Unknown {
+            self.caw
+                .store(CawSupport::Supported.code(), Ordering::Release);
+        }
+        Ok(CawOutcome::Written)
+    }
+
+    /// Offset of the first byte of `compare` that differs from the medium, or 0.
+    async fn miscompare_offset(&self, lba: u64, compare: &[u8]) -> u64 {
+        let mut cur = vec![0u8; compare.len()];
+        match self.read_async(lba, &mut cur).await {
+            Ok(()) => cur
+                .iter()
+                .zip(compare)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0) as u64,
+            Err(_) => 0,
+        }
     }
 
     async fn unmap_async(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
@@ -628,13 +823,29 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(x)
 }
 
-/// LBA and block count of a READ/WRITE(16) CDB, for OutOfRange errors.
+/// LBA and block count of a READ/WRITE(16) or COMPARE AND WRITE CDB, for OutOfRange
+/// errors.
 fn lba_and_blocks(cdb: &[u8]) -> (u64, u64) {
     if cdb.len() >= 14 && matches!(cdb[0], 0x88 | 0x8a) {
         (be64(&cdb[2..10]), u64::from(be32(&cdb[10..14])))
+    } else if cdb.len() >= 14 && cdb[0] == 0x89 {
+        (be64(&cdb[2..10]), u64::from(cdb[13]))
     } else {
         (0, 0)
     }
+}
+
+/// COMPARE AND WRITE CDB (SBC-4 5.3): LBA in bytes 2..10, NUMBER OF LOGICAL BLOCKS in
+/// byte 13, FUA bit 3 of byte 1.
+fn caw_cdb(lba: u64, blocks: u8, fua: bool) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x89;
+    if fua {
+        c[1] = 0x08;
+    }
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[13] = blocks;
+    c
 }
 
 impl BlockStore for RemoteStore {
@@ -699,6 +910,46 @@ impl BlockStore for RemoteStore {
         self.check_range(lba, 1)?;
         self.handle.block_on(self.lba_status_async(lba))
     }
+
+    /// COMPARE AND WRITE on the array. `Unsupported` (nothing sent) when the array is
+    /// known not to support it or the request is longer than its MAXIMUM COMPARE AND
+    /// WRITE LENGTH, and (remembered) when the array answers INVALID COMMAND OPERATION
+    /// CODE.
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<CawOutcome, BlockError> {
+        if compare.len() != write.len() {
+            return Err(BlockError::Misaligned {
+                len: write.len(),
+                block_size: self.block_size,
+            });
+        }
+        let blocks = self.check_buf(lba, compare.len())?;
+        if self.compare_and_write_support() == CawSupport::Unsupported {
+            return Err(BlockError::Unsupported("compare and write"));
+        }
+        if blocks > u64::from(self.max_caw_blocks) {
+            return Err(BlockError::Unsupported(
+                "compare and write longer than the back-end's limit",
+            ));
+        }
+        if self.write_protected.load(Ordering::Acquire) {
+            return Err(BlockError::ReadOnly);
+        }
+        if blocks == 0 {
+            return Ok(CawOutcome::Written);
+        }
+        self.handle
+            .block_on(self.compare_and_write_async(lba, compare, write, fua))
+    }
+
+    fn supports_compare_and_write(&self) -> bool {
+        self.compare_and_write_support() != CawSupport::Unsupported
+    }
 }
 
 #[cfg(test)]
@@ -731,6 +982,34 @@ mod tests {
             ascq,
             info: Some(77),
         })
+    }
+
+    #[test]
+    fn caw_cdb_and_support() {
+        let c = caw_cdb(0x0102_0304_0506_0708, 3, true);
+        assert_eq!(c[0], 0x89);
+        assert_eq!(c[1], 0x08);
+        assert_eq!(&c[2..10], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&c[10..13], &[0, 0, 0]);
+        assert_eq!(c[13], 3);
+        assert_eq!(caw_cdb(9, 1, false)[1], 0);
+        assert_eq!(lba_and_blocks(&c), (0x0102_0304_0506_0708, 3));
+
+        assert_eq!(caw_support(Some(255), Some(3)), CawSupport::Supported);
+        assert_eq!(caw_support(None, Some(5)), CawSupport::Supported);
+        assert_eq!(caw_support(Some(1), Some(1)), CawSupport::Unsupported);
+        assert_eq!(caw_support(Some(0), Some(3)), CawSupport::Unsupported);
+        assert_eq!(caw_support(Some(0), None), CawSupport::Unsupported);
+        assert_eq!(caw_support(Some(1), None), CawSupport::Unknown);
+        assert_eq!(caw_support(None, None), CawSupport::Unknown);
+        assert_eq!(caw_support(None, Some(0)), CawSupport::Unknown);
+        for s in [
+            CawSupport::Supported,
+            CawSupport::Unknown,
+            CawSupport::Unsupported,
+        ] {
+            assert_eq!(CawSupport::from_code(s.code()), s);
+        }
     }
 
     #[test]

@@ -961,6 +961,13 @@ impl Conn {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        if response == 0 {
+            // The session ends: a cluster commits its SPC-2 releases before the
+            // Logout completes, so the initiator may reserve through another node next.
+            let luns = self.sess.luns.clone();
+            let nexus = self.sess.nexus.clone();
+            let _ = tokio::task::spawn_blocking(move || luns.release_nexus_blocking(&nexus)).await;
+        }
         self.send(Out::Logout {
             itt: l.itt,
             response,

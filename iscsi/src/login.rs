@@ -506,8 +506,19 @@ impl Login<'_> {
             .shared
             .portals
             .iter()
-            .position(|p| p.addr.port() == local.port())
-            .map(|i| i as u16 + 1)
+            .enumerate()
+            .find(|(_, p)| p.addr == local)
+            .or_else(|| {
+                self.shared
+                    .portals
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| p.addr.port() == local.port())
+            })
+            .map(|(i, p)| match p.relative_port {
+                0 => i as u16 + 1,
+                r => r,
+            })
             .unwrap_or(1);
         let nexus = Arc::new(scsi::Nexus {
             id: self.shared.alloc_nexus_id(),

@@ -82,4 +82,8 @@ impl TargetDef {
 pub struct PortalDef {
     pub addr: SocketAddr,
     pub tpgt: u16,
+    /// Relative target port identifier of the sessions on this portal (SPC-4 4.3.5):
+    /// unique among every port that serves the same logical units — in a cluster,
+    /// across nodes. 0: the portal's position in the list plus one.
+    pub relative_port: u16,
 }

@@ -9,8 +9,8 @@ use volume::{Extent, MappingTable};
 
 use crate::client::{Client, ClientError};
 use crate::model::{
-    BackendView, ChangeRecord, Event, NodeStatus, RemapRequest, SessionView, TargetView,
-    ValidationReport, VolumeView,
+    BackendView, ChangeRecord, Event, NodeStateRequest, NodeStatus, NodeView, RemapRequest,
+    SessionView, TargetView, ValidationReport, VolumeView,
 };
 
 /// Where the node is and how to talk to it (global options).
@@ -38,11 +38,32 @@ pub enum Output {
     Json,
 }
 
+/// `nodes` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum NodesCmd {
+    /// Move hosts away from a node: its target port group reports unavailable.
+    Drain { node: String },
+    /// Serve I/O again (undo drain; clear a fence once the node has caught up).
+    Activate { node: String },
+    /// Set the ALUA state of a node's target port group while it is active.
+    Alua {
+        node: String,
+        /// active-optimized, active-non-optimized, standby, unavailable, offline
+        state: String,
+    },
+}
+
 /// Admin commands (they talk to a running node).
 #[derive(Subcommand, Debug, Clone)]
 pub enum AdminCmd {
     /// The node: name, version, uptime, portals, leader, health.
     Status,
+    /// Cluster members (leader, reachability, ALUA state); `nodes drain NAME`,
+    /// `nodes activate NAME`, `nodes alua NAME STATE` change one.
+    Nodes {
+        #[command(subcommand)]
+        cmd: Option<NodesCmd>,
+    },
     /// Host sessions logged in to the node.
     Sessions,
     /// Targets and their LUNs.
@@ -73,6 +94,13 @@ pub enum AdminCmd {
         /// Drain timeout in milliseconds.
         #[arg(long)]
         drain_timeout_ms: Option<u64>,
+        /// Grow the volume to this many blocks.
+        #[arg(long)]
+        blocks: Option<u64>,
+        /// Do not copy the data of moved ranges (the new homes already hold it: another
+        /// path to the same LU, or ranges without live data).
+        #[arg(long)]
+        no_copy: bool,
         /// Start the change and return at once (follow it with `changes ID`).
         #[arg(long)]
         no_wait: bool,
@@ -333,6 +361,84 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
                 );
             }
         }
+        AdminCmd::Nodes { cmd } => {
+            let view = match cmd {
+                None => None,
+                Some(NodesCmd::Drain { node }) => Some((
+                    node,
+                    NodeStateRequest {
+                        state: Some("draining".into()),
+                        alua: None,
+                    },
+                )),
+                Some(NodesCmd::Activate { node }) => Some((
+                    node,
+                    NodeStateRequest {
+                        state: Some("active".into()),
+                        alua: None,
+                    },
+                )),
+                Some(NodesCmd::Alua { node, state }) => Some((
+                    node,
+                    NodeStateRequest {
+                        state: None,
+                        alua: Some(state.clone()),
+                    },
+                )),
+            };
+            if let Some((node, req)) = view {
+                let path = format!("/api/v1/nodes/{}/state", path_segment(node));
+                let (_, n): (u16, NodeView) = c.post(&path, &req).map_err(e)?;
+                if json {
+                    print_json(&n);
+                } else {
+                    println!(
+                        "{}: {}{}",
+                        n.name,
+                        n.state,
+                        n.alua.map(|a| format!(", ALUA {a}")).unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            let nodes: Vec<NodeView> = c.get("/api/v1/nodes").map_err(e)?;
+            if json {
+                print_json(&nodes);
+            } else {
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "ID",
+                            "NAME",
+                            "ROLE",
+                            "STATE",
+                            "ALUA",
+                            "LAST CONTACT",
+                            "PORTALS"
+                        ],
+                        nodes
+                            .iter()
+                            .map(|n| vec![
+                                n.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                                format!("{}{}", n.name, if n.is_self { " (this)" } else { "" }),
+                                if n.is_leader {
+                                    format!("{} leader", n.role)
+                                } else {
+                                    n.role.clone()
+                                },
+                                n.state.clone(),
+                                n.alua.clone().unwrap_or_else(|| "-".into()),
+                                n.last_contact_ms
+                                    .map(|m| format!("{m} ms"))
+                                    .unwrap_or_else(|| "-".into()),
+                                n.portals.join(" "),
+                            ])
+                            .collect::<Vec<_>>()
+                    )
+                );
+            }
+        }
         AdminCmd::Sessions => {
             let s: Vec<SessionView> = c.get("/api/v1/sessions").map_err(e)?;
             if json {
@@ -510,12 +616,16 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
             extents,
             expect_epoch,
             drain_timeout_ms,
+            blocks,
+            no_copy,
             no_wait,
         } => {
             let req = RemapRequest {
                 extents: read_extents(extents)?,
                 expect_epoch: *expect_epoch,
                 drain_timeout_ms: *drain_timeout_ms,
+                blocks: *blocks,
+                copy: no_copy.then_some(false),
             };
             let path = format!(
                 "/api/v1/volumes/{}/remap{}",

@@ -205,6 +205,11 @@ impl Journal {
         self.update(id, |r| r.hold_ms = Some(held.as_millis() as u64));
     }
 
+    /// Record one hold time (a node's part in a cluster-wide remap) for the histogram.
+    pub fn record_hold(&self, held: Duration) {
+        self.hold_times.lock().push(held.as_secs_f64());
+    }
+
     /// Apply `f` to change `id`; returns the updated record.
     pub fn update(&self, id: u64, f: impl FnOnce(&mut ChangeRecord)) -> Option<ChangeRecord> {
         let rec = {
@@ -286,6 +291,8 @@ mod tests {
             error: None,
             hint: None,
             history: vec![],
+            cluster_change: None,
+            timeline: vec![],
         }
     }
 

@@ -20,7 +20,7 @@ pub struct NodeStatus {
     pub portals: Vec<PortalView>,
     /// The node that leads changes. A single node leads itself.
     pub leader: String,
-    /// The nodes of the cluster as this node knows them (just itself for now).
+    /// The nodes of the cluster as this node knows them (itself when stand-alone).
     pub nodes: Vec<NodeView>,
     /// `ok`, or `degraded` when a back-end is reconnecting.
     pub health: String,
@@ -41,11 +41,32 @@ pub struct PortalView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeView {
     pub name: String,
-    /// `up` (answers), `fenced` or `unreachable` once there are several nodes.
+    /// `up` (answers), `draining`, `fenced` or `unreachable`.
     pub state: String,
     /// The management URL of the node, when known.
     pub api: Option<String>,
     pub is_self: bool,
+    /// `[cluster] id` (absent for a stand-alone node).
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// `data` (serves I/O) or `witness` (votes only).
+    #[serde(default)]
+    pub role: String,
+    /// Leads changes now.
+    #[serde(default)]
+    pub is_leader: bool,
+    /// ALUA state of the node's target port group, e.g. `active-optimized`.
+    #[serde(default)]
+    pub alua: Option<String>,
+    /// Milliseconds since this node last heard from it.
+    #[serde(default)]
+    pub last_contact_ms: Option<u64>,
+    /// Its iSCSI portals.
+    #[serde(default)]
+    pub portals: Vec<String>,
+    /// Cluster management (node-to-node) address.
+    #[serde(default)]
+    pub mgmt_addr: Option<String>,
 }
 
 /// Node-wide counters.
@@ -187,6 +208,15 @@ pub struct RemapRequest {
     /// How long to wait for in-flight I/O in the affected ranges (ms).
     #[serde(default)]
     pub drain_timeout_ms: Option<u64>,
+    /// Grow the volume to this many blocks (the new blocks need extents or read as
+    /// the volume's holes). Shrinking online is refused.
+    #[serde(default)]
+    pub blocks: Option<u64>,
+    /// Copy the data of ranges whose home moves, under the hold (default true). False:
+    /// the new homes already hold the data (another path to the same LU) or the
+    /// ranges hold no live data.
+    #[serde(default)]
+    pub copy: Option<bool>,
 }
 
 /// The state of a change. A remap goes staged → holding → draining → copying →
@@ -273,6 +303,22 @@ pub struct ChangeRecord {
     pub hint: Option<String>,
     /// Each state with the time it was entered (unix ms).
     pub history: Vec<StateStamp>,
+    /// In a cluster: the change's id in the replicated change log.
+    #[serde(default)]
+    pub cluster_change: Option<u64>,
+    /// In a cluster: every transition and every node's acknowledgement, in order.
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// One step of a cluster change: a transition (`node` absent) or a node's
+/// acknowledgement of a phase.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimelineEntry {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub node: Option<String>,
+    pub what: String,
 }
 
 /// A state a change entered, and when.
@@ -339,4 +385,28 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// `POST /api/v1/nodes/{name}/state`: set a cluster member's service state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStateRequest {
+    /// `active` (serve I/O) or `draining` (hosts are moved away: the node's target port
+    /// group reports unavailable). Absent: unchanged.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// ALUA state of the node's target port group while active, e.g.
+    /// `active-non-optimized` or `standby`. Absent: unchanged.
+    #[serde(default)]
+    pub alua: Option<String>,
+}
+
+/// `POST /api/v1/faults`: test fault injection (only when the node runs with
+/// `SWITCHYARD_TEST_FAULTS=1`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// Drop all cluster (node-to-node) traffic to and from this node.
+    #[serde(default)]
+    pub isolate: Option<bool>,
 }

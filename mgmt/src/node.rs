@@ -10,8 +10,8 @@ use volume::MappingTable;
 
 use crate::journal::Journal;
 use crate::model::{
-    BackendView, ErrorBody, MetricsSnapshot, NodeStatus, RemapRequest, SessionView, TargetView,
-    ValidationReport, VolumeView,
+    BackendView, ErrorBody, FaultRequest, MetricsSnapshot, NodeStateRequest, NodeStatus, NodeView,
+    RemapRequest, SessionView, TargetView, ValidationReport, VolumeView,
 };
 
 /// A management request that failed: an HTTP status, a message and advice.
@@ -115,4 +115,21 @@ pub trait NodeApi: Send + Sync + 'static {
     fn journal(&self) -> &Arc<Journal>;
     /// Counters for `/metrics`.
     fn metrics(&self) -> MetricsSnapshot;
+    /// Set a cluster member's service state (drain / activate, ALUA state); accepted by
+    /// any member, committed by the cluster. May block (called off the runtime).
+    fn set_node_state(&self, node: &str, req: NodeStateRequest) -> Result<NodeView, ApiError> {
+        let _ = (node, req);
+        Err(ApiError::not_found(
+            "this node is not a cluster member",
+            "node states exist in a cluster: add a [cluster] section",
+        ))
+    }
+    /// Test fault injection; refused unless the node was started for tests.
+    fn inject_fault(&self, req: FaultRequest) -> Result<(), ApiError> {
+        let _ = req;
+        Err(ApiError::not_found(
+            "fault injection is off",
+            "start the node with SWITCHYARD_TEST_FAULTS=1 (tests only)",
+        ))
+    }
 }

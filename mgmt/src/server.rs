@@ -164,6 +164,8 @@ pub fn router(api: Arc<dyn NodeApi>, auth: AuthConfig, shutdown: CancellationTok
         .route("/api/v1", get(index))
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/nodes/{name}/state", post(node_state))
+        .route("/api/v1/faults", post(faults))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/backends", get(backends))
@@ -235,7 +237,7 @@ async fn index() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "version": "v1",
         "endpoints": [
-            "GET /api/v1/status", "GET /api/v1/nodes", "GET /api/v1/sessions",
+            "GET /api/v1/status", "GET /api/v1/nodes", "POST /api/v1/nodes/{name}/state", "GET /api/v1/sessions",
             "GET /api/v1/targets", "GET /api/v1/backends", "GET /api/v1/volumes",
             "GET /api/v1/volumes/{name}", "POST /api/v1/volumes/{name}/remap",
             "GET /api/v1/mapping", "POST /api/v1/mapping/validate",
@@ -251,6 +253,41 @@ async fn status(State(st): State<AppState>) -> impl IntoResponse {
 
 async fn nodes(State(st): State<AppState>) -> impl IntoResponse {
     Json(st.api.status().nodes)
+}
+
+async fn node_state(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<crate::model::NodeView>, ApiError> {
+    require_admin(&st, role)?;
+    let req: crate::model::NodeStateRequest = parse_json(
+        &body,
+        "a node state: {\"state\": \"active\"|\"draining\", \"alua\": \"active-optimized\"|...}",
+    )?;
+    let api = st.api.clone();
+    tokio::task::spawn_blocking(move || api.set_node_state(&name, req))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("node state task failed: {e}"),
+                "",
+            )
+        })?
+        .map(Json)
+}
+
+async fn faults(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    body: Bytes,
+) -> Result<Json<crate::model::FaultRequest>, ApiError> {
+    require_admin(&st, role)?;
+    let req: crate::model::FaultRequest = parse_json(&body, "{\"isolate\": true|false}")?;
+    st.api.inject_fault(req.clone())?;
+    Ok(Json(req))
 }
 
 async fn sessions(State(st): State<AppState>) -> impl IntoResponse {

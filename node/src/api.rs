@@ -16,20 +16,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
 use iscsi::server::ServerShared;
 use iscsi_initiator::Client;
 use mgmt::model::{
     BackendLuView, BackendView, ChangeRecord, ChangeState, Counters, ExportView, IoCounters,
-    LunView, MapSegment, MetricsSnapshot, NodeStatus, NodeView, PortalView, RemapRequest,
-    SessionView, TargetView, ValidationReport, VolumeView,
+    LunView, MetricsSnapshot, NodeStatus, NodeView, PortalView, RemapRequest, SessionView,
+    TargetView, ValidationReport, VolumeView,
 };
 use mgmt::{ApiError, Journal, NodeApi, StatusCode};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
-use volume::{BlockRange, LiveVolume, MappingTable, Registry, VolumeDef};
+use volume::{BlockRange, LiveVolume, MappingTable, Registry};
 
 use crate::config::Config;
+use crate::moves::{crossing_moves, moves, segments, Move};
 
 /// Default time a remap waits for I/O in flight in the affected ranges: well below the
 /// hold wait (10 s), so a remap gives up before held host I/O fails.
@@ -102,6 +103,27 @@ impl BlockStore for Counted {
     }
     fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
         self.inner.lba_status(lba)
+    }
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<CawOutcome, BlockError> {
+        let r = self.inner.compare_and_write(lba, compare, write, fua);
+        if matches!(r, Err(BlockError::Unsupported(_))) {
+            // Refused, nothing done: the caller emulates with counted reads and writes.
+            return r;
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .write_bytes
+            .fetch_add(write.len() as u64, Ordering::Relaxed);
+        self.stats.count(r)
+    }
+    fn supports_compare_and_write(&self) -> bool {
+        self.inner.supports_compare_and_write()
     }
     fn inline_ok(&self) -> bool {
         self.inner.inline_ok()
@@ -193,6 +215,19 @@ impl Managed {
         c
     }
 
+    /// The live volumes by name (what a cluster remap switches).
+    pub fn lives(&self) -> BTreeMap<String, Arc<LiveVolume>> {
+        self.volumes
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The back-end registry (a copy: the stores are shared).
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
     /// The registry remaps resolve against, and the table the node starts with.
     pub fn set_mapping(&mut self, table: MappingTable, registry: Registry) {
         self.mapping = Some(table);
@@ -220,6 +255,17 @@ struct Inner {
     busy: AtomicBool,
     journal: Arc<Journal>,
     drain_timeout: Duration,
+    /// The cluster member, when the node is one.
+    cluster: Option<Arc<cluster::ClusterNode>>,
+    /// The members as the leader last reported them (only the leader knows who else
+    /// is reachable), refreshed every second by `spawn_watchers`.
+    leader_view: Mutex<Option<Vec<cluster::Member>>>,
+    /// Cluster change id -> journal change id (0: not mirrored).
+    mirrored: Mutex<BTreeMap<u64, u64>>,
+    /// Runs cluster proposals from the API's blocking threads.
+    rt: tokio::runtime::Handle,
+    /// `SWITCHYARD_TEST_FAULTS=1`: `POST /api/v1/faults` works (tests only).
+    faults: bool,
 }
 
 /// The node's management view. Cheap to clone.
@@ -296,12 +342,411 @@ impl NodeMgmt {
             busy: AtomicBool::new(false),
             journal,
             drain_timeout,
+            cluster: None,
+            leader_view: Mutex::new(None),
+            mirrored: Mutex::new(BTreeMap::new()),
+            rt: tokio::runtime::Handle::current(),
+            faults: std::env::var("SWITCHYARD_TEST_FAULTS").is_ok_and(|v| v == "1"),
         }))
+    }
+
+    /// The node is a cluster member: status shows the members and the leader, and
+    /// changes go through the cluster.
+    pub fn with_cluster(self, member: Arc<cluster::ClusterNode>) -> NodeMgmt {
+        let mut inner =
+            Arc::try_unwrap(self.0).unwrap_or_else(|_| panic!("with_cluster before sharing"));
+        inner.cluster = Some(member);
+        NodeMgmt(Arc::new(inner))
+    }
+
+    /// A remap in a cluster: validate here, record the change in the replicated change
+    /// log (the leader drives it, every node takes part), and mirror it into this
+    /// node's journal. Returns the journal's id.
+    fn cluster_remap(
+        &self,
+        c: &Arc<cluster::ClusterNode>,
+        volume: &str,
+        req: RemapRequest,
+    ) -> Result<u64, ApiError> {
+        use cluster::Cluster as _;
+        let inner = &self.0;
+        let st = c.state();
+        let old_def = st.table.volume(volume).cloned().ok_or_else(|| {
+            ApiError::not_found(
+                format!("no volume named {volume:?} in the cluster's table"),
+                "GET /api/v1/volumes lists the volumes",
+            )
+        })?;
+        if let Some(e) = req.expect_epoch {
+            if e != st.table.epoch {
+                return Err(ApiError::conflict(
+                    format!("the mapping table is at epoch {}, not {e}", st.table.epoch),
+                    "someone changed it meanwhile; look at the volume again and retry",
+                ));
+            }
+        }
+        if let Some(a) = st.active() {
+            return Err(ApiError::conflict(
+                format!("cluster change {} is running ({})", a.id, a.phase()),
+                "wait for it to finish (`switchyard changes`), then retry",
+            ));
+        }
+        let mut new_def = old_def.clone();
+        new_def.extents = req.extents.clone();
+        new_def.extents.sort();
+        if let Some(b) = req.blocks {
+            if b < old_def.blocks {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "volume {volume} has {} blocks; shrinking it online to {b} is not supported",
+                        old_def.blocks
+                    ),
+                    "give blocks >= the current size",
+                ));
+            }
+            new_def.blocks = b;
+        }
+        let mut sorted_old = old_def.extents.clone();
+        sorted_old.sort();
+        if sorted_old == new_def.extents && new_def.blocks == old_def.blocks {
+            return Err(ApiError::bad_request(
+                "the new extents are the volume's current extents; nothing to do",
+                "send the complete new extent list of the volume",
+            ));
+        }
+        let mut new_table = st.table.clone();
+        new_table.epoch = st.table.epoch + 1;
+        if let Some(v) = new_table.volumes.iter_mut().find(|v| v.name == volume) {
+            *v = new_def.clone();
+        }
+        if let Err(e) = new_table.validate_with(&inner.m.registry.catalog()) {
+            return Err(ApiError::invalid(
+                format!("the new extents of volume {volume} are not valid"),
+                e.0.iter().map(|p| p.to_string()).collect(),
+            ));
+        }
+        let affected = volume::table::affected_ranges(&old_def, &new_def);
+        let copy = req.copy.unwrap_or(true);
+        let mv = if copy {
+            moves(&old_def, &new_def, &affected)
+        } else {
+            Vec::new()
+        };
+        if let Some(why) = crossing_moves(&mv) {
+            return Err(ApiError::invalid(
+                format!("volume {volume}: the remap cannot be done in one step"),
+                vec![format!("{why}; remap in two steps (first to free blocks)")],
+            ));
+        }
+        let moved: u64 = mv.iter().map(|m| m.blocks).sum();
+        let limit = MAX_COPY_UNDER_HOLD / u64::from(old_def.block_size);
+        if moved > limit {
+            return Err(ApiError::invalid(
+                format!(
+                    "volume {volume}: the remap moves {} MiB of data, which would be copied while hosts wait",
+                    (moved * u64::from(old_def.block_size)) >> 20
+                ),
+                vec![format!(
+                    "at most {} MiB is copied under a hold; migrate large ranges instead, or send \"copy\": false if the new homes already hold the data",
+                    MAX_COPY_UNDER_HOLD >> 20
+                )],
+            ));
+        }
+        let mut changeset = MappingTable::diff(&st.table, &new_table);
+        changeset.base_epoch = st.table.epoch;
+        let no_quorum = |e: cluster::ClusterError| match e {
+            cluster::ClusterError::Refused(why) => ApiError::conflict(
+                format!("the cluster refused the change: {why}"),
+                "look at the volume and the running changes again, then retry",
+            ),
+            e => ApiError::new(
+                axum_status(503),
+                format!("the cluster did not record the change: {e}"),
+                "check `switchyard nodes` for the leader and unreachable members",
+            ),
+        };
+        let applied = inner
+            .rt
+            .block_on(c.propose(cluster::Command::BeginChange {
+                changeset,
+                requested_by: c.id(),
+                at_ms: mgmt::model::now_ms(),
+                copy_data: !mv.is_empty(),
+            }))
+            .map_err(no_quorum)?;
+        let cluster::Outcome::ChangeBegun(cid) = applied.outcome else {
+            return Err(ApiError::new(
+                axum_status(500),
+                "the cluster answered BeginChange without a change id",
+                "",
+            ));
+        };
+        let jid = inner.journal.open_change(ChangeRecord {
+            id: 0,
+            kind: "remap".into(),
+            volume: volume.to_string(),
+            state: ChangeState::Staged,
+            leader: self.cluster_nodes(c).0,
+            from_epoch: st.table.epoch,
+            to_epoch: st.table.epoch + 1,
+            affected,
+            moved_blocks: moved,
+            copied_blocks: 0,
+            hold_ms: None,
+            extents_before: sorted_old,
+            extents_after: new_def.extents.clone(),
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            hint: None,
+            history: Vec::new(),
+            cluster_change: Some(cid),
+            timeline: Vec::new(),
+        });
+        inner.mirrored.lock().insert(cid, jid);
+        Ok(jid)
+    }
+
+    /// Mirror the cluster's change log into this node's journal (changes requested
+    /// through any node), until `shutdown`.
+    fn spawn_change_mirror(&self, c: Arc<cluster::ClusterNode>, shutdown: CancellationToken) {
+        use cluster::Cluster as _;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let st = c.state();
+                let names: BTreeMap<u64, String> =
+                    st.nodes.values().map(|n| (n.id, n.name.clone())).collect();
+                for (cid, rec) in st.changes.iter() {
+                    me.mirror(*cid, rec, &st, &names);
+                }
+            }
+        });
+    }
+
+    fn mirror(
+        &self,
+        cid: u64,
+        rec: &cluster::ChangeRecord,
+        st: &cluster::ClusterState,
+        names: &BTreeMap<u64, String>,
+    ) {
+        let j = &self.0.journal;
+        let known = self.0.mirrored.lock().get(&cid).copied();
+        let jid = match known {
+            Some(id) => id,
+            None => {
+                let started = rec.timeline.first().map(|t| t.at_ms).unwrap_or(0);
+                if rec.phase().is_terminal() && started < self.0.started_at * 1000 {
+                    // Finished before this node started: history, not news.
+                    self.0.mirrored.lock().insert(cid, 0);
+                    return;
+                }
+                let volume = rec
+                    .changeset
+                    .volumes
+                    .first()
+                    .map(|v| v.name().to_string())
+                    .unwrap_or_default();
+                let id = j.open_change(ChangeRecord {
+                    id: 0,
+                    kind: "remap".into(),
+                    volume,
+                    state: ChangeState::Staged,
+                    leader: names.get(&rec.requested_by).cloned().unwrap_or_default(),
+                    from_epoch: rec.changeset.base_epoch,
+                    to_epoch: rec.changeset.base_epoch + 1,
+                    affected: rec
+                        .changeset
+                        .volumes
+                        .first()
+                        .map(|v| rec.changeset.affected(v.name()))
+                        .unwrap_or_default(),
+                    moved_blocks: 0,
+                    copied_blocks: 0,
+                    hold_ms: None,
+                    extents_before: Vec::new(),
+                    extents_after: Vec::new(),
+                    created_ms: 0,
+                    updated_ms: 0,
+                    error: None,
+                    hint: None,
+                    history: Vec::new(),
+                    cluster_change: Some(cid),
+                    timeline: Vec::new(),
+                });
+                self.0.mirrored.lock().insert(cid, id);
+                id
+            }
+        };
+        if jid == 0 {
+            return;
+        }
+        let Some(cur) = j.change(jid) else {
+            return;
+        };
+        if cur.state.is_final() {
+            return;
+        }
+        let timeline: Vec<mgmt::model::TimelineEntry> = rec
+            .timeline
+            .iter()
+            .map(|t| mgmt::model::TimelineEntry {
+                at_ms: t.at_ms,
+                node: t
+                    .node
+                    .map(|n| names.get(&n).cloned().unwrap_or_else(|| n.to_string())),
+                what: t.what.clone(),
+            })
+            .collect();
+        if timeline.len() != cur.timeline.len() {
+            let leader = self.0.cluster.as_ref().map(|c| self.cluster_nodes(c).0);
+            j.update(jid, |r| {
+                r.timeline = timeline;
+                if let Some(l) = leader {
+                    r.leader = l;
+                }
+                if rec.phase() == cluster::Phase::Switched {
+                    r.to_epoch = st.table.epoch.max(r.to_epoch);
+                }
+            });
+        }
+        let (state, error) = match &rec.state {
+            cluster::ChangeState::Proposed | cluster::ChangeState::Staged { .. } => {
+                (ChangeState::Staged, None)
+            }
+            cluster::ChangeState::Quiescing { .. } => (ChangeState::Draining, None),
+            cluster::ChangeState::Switched { .. } | cluster::ChangeState::Resumed { .. } => {
+                (ChangeState::Switched, None)
+            }
+            cluster::ChangeState::Done => (ChangeState::Done, None),
+            cluster::ChangeState::RolledBack { reason } => {
+                (ChangeState::RolledBack, Some(reason.clone()))
+            }
+            cluster::ChangeState::Failed { reason } => (ChangeState::Failed, Some(reason.clone())),
+        };
+        if state != cur.state {
+            let hint = error.as_ref().map(|_| {
+                "the cluster's table is unchanged (or was restored); fix the cause and retry"
+                    .to_string()
+            });
+            j.set_state(jid, state, error, hint);
+        }
+    }
+
+    fn cluster_nodes(&self, member: &cluster::ClusterNode) -> (String, Vec<NodeView>) {
+        use cluster::Cluster as _;
+        let st = member.state();
+        let me = member.id();
+        let mut leader = String::from("(none)");
+        let view = self.0.leader_view.lock().clone();
+        let nodes = view
+            .unwrap_or_else(|| member.members())
+            .into_iter()
+            .map(|m| {
+                let info = m.info.clone();
+                let name = info
+                    .as_ref()
+                    .map(|i| i.name.clone())
+                    .unwrap_or_else(|| format!("node{}", m.id));
+                if m.is_leader {
+                    leader = name.clone();
+                }
+                let state = match info.as_ref().map(|i| &i.health) {
+                    _ if !m.reachable => "unreachable".to_string(),
+                    Some(cluster::Health::Draining) => "draining".into(),
+                    Some(cluster::Health::Fenced { .. }) => "fenced".into(),
+                    Some(cluster::Health::Active) => "up".into(),
+                    None => "joining".into(),
+                };
+                let witness = info
+                    .as_ref()
+                    .is_some_and(|i| i.role == cluster::Role::Witness);
+                NodeView {
+                    name,
+                    state,
+                    api: if m.id == me {
+                        self.0.api_url.clone()
+                    } else {
+                        None
+                    },
+                    is_self: m.id == me,
+                    id: Some(m.id),
+                    role: if witness { "witness" } else { "data" }.into(),
+                    is_leader: m.is_leader,
+                    alua: (!witness).then(|| {
+                        crate::config::alua_name(scsi::AluaState::from(st.alua_of(m.id)))
+                            .to_string()
+                    }),
+                    last_contact_ms: m.last_contact_ms,
+                    portals: info.as_ref().map(|i| i.portals.clone()).unwrap_or_default(),
+                    mgmt_addr: Some(m.addr.clone()),
+                }
+            })
+            .collect();
+        (leader, nodes)
     }
 
     /// Watch sessions and back-ends once a second and log what changes, until
     /// `shutdown`.
     pub fn spawn_watchers(&self, shutdown: CancellationToken) {
+        if let Some(c) = self.0.cluster.clone() {
+            self.spawn_change_mirror(c.clone(), shutdown.clone());
+            let me = self.clone();
+            let sd = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut last: Option<Vec<(u64, bool)>> = None;
+                loop {
+                    tokio::select! {
+                        _ = sd.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let view = c.leader_view(Duration::from_millis(500)).await;
+                    let seen: Option<Vec<(u64, bool)>> = view
+                        .as_ref()
+                        .map(|v| v.iter().map(|m| (m.id, m.reachable)).collect());
+                    if seen != last {
+                        let msg = match &view {
+                            Some(v) => {
+                                let down: Vec<String> = v
+                                    .iter()
+                                    .filter(|m| !m.reachable)
+                                    .map(|m| m.id.to_string())
+                                    .collect();
+                                format!(
+                                    "cluster: leader {:?}, {} member(s){}",
+                                    cluster::Cluster::leader(&*c),
+                                    v.len(),
+                                    if down.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(", unreachable: {}", down.join(", "))
+                                    }
+                                )
+                            }
+                            None => "cluster: no leader reachable from this node".to_string(),
+                        };
+                        me.0.journal.event(
+                            if view.as_ref().is_some_and(|v| v.iter().all(|m| m.reachable)) {
+                                "info"
+                            } else {
+                                "warn"
+                            },
+                            "cluster",
+                            msg,
+                        );
+                        last = seen;
+                    }
+                    *me.0.leader_view.lock() = view;
+                }
+            });
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut sessions: BTreeMap<(String, String, u16), SessionView> = BTreeMap::new();
@@ -378,164 +823,12 @@ impl NodeMgmt {
 }
 
 /// The runs of a volume's blocks, holes included, sorted.
-fn segments(def: &VolumeDef) -> Vec<MapSegment> {
-    let mut ex: Vec<_> = def.extents.iter().collect();
-    ex.sort_by_key(|e| e.vstart);
-    let mut out = Vec::new();
-    let mut at = 0;
-    for e in ex {
-        if e.vstart > at {
-            out.push(MapSegment {
-                vstart: at,
-                blocks: e.vstart - at,
-                backend: None,
-                bstart: None,
-            });
-        }
-        out.push(MapSegment {
-            vstart: e.vstart,
-            blocks: e.blocks,
-            backend: Some(e.backend.clone()),
-            bstart: Some(e.bstart),
-        });
-        at = e.vstart + e.blocks;
-    }
-    if at < def.blocks {
-        out.push(MapSegment {
-            vstart: at,
-            blocks: def.blocks - at,
-            backend: None,
-            bstart: None,
-        });
-    }
-    out
-}
-
-/// Where virtual block `lba` lives, and how many blocks from it share that mapping.
-fn home(segs: &[MapSegment], lba: u64) -> (Option<(String, u64)>, u64) {
-    for s in segs {
-        if lba >= s.vstart && lba < s.vstart + s.blocks {
-            let left = s.vstart + s.blocks - lba;
-            let h = s
-                .backend
-                .clone()
-                .map(|b| (b, s.bstart.unwrap_or(0) + (lba - s.vstart)));
-            return (h, left);
-        }
-    }
-    (None, u64::MAX)
-}
-
-/// One run of blocks a remap moves: from its old home (`None`: a hole, zeroes) to its
-/// new one.
-#[derive(Debug, Clone)]
-struct Move {
-    blocks: u64,
-    src: Option<(String, u64)>,
-    dst: (String, u64),
-}
-
-/// The moves a change from `old` to `new` needs inside `affected`.
-fn moves(old: &VolumeDef, new: &VolumeDef, affected: &[BlockRange]) -> Vec<Move> {
-    let (so, sn) = (segments(old), segments(new));
-    let mut out = Vec::new();
-    for r in affected {
-        let mut lba = r.start;
-        while lba < r.end {
-            let (src, lo) = home(&so, lba);
-            let (dst, ln) = home(&sn, lba);
-            let n = lo.min(ln).min(r.end - lba);
-            if let Some(dst) = dst {
-                if src.as_ref() != Some(&dst) {
-                    out.push(Move {
-                        blocks: n,
-                        src,
-                        dst,
-                    });
-                }
-            }
-            lba += n;
-        }
-    }
-    out
-}
-
-fn ranges_overlap(a: u64, an: u64, b: u64, bn: u64) -> bool {
-    a < b + bn && b < a + an
-}
-
-/// A move whose destination overwrites blocks another move still has to read cannot be
-/// done in one pass.
-fn crossing_moves(mv: &[Move]) -> Option<String> {
-    for (i, a) in mv.iter().enumerate() {
-        for (j, b) in mv.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            if let Some((sb, so)) = &b.src {
-                if &a.dst.0 == sb && ranges_overlap(a.dst.1, a.blocks, *so, b.blocks) {
-                    return Some(format!(
-                        "the new home of {} blocks on {} at {} overwrites blocks that another \
-                         moved range still reads from",
-                        a.blocks, a.dst.0, a.dst.1
-                    ));
-                }
-            }
-        }
-    }
-    None
-}
-
 impl Inner {
-    fn store(&self, id: &str) -> Result<&Arc<dyn BlockStore>, BlockError> {
-        self.m.registry.get(id).ok_or_else(|| {
-            BlockError::Io(std::io::Error::other(format!(
-                "back-end {id} is not open on this node"
-            )))
-        })
-    }
-
     /// Copy every move, in chunks, reporting progress; then flush the destinations.
     fn copy(&self, id: u64, mv: &[Move], bs: u32) -> Result<(), BlockError> {
-        let chunk = u64::from((1u32 << 20) / bs).max(1);
-        let total: u64 = mv.iter().map(|m| m.blocks).sum();
-        let mut copied = 0u64;
-        let mut last_emit = 0u64;
-        let mut buf = vec![0u8; (chunk * u64::from(bs)) as usize];
-        let mut dsts: Vec<&str> = Vec::new();
-        for m in mv {
-            let dst = self.store(&m.dst.0)?;
-            if !dsts.contains(&m.dst.0.as_str()) {
-                dsts.push(&m.dst.0);
-            }
-            // Copy backwards when moving up within one back-end over an overlap.
-            let backwards = m.src.as_ref().is_some_and(|(s, so)| {
-                s == &m.dst.0 && m.dst.1 > *so && ranges_overlap(*so, m.blocks, m.dst.1, m.blocks)
-            });
-            let mut offsets: Vec<u64> = (0..m.blocks.div_ceil(chunk)).map(|k| k * chunk).collect();
-            if backwards {
-                offsets.reverse();
-            }
-            for off in offsets {
-                let n = chunk.min(m.blocks - off);
-                let b = &mut buf[..(n * u64::from(bs)) as usize];
-                match &m.src {
-                    Some((s, so)) => self.store(s)?.read(so + off, b)?,
-                    None => b.fill(0),
-                }
-                dst.write(m.dst.1 + off, b, false)?;
-                copied += n;
-                let emit = copied == total || copied - last_emit >= (total / 20).max(chunk);
-                if emit {
-                    last_emit = copied;
-                }
-                self.journal.progress(id, copied, emit);
-            }
-        }
-        for d in dsts {
-            self.store(d)?.flush()?;
-        }
-        Ok(())
+        crate::moves::copy(&self.m.registry, mv, bs, |copied, emit| {
+            self.journal.progress(id, copied, emit)
+        })
     }
 
     /// The node-local remap, after staging: hold, drain, copy, switch, release.
@@ -614,19 +907,33 @@ impl NodeApi for NodeMgmt {
                 .any(|b| NodeMgmt::backend_state(b) == "reconnecting");
         let epoch = i.table.lock().epoch;
         let counters = self.metrics().counters;
+        let (leader, nodes) = match &i.cluster {
+            Some(c) => self.cluster_nodes(c),
+            None => (
+                i.name.clone(),
+                vec![NodeView {
+                    name: i.name.clone(),
+                    state: "up".into(),
+                    api: i.api_url.clone(),
+                    is_self: true,
+                    id: None,
+                    role: "data".into(),
+                    is_leader: true,
+                    alua: None,
+                    last_contact_ms: None,
+                    portals: i.portals.iter().map(|p| p.address.clone()).collect(),
+                    mgmt_addr: None,
+                }],
+            ),
+        };
         NodeStatus {
             name: i.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: i.started.elapsed().as_secs(),
             started_at: i.started_at,
             portals: i.portals.clone(),
-            leader: i.name.clone(),
-            nodes: vec![NodeView {
-                name: i.name.clone(),
-                state: "up".into(),
-                api: i.api_url.clone(),
-                is_self: true,
-            }],
+            leader,
+            nodes,
             health: if degraded { "degraded" } else { "ok" }.into(),
             epoch,
             counters,
@@ -804,6 +1111,15 @@ impl NodeApi for NodeMgmt {
 
     fn start_remap(&self, volume: &str, req: RemapRequest) -> Result<u64, ApiError> {
         let inner = &self.0;
+        if let Some(c) = &inner.cluster {
+            return self.cluster_remap(c, volume, req);
+        }
+        if req.blocks.is_some() {
+            return Err(ApiError::bad_request(
+                "growing a volume online is done by the cluster's remap protocol",
+                "run the node as a cluster member (a [cluster] section; one member is enough)",
+            ));
+        }
         let (live, _) = inner.m.volumes.get(volume).cloned().ok_or_else(|| {
             ApiError::not_found(
                 format!("no volume named {volume:?}"),
@@ -870,7 +1186,10 @@ impl NodeApi for NodeMgmt {
             ));
         }
         let affected = volume::table::affected_ranges(&old_def, &new_def);
-        let mv = moves(&old_def, &new_def, &affected);
+        let mut mv = moves(&old_def, &new_def, &affected);
+        if req.copy == Some(false) {
+            mv.clear();
+        }
         if let Some(why) = crossing_moves(&mv) {
             return Err(ApiError::invalid(
                 format!("volume {volume}: the remap cannot be done in one step"),
@@ -905,6 +1224,8 @@ impl NodeApi for NodeMgmt {
             error: None,
             hint: None,
             history: Vec::new(),
+            cluster_change: None,
+            timeline: Vec::new(),
         });
         let drain_timeout = req
             .drain_timeout_ms
@@ -933,6 +1254,114 @@ impl NodeApi for NodeMgmt {
             ));
         }
         Ok(id)
+    }
+
+    fn set_node_state(
+        &self,
+        node: &str,
+        req: mgmt::model::NodeStateRequest,
+    ) -> Result<NodeView, ApiError> {
+        use cluster::Cluster as _;
+        let Some(c) = &self.0.cluster else {
+            return Err(ApiError::not_found(
+                "this node is not a cluster member",
+                "node states exist in a cluster: add a [cluster] section",
+            ));
+        };
+        let st = c.state();
+        let target = st
+            .nodes
+            .values()
+            .find(|n| n.name == node || n.id.to_string() == node)
+            .ok_or_else(|| {
+                let known: Vec<String> = st.nodes.values().map(|n| n.name.clone()).collect();
+                ApiError::not_found(
+                    format!("no cluster member named {node:?}"),
+                    format!("members: {}", known.join(", ")),
+                )
+            })?;
+        if target.role == cluster::Role::Witness {
+            return Err(ApiError::bad_request(
+                format!(
+                    "{} is a witness: it serves no I/O and has no state to set",
+                    target.name
+                ),
+                "",
+            ));
+        }
+        let health = match req.state.as_deref() {
+            None => None,
+            Some("active") => Some(cluster::Health::Active),
+            Some("draining") => Some(cluster::Health::Draining),
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    format!("state {other:?} is not one of active, draining"),
+                    "fenced is set by the cluster, not by hand",
+                ))
+            }
+        };
+        let alua = match req.alua.as_deref() {
+            None => None,
+            Some(a) => Some(cluster::AluaAccess::from(
+                crate::config::alua_state(a).map_err(|e| ApiError::bad_request(e, ""))?,
+            )),
+        };
+        if health.is_none() && alua.is_none() {
+            return Err(ApiError::bad_request(
+                "nothing to change",
+                "send {\"state\": \"draining\"} or {\"alua\": \"standby\"}",
+            ));
+        }
+        let id = target.id;
+        let name = target.name.clone();
+        let no_quorum = |e: cluster::ClusterError| {
+            ApiError::new(
+                axum_status(503),
+                format!("the cluster did not commit the change: {e}"),
+                "check `switchyard status` for the leader and unreachable members",
+            )
+        };
+        self.0.rt.block_on(async {
+            if let Some(h) = health {
+                c.propose(cluster::Command::SetHealth { id, health: h })
+                    .await
+                    .map_err(no_quorum)?;
+            }
+            if let Some(a) = alua {
+                c.propose(cluster::Command::SetAlua { node: id, state: a })
+                    .await
+                    .map_err(no_quorum)?;
+            }
+            Ok::<_, ApiError>(())
+        })?;
+        self.0.journal.event(
+            "info",
+            "cluster",
+            format!(
+                "node {name}: {}{}",
+                req.state.map(|s| format!("state {s} ")).unwrap_or_default(),
+                req.alua.map(|a| format!("ALUA {a}")).unwrap_or_default()
+            ),
+        );
+        let (_, nodes) = self.cluster_nodes(c);
+        nodes
+            .into_iter()
+            .find(|n| n.id == Some(id))
+            .ok_or_else(|| ApiError::not_found("the node left the cluster", ""))
+    }
+
+    fn inject_fault(&self, req: mgmt::model::FaultRequest) -> Result<(), ApiError> {
+        let (true, Some(c)) = (self.0.faults, &self.0.cluster) else {
+            return Err(ApiError::not_found(
+                "fault injection is off",
+                "start a cluster member with SWITCHYARD_TEST_FAULTS=1 (tests only)",
+            ));
+        };
+        if let Some(on) = req.isolate {
+            c.faults().isolate(on);
+            tracing::warn!(isolated = on, "fault injection: cluster traffic");
+        }
+        Ok(())
     }
 
     fn journal(&self) -> &Arc<Journal> {
@@ -975,6 +1404,14 @@ impl NodeApi for NodeMgmt {
 
 /// The management settings in force: listen address and tokens, with the environment
 /// (`SWITCHYARD_ADMIN_TOKEN`, `SWITCHYARD_READ_TOKEN`) overriding the config.
+/// The most data a remap copies while hosts wait on its hold (larger moves are a
+/// migration's job).
+const MAX_COPY_UNDER_HOLD: u64 = 64 << 20;
+
+fn axum_status(code: u16) -> mgmt::StatusCode {
+    mgmt::StatusCode::from_u16(code).expect("valid status")
+}
+
 pub fn auth_from(cfg: &Config) -> mgmt::AuthConfig {
     let m = cfg.management.clone().unwrap_or_default();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -992,6 +1429,7 @@ mod tests {
     use mgmt::client::{Client as ApiClient, ClientError};
     use mgmt::model::Event;
     use std::sync::atomic::AtomicUsize;
+    use volume::VolumeDef;
 
     const ADMIN: &str = "admin-token-0123456789";
     const READ: &str = "read-token-0123456789";
@@ -1075,7 +1513,7 @@ bstart = 2048
             .unwrap();
         let shutdown = CancellationToken::new();
         let (url, volume) = rt.block_on(async {
-            let mut node = crate::build::build(&cfg).await.unwrap();
+            let mut node = crate::build::build(&cfg, None).await.unwrap();
             let managed = std::mem::take(&mut node.managed);
             let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
             let listeners = server.bind().await.unwrap();

@@ -14,6 +14,7 @@ use scsi::{
     FilePrStore, LogicalUnit, LuConfig, PortGroup, PortGroups, TargetInfo, TargetPortGroups,
 };
 
+use cluster::Cluster as _;
 use iscsi_initiator::{ChapCredentials, Client, InitiatorConfig, RemoteStore, RemoteStoreOptions};
 use volume::{LiveVolume, Registry, VirtualVolume};
 
@@ -31,14 +32,31 @@ pub struct Node {
     pub stores: Vec<Arc<dyn BlockStore>>,
     /// What the management API sees: back-end LUs, volumes, registry, table.
     pub managed: Managed,
+    /// In a cluster: the LUs whose persistent reservations the cluster keeps.
+    pub clustered: Vec<Arc<crate::clustered::ClusteredLu>>,
+    /// The LUs that serve each volume (to tell them when its capacity changes).
+    pub volume_lus: std::collections::BTreeMap<String, Vec<Arc<LogicalUnit>>>,
+}
+
+/// What `build` needs to know when the node is a cluster member.
+pub struct ClusterCtx {
+    pub cluster: Arc<cluster::ClusterNode>,
+    /// The port group model every LU of the node shares (kept in step with the
+    /// replicated state by `clustered::spawn_follower`).
+    pub groups: Arc<PortGroups>,
+    /// How long a member serves without word from a leader (`clustered::lease`).
+    pub lease: std::time::Duration,
 }
 
 /// Build the node: open local stores, log in to the back-end arrays the mapping table
 /// uses, assemble the virtual volumes, and create the LUs. Runs inside the runtime
 /// (remote back-ends need it). Errors name the target, LUN or back-end and say what
 /// to fix.
-pub async fn build(cfg: &Config) -> Result<Node, String> {
+pub async fn build(cfg: &Config, cl: Option<&ClusterCtx>) -> Result<Node, String> {
     let masking = Arc::new(cfg.zoning.clone());
+    let mut clustered = Vec::new();
+    let mut volume_lus: std::collections::BTreeMap<String, Vec<Arc<LogicalUnit>>> =
+        Default::default();
     let mut stores: Vec<Arc<dyn BlockStore>> = Vec::new();
     let mut managed = Managed::default();
     let volumes = open_volumes(cfg, &mut managed).await?;
@@ -50,7 +68,9 @@ pub async fn build(cfg: &Config) -> Result<Node, String> {
             name: name.clone(),
             port_name: format!("{name},t,0x0001"),
         });
-        let groups = if t.port_groups.is_empty() {
+        let groups = if let Some(c) = cl {
+            Some(c.groups.clone())
+        } else if t.port_groups.is_empty() {
             None
         } else {
             let mut gs = Vec::new();
@@ -73,10 +93,12 @@ pub async fn build(cfg: &Config) -> Result<Node, String> {
         let mut luns = Vec::new();
         for l in &t.luns {
             let (store, volume_wwn): (Arc<dyn BlockStore>, Option<Wwn>) = match &l.volume {
-                Some(v) => {
-                    let (store, wwn) = volumes.get(v).cloned().expect("validated");
-                    (store, wwn)
-                }
+                Some(v) => volumes.get(v).cloned().ok_or_else(|| {
+                    format!(
+                        "target {name} LUN {}: volume \"{v}\" is not in the mapping table",
+                        l.lun
+                    )
+                })?,
                 None => (
                     open_store(cfg, l).map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?,
                     None,
@@ -111,19 +133,42 @@ pub async fn build(cfg: &Config) -> Result<Node, String> {
             if let Some(g) = &groups {
                 lu = lu.with_port_groups(g.clone());
             }
-            let pr_path = match &l.pr_file {
-                Some(p) => cfg.resolve(p),
-                None => cfg.resolve(Path::new(&format!(
-                    "{}.lun{}.pr",
-                    name.replace(':', "_"),
-                    l.lun
-                ))),
+            let lu = match cl {
+                // The cluster keeps the reservations, keyed by the LU's WWN: the same
+                // LU served by every node shares one record.
+                Some(c) => {
+                    let key = wwn.to_hex();
+                    let coord =
+                        crate::clustered::ClusterPr::new(c.cluster.clone(), key.clone(), c.lease);
+                    let lu = Arc::new(
+                        lu.with_pr_coordinator(coord)
+                            .map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?,
+                    );
+                    clustered.push(Arc::new(crate::clustered::ClusteredLu {
+                        key,
+                        lu: lu.clone(),
+                    }));
+                    lu
+                }
+                None => {
+                    let pr_path = match &l.pr_file {
+                        Some(p) => cfg.resolve(p),
+                        None => cfg.resolve(Path::new(&format!(
+                            "{}.lun{}.pr",
+                            name.replace(':', "_"),
+                            l.lun
+                        ))),
+                    };
+                    Arc::new(
+                        lu.with_pr_store(Arc::new(FilePrStore::new(pr_path)))
+                            .map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?,
+                    )
+                }
             };
-            let lu = lu
-                .with_pr_store(Arc::new(FilePrStore::new(pr_path)))
-                .map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?;
-            let lu = Arc::new(lu);
             stores.push(store);
+            if let Some(v) = &l.volume {
+                volume_lus.entry(v.clone()).or_default().push(lu.clone());
+            }
             luns.push(LunDef { lun: l.lun, lu });
         }
         let chap = t.chap.as_ref().map(|c| ChapConfig {
@@ -146,9 +191,14 @@ pub async fn build(cfg: &Config) -> Result<Node, String> {
     let portals = cfg
         .portals
         .iter()
-        .map(|p| PortalDef {
+        .enumerate()
+        .map(|(i, p)| PortalDef {
             addr: p.listen.parse::<SocketAddr>().expect("validated"),
             tpgt: p.tpgt,
+            relative_port: match cl {
+                Some(c) => crate::clustered::relative_port(c.cluster.id(), i),
+                None => 0,
+            },
         })
         .collect();
     Ok(Node {
@@ -157,6 +207,8 @@ pub async fn build(cfg: &Config) -> Result<Node, String> {
         portals,
         stores,
         managed,
+        clustered,
+        volume_lus,
     })
 }
 

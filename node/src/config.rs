@@ -34,7 +34,17 @@ pub struct Config {
     /// The management API (REST, console, metrics). Absent: no API.
     #[serde(default)]
     pub management: Option<ManagementSection>,
+    /// Membership of a cluster of nodes serving the same volumes (see the cluster
+    /// crate's README). Absent: a stand-alone node.
+    #[serde(default)]
+    pub cluster: Option<cluster::ClusterConfig>,
 }
+
+/// Highest `[cluster] id` of a data node: relative target port ids are
+/// `id * 16 + portal index + 1` and must fit in 16 bits.
+pub const MAX_CLUSTER_NODE_ID: u64 = 4000;
+/// Portals per clustered node (see [`MAX_CLUSTER_NODE_ID`]).
+pub const MAX_CLUSTER_PORTALS: usize = 15;
 
 /// `[management]`: where the API listens and who may use it. Without tokens the API
 /// must listen on loopback, reads are open and changes are refused.
@@ -217,6 +227,19 @@ fn default_alua_state() -> String {
     "active-optimized".into()
 }
 
+/// The config/API name of an ALUA state (the inverse of [`alua_state`]).
+pub fn alua_name(s: scsi::AluaState) -> &'static str {
+    use scsi::AluaState::*;
+    match s {
+        ActiveOptimized => "active-optimized",
+        ActiveNonOptimized => "active-non-optimized",
+        Standby => "standby",
+        Unavailable => "unavailable",
+        Offline => "offline",
+        Transitioning => "transitioning",
+    }
+}
+
 /// Parse an ALUA state name.
 pub fn alua_state(s: &str) -> Result<scsi::AluaState, String> {
     use scsi::AluaState::*;
@@ -322,6 +345,15 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from(".")),
             );
         }
+        if let Some(c) = cfg.cluster_config() {
+            c.validate().map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("[cluster]: {e}"),
+            })?;
+            if let Some(f) = &c.secret_file {
+                warn_if_readable(f, "the cluster secret");
+            }
+        }
         warn_if_secrets_readable(path, &cfg);
         Ok(cfg)
     }
@@ -335,6 +367,39 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(c) = &self.cluster {
+            // A relative secret_file is read once the data folder is known (`load`).
+            if c.secret_file.is_none() {
+                c.validate()
+                    .map_err(|e| ConfigError::Invalid(format!("[cluster]: {e}")))?;
+            }
+            if c.id == 0 || c.id > MAX_CLUSTER_NODE_ID {
+                return bad(format!(
+                    "[cluster] id = {}: use 1..={MAX_CLUSTER_NODE_ID} (relative target port ids are derived from it)",
+                    c.id
+                ));
+            }
+            if c.witness {
+                if !self.targets.is_empty() || self.mapping.is_some() {
+                    return bad("[cluster] witness = true: a witness serves no I/O; remove its [[target]] and [mapping] sections".into());
+                }
+                return Ok(());
+            }
+            if self.portals.len() > MAX_CLUSTER_PORTALS {
+                return bad(format!(
+                    "a clustered node has at most {MAX_CLUSTER_PORTALS} [[portal]]s"
+                ));
+            }
+            if !c.portals.is_empty() {
+                return bad("[cluster] portals: leave it out; a clustered node registers its [[portal]] addresses".into());
+            }
+            if let Some(t) = self.targets.iter().find(|t| !t.port_groups.is_empty()) {
+                return bad(format!(
+                    "target {}: [[target.port_group]] is not used in a cluster: each node is one target port group (its id is the node's [cluster] id), set with `switchyard alua`/the API",
+                    t.name
+                ));
+            }
+        }
         if self.portals.is_empty() {
             return bad(
                 "no [[portal]] configured; add one, e.g. listen = \"127.0.0.1:3260\"".into(),
@@ -385,6 +450,8 @@ impl Config {
             for l in &t.luns {
                 match (&l.path, &l.volume) {
                     (Some(_), None) => {}
+                    // In a cluster the replicated table wins; it is checked at start.
+                    (None, Some(_)) if self.cluster.is_some() => {}
                     (None, Some(v)) => {
                         let known = self
                             .mapping
@@ -498,6 +565,18 @@ impl Config {
         Ok(())
     }
 
+    /// The `[cluster]` section ready to start: paths resolved against the data folder
+    /// and this node's portals filled in.
+    pub fn cluster_config(&self) -> Option<cluster::ClusterConfig> {
+        let mut c = self.cluster.clone()?;
+        c.data_dir = self.resolve(&c.data_dir);
+        c.secret_file = c.secret_file.as_deref().map(|p| self.resolve(p));
+        if !c.witness {
+            c.portals = self.portals.iter().map(|p| p.listen.clone()).collect();
+        }
+        Some(c)
+    }
+
     /// Resolve an LU path against the data folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -538,19 +617,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Config files holding CHAP secrets should be readable by their owner only.
 fn warn_if_secrets_readable(path: &Path, cfg: &Config) {
-    use std::os::unix::fs::PermissionsExt;
     let tokens = cfg
         .management
         .as_ref()
         .is_some_and(|m| m.admin_token.is_some() || m.read_token.is_some());
-    if !tokens && !cfg.targets.iter().any(|t| t.chap.is_some()) {
+    let cluster = cfg.cluster.as_ref().is_some_and(|c| c.secret.is_some());
+    if !tokens && !cluster && !cfg.targets.iter().any(|t| t.chap.is_some()) {
         return;
     }
+    warn_if_readable(
+        path,
+        "secrets (CHAP, management tokens or the cluster secret)",
+    );
+}
+
+fn warn_if_readable(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(),
-                "config holds secrets (CHAP or management tokens) but is readable by others; run `chmod 600 {}`",
+                "{} holds {what} but is readable by others; run `chmod 600 {}`",
+                path.display(),
                 path.display()
             );
         }

@@ -4,7 +4,10 @@
 
 mod api;
 mod build;
+mod clustered;
 mod config;
+mod moves;
+mod remap;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -185,8 +188,50 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let mut node = build::build(&cfg).await?;
+        let (cfg, cl) = match &cfg.cluster {
+            None => (cfg, None),
+            Some(c) => {
+                let lease = clustered::lease(c);
+                let witness = c.witness;
+                let (member, cfg) = clustered::join(&cfg).await?;
+                if witness {
+                    return run_witness(member).await;
+                }
+                let groups = scsi::PortGroups::new(clustered::port_model(
+                    &cluster::Cluster::state(&*member),
+                    cluster::Cluster::id(&*member),
+                    true,
+                ))
+                .map_err(|e| format!("cluster port groups: {e}"))?;
+                let ctx = build::ClusterCtx {
+                    cluster: member,
+                    groups,
+                    lease,
+                };
+                (cfg, Some((ctx, lease)))
+            }
+        };
+        let mut node = build::build(&cfg, cl.as_ref().map(|(c, _)| c)).await?;
         let managed = std::mem::take(&mut node.managed);
+        // The remap participant and driver: ready before the first login.
+        let remapper = cl.as_ref().map(|(c, lease)| {
+            let mut lus = std::mem::take(&mut node.volume_lus);
+            let volumes = managed
+                .lives()
+                .into_iter()
+                .map(|(name, live)| {
+                    let lus = lus.remove(&name).unwrap_or_default();
+                    (name, remap::ServedVolume { live, lus })
+                })
+                .collect();
+            remap::Remapper::new(
+                c.cluster.clone(),
+                volumes,
+                managed.registry(),
+                remap::opts(&cfg, *lease),
+                None,
+            )
+        });
         let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
         let listeners = server.bind().await.map_err(|e| e.to_string())?;
         let mut portals = Vec::new();
@@ -204,7 +249,18 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
             }
         }
         let shutdown = CancellationToken::new();
-        let api_task = match start_api(&cfg, &server, portals, managed, &shutdown).await {
+        let member = cl.as_ref().map(|(c, _)| c.cluster.clone());
+        let api_task = match start_api(
+            &cfg,
+            &server,
+            portals,
+            managed,
+            member,
+            remapper.clone(),
+            &shutdown,
+        )
+        .await
+        {
             Ok(t) => t,
             Err(e) if api_required => return Err(e),
             Err(e) => {
@@ -212,6 +268,16 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
                 None
             }
         };
+        let remap_task = remapper.as_ref().map(|r| r.spawn(shutdown.clone()));
+        let follower = cl.as_ref().map(|(c, lease)| {
+            clustered::spawn_follower(
+                c.cluster.clone(),
+                *lease,
+                c.groups.clone(),
+                std::mem::take(&mut node.clustered),
+                shutdown.clone(),
+            )
+        });
         let sd = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -236,9 +302,34 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
         if flushed.is_err() {
             tracing::error!("flush at shutdown panicked");
         }
+        if let Some(f) = follower {
+            let _ = f.await;
+        }
+        if let Some(t) = remap_task {
+            let _ = t.await;
+        }
+        if let Some((c, _)) = cl {
+            stop_member(c.cluster).await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// A witness: votes in the cluster, serves no I/O, until a signal.
+async fn run_witness(member: std::sync::Arc<cluster::ClusterNode>) -> Result<(), String> {
+    println!("witness: voting only, no I/O");
+    wait_for_signal().await;
+    stop_member(member).await;
+    Ok(())
+}
+
+/// Leave Raft cleanly when nothing else holds the member.
+async fn stop_member(member: std::sync::Arc<cluster::ClusterNode>) {
+    match std::sync::Arc::try_unwrap(member) {
+        Ok(m) => m.shutdown().await,
+        Err(m) => drop(m),
+    }
 }
 
 /// Start the management API if `[management]` is configured; prints its URL.
@@ -247,6 +338,8 @@ async fn start_api(
     server: &iscsi::Server,
     portals: Vec<mgmt::model::PortalView>,
     managed: api::Managed,
+    member: Option<std::sync::Arc<cluster::ClusterNode>>,
+    remapper: Option<std::sync::Arc<remap::Remapper>>,
     shutdown: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     let Some(m) = &cfg.management else {
@@ -267,6 +360,13 @@ async fn start_api(
         managed,
         Some(url.clone()),
     );
+    let node = match member {
+        Some(m) => node.with_cluster(m),
+        None => node,
+    };
+    if let Some(r) = remapper {
+        r.set_journal(mgmt::NodeApi::journal(&node).clone());
+    }
     node.spawn_watchers(shutdown.clone());
     let mode = if auth.is_open() {
         " (read-only: no tokens configured)"

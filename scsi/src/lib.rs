@@ -10,7 +10,8 @@
 //! - [`commands`]: the one command table (REPORT SUPPORTED OPERATION CODES comes from it).
 //! - `inquiry`, `vpd`, `mode`, `spc`, `sbc`: command executors.
 //! - `nexus`, `reservation`, `pr`: per-I_T-nexus unit attentions, SPC-2 reservations
-//!   and persistent reservations (SPC-4 5.13).
+//!   and persistent reservations (SPC-4 5.13); `pr_store`: persisting them (APTPL);
+//!   `pr_cluster`: the [`PrCoordinator`] hook that makes them coherent across nodes.
 //! - [`LogicalUnit`] (`lu.rs`) and [`LunMap`] (`target.rs`): routing and per-LU state.
 //! - `thin`: logical block provisioning (UNMAP, GET LBA STATUS, WRITE SAME unmap);
 //!   `caw`: COMPARE AND WRITE and WRITE ATOMIC over the per-LU range locks of
@@ -38,6 +39,7 @@ mod lu;
 mod mode;
 mod nexus;
 mod pr;
+mod pr_cluster;
 mod pr_move;
 mod pr_store;
 mod range_lock;
@@ -55,6 +57,8 @@ pub mod xcopy_builder;
 #[cfg(test)]
 mod alua_tests;
 #[cfg(test)]
+mod pr_cluster_tests;
+#[cfg(test)]
 mod pr_persist_tests;
 #[cfg(test)]
 mod pr_tests;
@@ -68,9 +72,11 @@ pub use alua::{
 };
 pub use cdb::{check_range, parse_cdb, ByteCheck, Cdb, PageControl, PrIn, PrOut};
 pub use commands::{CommandInfo, DataDirection, PrAccess, COMMANDS};
-pub use lu::{Limits, LogicalUnit, LuConfig};
+pub use lu::{Limits, LogicalUnit, LuConfig, PR_COMMIT_ATTEMPTS};
+pub use pr_cluster::{PrAttention, PrClusterError, PrCommitError, PrCoordinator};
 pub use pr_store::{
     FilePrStore, MemPrStore, PrHolder, PrRegistration, PrSnapshot, PrStore, PrStoreError,
+    Spc2Holder,
 };
 pub use sense::{FieldPointer, IoKind, Sense, SenseKey};
 pub use target::LunMap;

@@ -19,13 +19,19 @@ use crate::commands;
 use crate::mode::{self, MediumInfo, ModeState};
 use crate::nexus::{NexusState, Nexuses};
 use crate::pr::{self, ItNexus, PersistentReservations, PrError, PrState, ProutParams};
+use crate::pr_cluster::{PrAttention, PrClusterError, PrCommitError, PrCoordinator};
 use crate::pr_store::{PrSnapshot, PrStore, PrStoreError};
 use crate::range_lock::{self, RangeGuard, RangeLocks};
-use crate::reservation::Reservations;
+use crate::reservation::{self, Reservations};
 use crate::sense::Sense;
 use crate::target::LunMap;
 use crate::vpd::{self, VpdSource};
 use crate::{caw, inquiry, sbc, spc, thin, tmf, Request, Response, Status};
+
+/// How many times a PERSISTENT RESERVE OUT (or, with a coordinator, an SPC-2 RESERVE
+/// or RELEASE) is executed again when another node committed first, before it is
+/// refused with NOT READY 04/0A.
+pub const PR_COMMIT_ATTEMPTS: u32 = 8;
 
 /// Configuration of one logical unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,11 +144,14 @@ pub struct LogicalUnit {
     mode: RwLock<ModeState>,
     nexuses: Nexuses,
     reservation: Reservations,
-    pr: PersistentReservations,
+    /// Shared with the background commits of SPC-2 releases (`reservation.rs`).
+    pr: Arc<PersistentReservations>,
     /// Target port groups (ALUA); by default one Active/Optimized group.
     alua: LuAlua,
     /// Where persistent reservations persist through power loss (APTPL).
     pr_store: Option<Arc<dyn PrStore>>,
+    /// Commits persistent reservation changes cluster-wide (replaces `pr_store`).
+    pr_coordinator: Option<Arc<dyn PrCoordinator>>,
     ranges: RangeLocks,
     /// EXTENDED COPY state: copies in progress and held results (xcopy.rs).
     pub(crate) xcopy: crate::xcopy::CopyManager,
@@ -181,9 +190,10 @@ impl LogicalUnit {
             mode: RwLock::new(ModeState::default()),
             nexuses: Nexuses::default(),
             reservation: Reservations::default(),
-            pr: PersistentReservations::default(),
+            pr: Arc::default(),
             alua: LuAlua::default(),
             pr_store: None,
+            pr_coordinator: None,
             ranges: RangeLocks::default(),
             xcopy: Default::default(),
         }
@@ -218,7 +228,17 @@ impl LogicalUnit {
     /// restores what it holds. A store that cannot be read or holds a corrupt
     /// snapshot is an error: the logical unit must not start without its
     /// reservations.
+    ///
+    /// On a logical unit that has a [`PrCoordinator`] this does nothing (the cluster
+    /// is the store; see [`LogicalUnit::with_pr_coordinator`]).
     pub fn with_pr_store(mut self, store: Arc<dyn PrStore>) -> Result<LogicalUnit, PrStoreError> {
+        if self.pr_coordinator.is_some() {
+            tracing::info!(
+                store = %store.location(),
+                "persistent reservations are kept by the cluster; local store not used"
+            );
+            return Ok(self);
+        }
         if let Some(snap) = store.load()? {
             if snap.aptpl {
                 let st = snap.to_state().map_err(|reason| PrStoreError::Corrupt {
@@ -236,6 +256,108 @@ impl LogicalUnit {
         }
         self.pr_store = Some(store);
         Ok(self)
+    }
+
+    /// Makes persistent reservation changes coherent with the other nodes that serve
+    /// this logical unit (see `pr_cluster.rs`): loads the cluster's current state and
+    /// version (whatever its APTPL bit: the cluster is the persistent store, and
+    /// APTPL=1 is accepted, PTPL_C=1), and from now on commits every PERSISTENT
+    /// RESERVE OUT through `coordinator` before completing it. The SPC-2
+    /// reservation (RESERVE(6)/(10), RELEASE) becomes cluster-wide too: held by an
+    /// I_T nexus (initiator port, relative target port) instead of a local nexus id,
+    /// and committed the same way (`reservation.rs`).
+    ///
+    /// The coordinator wins over a local [`PrStore`]: one set by
+    /// [`LogicalUnit::with_pr_store`] before is dropped (what it restored is replaced
+    /// by the cluster's state, and it is never written again), and `with_pr_store`
+    /// afterwards does nothing. Moving a single node's saved reservations into a new
+    /// cluster is the node's job (commit them through the coordinator first).
+    ///
+    /// Calls [`PrCoordinator::current`], which may block: call it from a blocking
+    /// thread. A cluster that cannot be read or returns an inconsistent snapshot is
+    /// an error: the logical unit must not start without its reservations.
+    pub fn with_pr_coordinator(
+        mut self,
+        coordinator: Arc<dyn PrCoordinator>,
+    ) -> Result<LogicalUnit, PrClusterError> {
+        let (version, snap) = coordinator
+            .current()
+            .map_err(|e| PrClusterError::Unavailable(e.to_string()))?;
+        let st = snap
+            .to_state()
+            .map_err(|reason| PrClusterError::Corrupt { version, reason })?;
+        if let Some(store) = self.pr_store.take() {
+            tracing::info!(
+                store = %store.location(),
+                "persistent reservations are kept by the cluster; local store not used"
+            );
+        }
+        tracing::info!(
+            ?coordinator,
+            version,
+            registrations = st.registrations.len(),
+            reserved = st.reservation.is_some(),
+            "persistent reservations loaded from the cluster"
+        );
+        self.pr.replace(version, st);
+        self.pr_coordinator = Some(coordinator);
+        Ok(self)
+    }
+
+    /// The cluster version of the persistent reservation state (0 without a
+    /// coordinator or before the first commit).
+    pub fn pr_version(&self) -> u64 {
+        self.pr.version()
+    }
+
+    /// The persistent reservation state and its cluster version.
+    pub fn pr_snapshot(&self) -> (u64, PrSnapshot) {
+        let (st, version) = self.pr.versioned();
+        (version, PrSnapshot::of(&st))
+    }
+
+    /// Another node committed `snapshot` as `version` with these unit attentions:
+    /// when `version` is newer than the installed one, installs it (commands check
+    /// conflicts against it from now on) and raises each attention for the local
+    /// I_T nexuses of its port (ports of other nodes match none). Returns whether it
+    /// changed anything: an old or equal version (e.g. one this logical unit
+    /// committed itself and already installed) is a no-op. Call it for every
+    /// committed version in order, so that no unit attention is missed.
+    ///
+    /// Never blocks on a cluster commit in flight (takes only the short state lock),
+    /// so a coordinator may call it from inside [`PrCoordinator::commit`].
+    pub fn apply_remote_pr(
+        &self,
+        version: u64,
+        snapshot: &PrSnapshot,
+        attentions: &[PrAttention],
+    ) -> bool {
+        let st = match snapshot.to_state() {
+            Ok(st) => st,
+            Err(reason) => {
+                tracing::error!(
+                    version,
+                    %reason,
+                    "inconsistent persistent reservations from the cluster; not installed"
+                );
+                return false;
+            }
+        };
+        if !self.pr.install(version, st, true) {
+            return false;
+        }
+        tracing::debug!(version, "persistent reservations changed on another node");
+        for a in attentions {
+            self.nexuses
+                .notify_port(&a.initiator, a.relative_port, &a.sense());
+        }
+        true
+    }
+
+    /// PTPL_C: persistent reservations can persist through power loss (a local
+    /// store or the cluster keeps them).
+    fn ptpl_c(&self) -> bool {
+        self.pr_store.is_some() || self.pr_coordinator.is_some()
     }
 
     /// Saves the state a PERSISTENT RESERVE OUT produced while APTPL is (or was) set.
@@ -263,20 +385,98 @@ impl LogicalUnit {
     }
 
     /// Logical unit reset (SAM-5 6.3.3): releases the SPC-2 reservation (persistent
-    /// reservations stay, SPC-4 5.13.2), restores the default mode parameters and raises BUS DEVICE RESET FUNCTION OCCURRED for every
-    /// nexus except the one that asked for the reset.
+    /// reservations stay, SPC-4 5.13.2), restores the default mode parameters and
+    /// raises BUS DEVICE RESET FUNCTION OCCURRED for every nexus except the one that
+    /// asked for the reset.
+    ///
+    /// With a coordinator the SPC-2 reservation is released cluster-wide, whoever
+    /// holds it through whichever node: at once here, on the other nodes once a
+    /// background commit lands (`reservation.rs`). Never blocks, so it may be called
+    /// from an async runtime thread.
     pub fn reset(&self, by: Option<u64>) {
-        self.reservation.clear();
+        // Every effect is in place here before the unit attention is; the commit
+        // starts last.
+        let released = match &self.pr_coordinator {
+            None => {
+                self.reservation.clear();
+                None
+            }
+            Some(_) => self.pr.spc2_release_local(None),
+        };
         *self.mode.write() = ModeState::default();
         self.nexuses.notify(by, &Sense::bus_device_reset());
+        self.commit_spc2_release(released, "logical unit reset");
     }
 
     /// The session of this nexus ended. Its persistent reservation registrations stay
-    /// (SPC-4 5.13.2): they belong to the initiator port, which may log in again.
+    /// (SPC-4 5.13.2): they belong to the initiator port, which may log in again. Its
+    /// SPC-2 reservation goes (with a coordinator: as [`LogicalUnit::reset`] releases
+    /// it, in the background). Never blocks.
     pub(crate) fn nexus_gone(&self, id: u64) {
-        self.reservation.nexus_gone(id);
+        match &self.pr_coordinator {
+            None => self.reservation.nexus_gone(id),
+            Some(_) => {
+                if let Some(who) = self.reservation.reserver_gone(id) {
+                    let released = self.pr.spc2_release_local(Some(&who));
+                    self.commit_spc2_release(released, "I_T nexus loss");
+                }
+            }
+        }
         self.nexuses.remove(id);
         self.xcopy.nexus_gone(id);
+    }
+
+    /// The I_T nexus logs out: with a coordinator, release its SPC-2 reservation and
+    /// wait until the release is committed cluster-wide (so the initiator may reserve
+    /// through another node as soon as its Logout completes). Blocks: call it from a
+    /// blocking thread. Without a coordinator, or when it holds nothing, does nothing
+    /// (`nexus_gone` follows as usual).
+    pub(crate) fn release_spc2_blocking(&self, id: u64) {
+        let Some(c) = &self.pr_coordinator else {
+            return;
+        };
+        if let Some(who) = self.reservation.reserver_gone(id) {
+            if let Some((version, released)) = self.pr.spc2_release_local(Some(&who)) {
+                reservation::commit_release(&self.pr, c.as_ref(), version, released, "logout");
+            }
+        }
+    }
+
+    /// With a coordinator: commits in the background the SPC-2 release that
+    /// `PersistentReservations::spc2_release_local` made (`None`: it released
+    /// nothing, and nothing is committed).
+    fn commit_spc2_release(&self, released: Option<(u64, PrState)>, why: &'static str) {
+        if let (Some(c), Some((version, released))) = (&self.pr_coordinator, released) {
+            tracing::debug!(version, why, "SPC-2 reservation released; committing it");
+            reservation::commit_release_in_background(
+                self.pr.clone(),
+                c.clone(),
+                version,
+                released,
+                why,
+            );
+        }
+    }
+
+    /// True when a command of this access kind from `nexus` conflicts with the SPC-2
+    /// reservation: kept by local nexus id, or with a coordinator the cluster-wide
+    /// holder of the installed state (one atomic load while nobody holds it).
+    fn spc2_conflicts(&self, nexus: &crate::Nexus, access: commands::Access) -> bool {
+        if self.pr_coordinator.is_some() {
+            self.pr.spc2_conflicts(nexus, access)
+        } else {
+            self.reservation.conflicts(nexus.id, access)
+        }
+    }
+
+    /// True when some I_T nexus holds the SPC-2 reservation (cluster-wide with a
+    /// coordinator).
+    fn spc2_held(&self) -> bool {
+        if self.pr_coordinator.is_some() {
+            self.pr.spc2_held()
+        } else {
+            self.reservation.is_held()
+        }
     }
 
     /// True when a command of these kinds from `nexus` conflicts with the SPC-2 or
@@ -287,10 +487,10 @@ impl LogicalUnit {
         access: commands::Access,
         pr: commands::PrAccess,
     ) -> bool {
-        self.reservation.conflicts(nexus.id, access)
+        self.spc2_conflicts(nexus, access)
             || self
                 .pr
-                .conflicts(nexus, pr, &Cdb::TestUnitReady, self.reservation.is_held())
+                .conflicts(nexus, pr, &Cdb::TestUnitReady, self.spc2_held())
     }
 
     pub(crate) fn nexus(&self, id: u64) -> Arc<NexusState> {
@@ -372,16 +572,22 @@ impl LogicalUnit {
             if let Err(sense) = self.alua.check(req.nexus.relative_port, info) {
                 return with_len(Response::check_condition(sense));
             }
-            if self.reservation.conflicts(req.nexus.id, info.access)
+            if self.spc2_conflicts(req.nexus, info.access)
                 || self
                     .pr
-                    .conflicts(req.nexus, info.pr, &cdb, self.reservation.is_held())
+                    .conflicts(req.nexus, info.pr, &cdb, self.spc2_held())
             {
                 return with_len(Response::status(Status::ReservationConflict));
             }
         }
-        if cdb == Cdb::Reserve && !self.reservation.reserve(req.nexus.id) {
-            return with_len(Response::status(Status::ReservationConflict));
+        match (&self.pr_coordinator, &cdb) {
+            (Some(c), Cdb::Reserve | Cdb::Release) => {
+                return with_len(self.spc2_commit(c.as_ref(), req, cdb == Cdb::Reserve));
+            }
+            (None, Cdb::Reserve) if !self.reservation.reserve(req.nexus.id) => {
+                return with_len(Response::status(Status::ReservationConflict));
+            }
+            _ => {}
         }
         if let Cdb::PersistentReserveOut {
             action,
@@ -413,17 +619,20 @@ impl LogicalUnit {
         param_len: u32,
     ) -> Response {
         let who = ItNexus::of(req.nexus);
-        let out = ProutParams::parse(action, param_len, req.data_out, self.pr_store.is_some())
+        let out = ProutParams::parse(action, param_len, req.data_out, self.ptpl_c())
             .map_err(PrError::from)
-            .and_then(|p| {
-                // Changed on a copy: when it cannot be saved, nothing changes.
-                self.pr.update(|st| {
-                    let mut next = st.clone();
-                    let uas = pr::execute_out(&mut next, &who, action, scope, pr_type, &p)?;
-                    self.persist(st, &next)?;
-                    *st = next;
-                    Ok(uas)
-                })
+            .and_then(|p| match &self.pr_coordinator {
+                Some(c) => self.commit_out(c.as_ref(), &who, action, scope, pr_type, &p),
+                None => {
+                    // Changed on a copy: when it cannot be saved, nothing changes.
+                    self.pr.update(|st| {
+                        let mut next = st.clone();
+                        let uas = pr::execute_out(&mut next, &who, action, scope, pr_type, &p)?;
+                        self.persist(st, &next)?;
+                        *st = next;
+                        Ok(uas)
+                    })
+                }
             });
         match out {
             Ok(attentions) => {
@@ -439,6 +648,127 @@ impl LogicalUnit {
         }
     }
 
+    /// SPC-2 RESERVE (`reserve`) or RELEASE with a coordinator: the holder is the
+    /// I_T nexus, and the change is committed cluster-wide like a PERSISTENT RESERVE
+    /// OUT ([`LogicalUnit::commit_change`]) before GOOD. RESERVE by the holder again
+    /// and RELEASE by anyone else commit nothing.
+    fn spc2_commit(
+        &self,
+        coordinator: &dyn PrCoordinator,
+        req: &Request<'_>,
+        reserve: bool,
+    ) -> Response {
+        let who = ItNexus::of(req.nexus);
+        let out = if reserve {
+            self.commit_change(coordinator, "RESERVE", |st| st.spc2_reserve(&who))
+        } else {
+            self.commit_change(coordinator, "RELEASE", |st| st.spc2_release(&who))
+        };
+        match out {
+            Ok(_) => {
+                if reserve {
+                    self.reservation.reserved_as(req.nexus.id, &who);
+                }
+                Response::good(Vec::new())
+            }
+            Err(PrError::Conflict) => Response::status(Status::ReservationConflict),
+            Err(PrError::Sense(sense)) => Response::check_condition(sense),
+        }
+    }
+
+    /// PERSISTENT RESERVE OUT with a coordinator (see [`LogicalUnit::commit_change`]).
+    fn commit_out(
+        &self,
+        coordinator: &dyn PrCoordinator,
+        who: &ItNexus,
+        action: PrOut,
+        scope: u8,
+        pr_type: u8,
+        p: &ProutParams,
+    ) -> Result<Vec<pr::Attention>, PrError> {
+        self.commit_change(coordinator, "PR OUT", |st| {
+            pr::execute_out(st, who, action, scope, pr_type, p)
+        })
+    }
+
+    /// A reservation change with a coordinator (PERSISTENT RESERVE OUT, SPC-2
+    /// RESERVE and RELEASE): `change` executed on a copy of the installed state,
+    /// committed cluster-wide at the installed version, then installed. The unit
+    /// attentions to raise here are returned (none when the coordinator's
+    /// `apply_remote_pr` installed this version first and raised them). Another node
+    /// having committed first ([`PrCommitError::Stale`]) re-reads the cluster's state
+    /// and executes the command again against it, at most [`PR_COMMIT_ATTEMPTS`]
+    /// times; a cluster that cannot commit (or keeps winning the race) is NOT READY
+    /// 04/0A, so a multipath host retries, possibly through another node, and nothing
+    /// changes here. A change that changes nothing commits nothing. `what` names the
+    /// command in the log.
+    ///
+    /// Locking: `serialize_out` is held across the commit (reservation changes are
+    /// rare, and this keeps this node's own from racing each other). The state lock,
+    /// which conflict checks on the I/O path and `apply_remote_pr` take, is not: I/O
+    /// and the coordinator's delivery of commits go on while a commit is in flight,
+    /// and they see the old state until it is installed (the command has not
+    /// completed yet, so either order is allowed).
+    fn commit_change(
+        &self,
+        coordinator: &dyn PrCoordinator,
+        what: &'static str,
+        change: impl Fn(&mut PrState) -> Result<Vec<pr::Attention>, PrError>,
+    ) -> Result<Vec<pr::Attention>, PrError> {
+        let not_ready = || PrError::Sense(Sense::not_ready_state_transition());
+        let _serial = self.pr.serialize_out();
+        for attempt in 1..=PR_COMMIT_ATTEMPTS {
+            let (st, version) = self.pr.versioned();
+            let mut next = st.clone();
+            let uas = change(&mut next)?;
+            if next == st && uas.is_empty() {
+                return Ok(uas);
+            }
+            let attentions: Vec<PrAttention> = uas.iter().map(PrAttention::of).collect();
+            match coordinator.commit(version, &PrSnapshot::of(&next), &attentions) {
+                Ok(committed) => {
+                    let raise = self.pr.install_committed(committed, next);
+                    return Ok(if raise { uas } else { Vec::new() });
+                }
+                Err(PrCommitError::Stale) => {
+                    tracing::debug!(
+                        attempt,
+                        version,
+                        what,
+                        "persistent reservations changed on another node; executing again"
+                    );
+                    let (version, snap) = coordinator.current().map_err(|e| {
+                        tracing::warn!(error = %e, "cannot read persistent reservations");
+                        not_ready()
+                    })?;
+                    let st = snap.to_state().map_err(|reason| {
+                        tracing::error!(
+                            version,
+                            %reason,
+                            "inconsistent persistent reservations from the cluster"
+                        );
+                        not_ready()
+                    })?;
+                    self.pr.install(version, st, false);
+                }
+                Err(PrCommitError::Unavailable(msg)) => {
+                    tracing::warn!(
+                        error = %msg,
+                        what,
+                        "cannot commit a reservation change; command refused"
+                    );
+                    return Err(not_ready());
+                }
+            }
+        }
+        tracing::warn!(
+            attempts = PR_COMMIT_ATTEMPTS,
+            what,
+            "reservations keep changing on other nodes; command refused"
+        );
+        Err(not_ready())
+    }
+
     fn dispatch(
         &self,
         ctx: &Ctx<'_>,
@@ -447,6 +777,7 @@ impl LogicalUnit {
         cdb: &Cdb,
     ) -> Result<Vec<u8>, Sense> {
         match *cdb {
+            // With a coordinator RESERVE and RELEASE do not get here (`spc2_commit`).
             Cdb::TestUnitReady | Cdb::Reserve => Ok(Vec::new()),
             Cdb::Release => {
                 self.reservation.release(req.nexus.id);
@@ -518,7 +849,7 @@ impl LogicalUnit {
                 Ok(truncate(data, alloc as usize))
             }
             Cdb::PersistentReserveIn { action, alloc } => {
-                let data = self.pr.snapshot().read(action, self.pr_store.is_some());
+                let data = self.pr.snapshot().read(action, self.ptpl_c());
                 Ok(truncate(data, usize::from(alloc)))
             }
             Cdb::ReportTargetPortGroups { extended, alloc } => {

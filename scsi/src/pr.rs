@@ -12,14 +12,18 @@
 //! ",i,0x<ISID>") and relative target port. They survive I_T nexus loss and LUN resets
 //! (SPC-4 5.13.2). They survive a restart when the logical unit has a
 //! [`crate::PrStore`] and the last register action had APTPL=1 (PTPL_C=1, PTPL_A
-//! reports the current APTPL); without a store APTPL=1 is refused and PTPL_C=0.
+//! reports the current APTPL); without a store APTPL=1 is refused and PTPL_C=0. With a
+//! [`crate::PrCoordinator`] (`pr_cluster.rs`) every change is committed cluster-wide
+//! before the PR OUT completes, and the cluster is the persistent store (PTPL_C=1);
+//! the state then also carries the SPC-2 reservation holder ([`PrState::spc2`]).
 //! REGISTER AND MOVE is in `pr_move.rs`. Not implemented: SPEC_I_PT (refused,
 //! SIP_C=0). PREEMPT AND ABORT preempts and raises the same unit attentions as PREEMPT; aborting the
 //! preempted nexuses' tasks is the fabric's job and is not done yet.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::cdb::{Cdb, PrIn, PrOut};
 use crate::commands::PrAccess;
@@ -205,6 +209,12 @@ pub(crate) struct PrState {
     /// Activate Persist Through Power Loss: the APTPL bit of the last successful
     /// REGISTER, REGISTER AND IGNORE EXISTING KEY or REGISTER AND MOVE.
     pub(crate) aptpl: bool,
+    /// The SPC-2 reservation holder, with a [`crate::PrCoordinator`] only: it is then
+    /// committed and installed together with the rest (`reservation.rs` explains).
+    /// Without one it is always `None` and the SPC-2 reservation is kept by local
+    /// nexus id in [`crate::reservation::Reservations`]. Not counted by
+    /// [`PrState::is_empty`] and not reported by PERSISTENT RESERVE IN.
+    pub(crate) spc2: Option<ItNexus>,
 }
 
 impl PrState {
@@ -239,6 +249,31 @@ impl PrState {
             Some(k) if k == key => Ok(()),
             _ => Err(PrError::Conflict),
         }
+    }
+
+    /// SPC-2 RESERVE by `n` with a coordinator: RESERVATION CONFLICT while anything
+    /// is registered (SPC-4 5.13.3) or another nexus holds it; free or already held
+    /// by `n`: `n` holds it. No unit attention.
+    pub(crate) fn spc2_reserve(&mut self, n: &ItNexus) -> Result<Vec<Attention>, PrError> {
+        if !self.is_empty() {
+            return Err(PrError::Conflict);
+        }
+        match &self.spc2 {
+            Some(h) if h != n => Err(PrError::Conflict),
+            _ => {
+                self.spc2 = Some(n.clone());
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// SPC-2 RELEASE by `n` with a coordinator: only the holder's has an effect
+    /// (SPC-2 7.21: otherwise GOOD and nothing happens). No unit attention.
+    pub(crate) fn spc2_release(&mut self, n: &ItNexus) -> Result<Vec<Attention>, PrError> {
+        if self.spc2.as_ref() == Some(n) {
+            self.spc2 = None;
+        }
+        Ok(Vec::new())
     }
 
     /// Unit attentions with `sense` for every registrant except `except`.
@@ -589,10 +624,37 @@ pub(crate) fn transport_id(initiator: &str) -> Vec<u8> {
 
 /// The persistent reservations of one logical unit, behind one lock. The fast path
 /// (no registrations, no reservation) is a single atomic load.
+///
+/// With a [`crate::PrCoordinator`] the state carries the cluster version it was
+/// committed at. The state lock is only ever held for a few field copies, never across
+/// a cluster commit: commands that check for conflicts lock it whenever anything is
+/// registered, and [`crate::LogicalUnit::apply_remote_pr`] (which a coordinator may
+/// call while a commit of this logical unit is in flight) locks it too. PERSISTENT
+/// RESERVE OUTs are serialized by the separate `out` lock, which is held across the
+/// commit.
 #[derive(Debug, Default)]
 pub(crate) struct PersistentReservations {
-    state: Mutex<PrState>,
+    state: Mutex<Versioned>,
+    /// Something is registered or reserved (`!st.is_empty()`).
     engaged: AtomicBool,
+    /// `st.spc2` is set: the I/O path's fast check for the cluster-wide SPC-2
+    /// reservation.
+    spc2_engaged: AtomicBool,
+    /// Serializes PERSISTENT RESERVE OUT with a coordinator, commit included.
+    out: Mutex<()>,
+}
+
+/// Versions whose unit attentions `apply_remote_pr` raised, kept to raise each
+/// version's unit attentions once (see [`PersistentReservations::install_committed`]).
+const RECENT_REMOTE: usize = 16;
+
+#[derive(Debug, Default)]
+struct Versioned {
+    st: PrState,
+    /// Cluster version of `st`; 0 without a coordinator or before the first commit.
+    version: u64,
+    /// The last few versions `install` installed from another node's commit.
+    remote: VecDeque<u64>,
 }
 
 impl PersistentReservations {
@@ -617,20 +679,117 @@ impl PersistentReservations {
             (PrAccess::StartStop, Cdb::StartStopUnit { start: true, .. }) => PrAccess::Allowed,
             (a, _) => a,
         };
-        self.state.lock().conflicts(&ItNexus::of(n), access)
+        self.state.lock().st.conflicts(&ItNexus::of(n), access)
     }
 
-    /// Runs `f` on the state and keeps the fast-path flag in step.
-    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut PrState) -> R) -> R {
-        let mut st = self.state.lock();
-        let r = f(&mut st);
+    /// Keeps the fast-path flags in step with `st` (called with the state locked).
+    fn set_flags(&self, st: &PrState) {
         self.engaged.store(!st.is_empty(), Ordering::Release);
+        self.spc2_engaged
+            .store(st.spc2.is_some(), Ordering::Release);
+    }
+
+    /// Runs `f` on the state and keeps the fast-path flags in step.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut PrState) -> R) -> R {
+        let mut v = self.state.lock();
+        let r = f(&mut v.st);
+        self.set_flags(&v.st);
         r
+    }
+
+    /// True when the installed state has an SPC-2 holder (coordinator only): one
+    /// atomic load.
+    pub(crate) fn spc2_held(&self) -> bool {
+        self.spc2_engaged.load(Ordering::Acquire)
+    }
+
+    /// True when a command of this access kind from `n` conflicts with the SPC-2
+    /// reservation of the installed state (coordinator only). One atomic load while
+    /// nobody holds it.
+    pub(crate) fn spc2_conflicts(&self, n: &crate::Nexus, access: crate::commands::Access) -> bool {
+        if access == crate::commands::Access::NoConflict || !self.spc2_held() {
+            return false;
+        }
+        matches!(&self.state.lock().st.spc2,
+            Some(h) if h.initiator != n.initiator || h.relative_port != n.relative_port)
+    }
+
+    /// Releases the SPC-2 reservation in the installed state at once, without a
+    /// commit and at the same version, when `holder` (or anyone, for `None`) holds
+    /// it. Returns the version and the released state to commit in the background
+    /// (see `reservation.rs`), or `None` when there was nothing to release.
+    pub(crate) fn spc2_release_local(&self, holder: Option<&ItNexus>) -> Option<(u64, PrState)> {
+        let mut v = self.state.lock();
+        match &v.st.spc2 {
+            Some(h) if holder.is_none_or(|x| x == h) => {}
+            _ => return None,
+        }
+        v.st.spc2 = None;
+        self.set_flags(&v.st);
+        Some((v.version, v.st.clone()))
     }
 
     /// A copy of the state.
     pub(crate) fn snapshot(&self) -> PrState {
-        self.state.lock().clone()
+        self.state.lock().st.clone()
+    }
+
+    /// A copy of the state and its cluster version.
+    pub(crate) fn versioned(&self) -> (PrState, u64) {
+        let v = self.state.lock();
+        (v.st.clone(), v.version)
+    }
+
+    /// The cluster version of the state.
+    pub(crate) fn version(&self) -> u64 {
+        self.state.lock().version
+    }
+
+    /// Holds off other PERSISTENT RESERVE OUTs of this logical unit (across a commit).
+    pub(crate) fn serialize_out(&self) -> MutexGuard<'_, ()> {
+        self.out.lock()
+    }
+
+    /// Replaces the state and its version, whatever was installed.
+    pub(crate) fn replace(&self, version: u64, st: PrState) {
+        let mut v = self.state.lock();
+        v.st = st;
+        v.version = version;
+        v.remote.clear();
+        self.set_flags(&v.st);
+    }
+
+    /// Installs `st` at `version` when that is newer than what is installed; returns
+    /// whether it did. `remote`: another node committed it and the caller raises its
+    /// unit attentions.
+    pub(crate) fn install(&self, version: u64, st: PrState, remote: bool) -> bool {
+        let mut v = self.state.lock();
+        self.install_locked(&mut v, version, st, remote)
+    }
+
+    fn install_locked(&self, v: &mut Versioned, version: u64, st: PrState, remote: bool) -> bool {
+        if version <= v.version {
+            return false;
+        }
+        v.st = st;
+        v.version = version;
+        if remote {
+            if v.remote.len() == RECENT_REMOTE {
+                v.remote.pop_front();
+            }
+            v.remote.push_back(version);
+        }
+        self.set_flags(&v.st);
+        true
+    }
+
+    /// Installs what this logical unit committed as `version` (unless something as
+    /// new already is) and returns whether the caller raises its unit attentions:
+    /// not when `install` already installed this version for the coordinator (which
+    /// raised them), yes when it is installed now or was skipped over by a newer one.
+    pub(crate) fn install_committed(&self, version: u64, st: PrState) -> bool {
+        let mut v = self.state.lock();
+        self.install_locked(&mut v, version, st, false) || !v.remote.contains(&version)
     }
 }
 
@@ -643,6 +802,13 @@ pub(crate) fn execute_out(
     pr_type: u8,
     p: &ProutParams,
 ) -> Result<Vec<Attention>, PrError> {
+    // SPC-4 5.13.3: conflicts while an SPC-2 reservation is held. The logical unit
+    // checked that before executing; this checks it again against the state the
+    // command is committed on, which another node may have changed since (only ever
+    // set with a coordinator).
+    if st.spc2.is_some() {
+        return Err(PrError::Conflict);
+    }
     let registers = matches!(
         action,
         PrOut::Register | PrOut::RegisterAndIgnore | PrOut::RegisterAndMove

@@ -51,14 +51,31 @@ pub struct PrHolder {
     pub pr_type: u8,
 }
 
+/// The I_T nexus that holds the SPC-2 reservation (RESERVE(6)/RESERVE(10)), named
+/// cluster-wide by initiator port and relative target port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spc2Holder {
+    /// Initiator port name ("<iSCSI name>,i,0x<ISID>").
+    pub initiator: String,
+    /// Relative target port identifier (unique across nodes).
+    pub relative_port: u16,
+}
+
 /// The persistent reservation state of one logical unit, as saved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrSnapshot {
     pub generation: u32,
-    /// The last APTPL bit received. A snapshot with `aptpl` false is not restored.
+    /// The last APTPL bit received. A [`PrStore`] snapshot with `aptpl` false is not
+    /// restored; a [`crate::PrCoordinator`]'s is (the cluster is the store).
     pub aptpl: bool,
     pub registrations: Vec<PrRegistration>,
     pub reservation: Option<PrHolder>,
+    /// The SPC-2 reservation holder, shared through a [`crate::PrCoordinator`] so
+    /// that every node enforces it; always `None` without one (the logical unit then
+    /// keeps it by local nexus). Not part of the file format: SPC-2 reservations do
+    /// not persist through power loss, so [`PrSnapshot::encode`] leaves it out and
+    /// [`PrSnapshot::decode`] gives `None`.
+    pub spc2_reservation: Option<Spc2Holder>,
 }
 
 /// Why a persistent reservation store failed.
@@ -280,6 +297,13 @@ impl PrSnapshot {
         Ok(snap)
     }
 
+    /// Checks that the snapshot is consistent (no nexus registered twice, a valid
+    /// reservation type, the holder registered), as a logical unit requires to
+    /// install it; the error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        self.to_state().map(|_| ())
+    }
+
     pub(crate) fn of(st: &PrState) -> PrSnapshot {
         PrSnapshot {
             generation: st.generation,
@@ -299,6 +323,10 @@ impl PrSnapshot {
                 relative_port: r.holder.relative_port,
                 pr_type: r.pr_type as u8,
             }),
+            spc2_reservation: st.spc2.as_ref().map(|n| Spc2Holder {
+                initiator: n.initiator.clone(),
+                relative_port: n.relative_port,
+            }),
         }
     }
 
@@ -307,6 +335,14 @@ impl PrSnapshot {
         let mut st = PrState {
             generation: self.generation,
             aptpl: self.aptpl,
+            // SPC-2 RESERVE conflicts while anything is registered and PERSISTENT
+            // RESERVE OUT while an SPC-2 reservation is held (SPC-4 5.13.3), so the
+            // two never coexist; not checked here all the same, so that a cluster
+            // state that got there is still installed everywhere alike.
+            spc2: self.spc2_reservation.as_ref().map(|h| ItNexus {
+                initiator: h.initiator.clone(),
+                relative_port: h.relative_port,
+            }),
             ..PrState::default()
         };
         for r in &self.registrations {
@@ -330,7 +366,12 @@ impl PrSnapshot {
                 initiator: h.initiator.clone(),
                 relative_port: h.relative_port,
             };
-            if !st.registrations.iter().any(|r| r.nexus == holder) {
+            // An all-registrants reservation outlives the registration of the nexus
+            // that made it (SPC-4 5.13.11.2): its recorded holder may be unregistered.
+            if pr_type.all_registrants() && st.registrations.is_empty() {
+                return Err("an all-registrants reservation without registrants".into());
+            }
+            if !pr_type.all_registrants() && !st.registrations.iter().any(|r| r.nexus == holder) {
                 return Err(format!(
                     "the reservation holder {} is not registered",
                     h.initiator
@@ -422,6 +463,7 @@ mod tests {
                 relative_port: 1,
                 pr_type: 5,
             }),
+            spc2_reservation: None,
         }
     }
 
@@ -443,6 +485,36 @@ mod tests {
         assert_eq!(PrSnapshot::decode(&bytes).unwrap(), s);
         let st = s.to_state().unwrap();
         assert_eq!(PrSnapshot::of(&st), s);
+    }
+
+    #[test]
+    fn the_spc2_holder_is_not_saved() {
+        let mut s = sample();
+        s.spc2_reservation = Some(Spc2Holder {
+            initiator: "iqn.x:h,i,0x1".into(),
+            relative_port: 17,
+        });
+        assert_eq!(s.encode(), sample().encode(), "file format unchanged");
+        assert_eq!(PrSnapshot::decode(&s.encode()).unwrap(), sample());
+        // The cluster carries it through the state a logical unit installs.
+        assert_eq!(PrSnapshot::of(&s.to_state().unwrap()), s);
+    }
+
+    #[test]
+    fn an_all_registrants_reservation_outlives_its_creators_registration() {
+        let mut s = sample();
+        let creator = "iqn.2026-11.org.x:gone,i,0x1".to_string();
+        s.reservation = Some(PrHolder {
+            initiator: creator,
+            relative_port: 1,
+            pr_type: 7,
+        });
+        assert!(s.to_state().is_ok(), "WEAR holder need not be registered");
+        s.reservation.as_mut().unwrap().pr_type = 1;
+        assert!(s.to_state().unwrap_err().contains("not registered"));
+        s.reservation.as_mut().unwrap().pr_type = 8;
+        s.registrations.clear();
+        assert!(s.to_state().is_err(), "EAAR needs a registrant");
     }
 
     #[test]

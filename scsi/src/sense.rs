@@ -109,6 +109,11 @@ const ASC_NAMES: &[(u8, u8, &str)] = &[
         0x03,
         "LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED",
     ),
+    (
+        0x04,
+        0x0A,
+        "LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION",
+    ),
     (0x0C, 0x00, "WRITE ERROR"),
     (0x0D, 0x02, "COPY TARGET DEVICE NOT REACHABLE"),
     (0x0D, 0x03, "INCORRECT COPY TARGET DEVICE TYPE"),
@@ -275,6 +280,14 @@ impl Sense {
     /// NOT READY, LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED (04/03).
     pub const fn not_ready_manual_intervention() -> Sense {
         Sense::new(SenseKey::NotReady, 0x04, 0x03)
+    }
+
+    /// NOT READY, LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION
+    /// (04/0A): this path cannot serve the command right now (e.g. a persistent
+    /// reservation change that the cluster cannot commit); a multipath host retries,
+    /// possibly through another path.
+    pub const fn not_ready_state_transition() -> Sense {
+        Sense::new(SenseKey::NotReady, 0x04, 0x0A)
     }
 
     /// NOT READY, MEDIUM NOT PRESENT (3A/00).

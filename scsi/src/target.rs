@@ -153,6 +153,15 @@ impl LunMap {
         }
     }
 
+    /// The session of this nexus logs out: release what it reserved and, in a cluster,
+    /// wait until the release is committed everywhere. Blocks (call it from a
+    /// blocking thread); `nexus_gone` still follows when the session ends.
+    pub fn release_nexus_blocking(&self, nexus: &Nexus) {
+        for lu in self.luns.values() {
+            lu.release_spc2_blocking(nexus.id);
+        }
+    }
+
     /// LOGICAL UNIT RESET task management function. Err: no such LUN.
     #[allow(clippy::result_unit_err)]
     pub fn lun_reset(&self, lun: u64, nexus: &Nexus) -> Result<(), ()> {

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::range::{coalesce, covers, display_ranges, BlockRange};
@@ -453,6 +453,8 @@ pub struct LiveVolume {
     staged: Mutex<Option<Staged>>,
     holds: RangeHolds,
     hold_wait: Duration,
+    /// Fenced: every I/O fails with a retryable NOT READY (see [`LiveVolume::set_fenced`]).
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// How long new I/O waits for a hold by default: well below the 30 s a Linux host
@@ -469,7 +471,36 @@ impl LiveVolume {
             staged: Mutex::new(None),
             holds: RangeHolds::new(),
             hold_wait: DEFAULT_HOLD_WAIT,
+            fenced: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Fence (or unfence) the volume on this node: new I/O — and I/O waiting at a hold,
+    /// when it wakes up — fails with NOT READY (a host retries, through another node)
+    /// instead of running against a table the cluster may have replaced. The cluster
+    /// participant fences a changing volume when it loses its leader mid-change.
+    pub fn set_fenced(&self, on: bool) {
+        self.fenced.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the volume is fenced on this node.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check_fence(&self) -> Result<(), BlockError> {
+        if self.is_fenced() {
+            return Err(BlockError::Sense {
+                key: 0x02,
+                asc: 0x04,
+                ascq: 0x01,
+                msg: format!(
+                    "volume {:?} is fenced on this node (it lost the cluster leader during a change); retry through another node",
+                    self.name
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Set how long new I/O waits for a hold before it fails.
@@ -634,6 +665,7 @@ impl LiveVolume {
         range: BlockRange,
         f: impl FnOnce(&VirtualVolume) -> Result<T, BlockError>,
     ) -> Result<(T, u64), BlockError> {
+        self.check_fence()?;
         let _inflight = self.holds.enter(range, self.hold_wait).map_err(|e| {
             BlockError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -643,6 +675,8 @@ impl LiveVolume {
                 ),
             ))
         })?;
+        // Fenced while it waited at a hold: it must not run on this table.
+        self.check_fence()?;
         let vol = self.current.load();
         let out = f(&vol)?;
         Ok((out, vol.epoch()))
@@ -658,6 +692,19 @@ impl LiveVolume {
     pub fn write_tagged(&self, lba: u64, data: &[u8], fua: bool) -> Result<u64, BlockError> {
         let range = self.range_of(lba, data.len())?;
         self.io(range, |v| v.write(lba, data, fua)).map(|((), e)| e)
+    }
+
+    /// [`BlockStore::compare_and_write`], returning also the epoch of the table it ran
+    /// under.
+    pub fn compare_and_write_tagged(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<(CawOutcome, u64), BlockError> {
+        let range = self.range_of(lba, compare.len())?;
+        self.io(range, |v| v.compare_and_write(lba, compare, write, fua))
     }
 }
 
@@ -697,6 +744,26 @@ impl BlockStore for LiveVolume {
     fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
         self.io(BlockRange::at(lba, 1), |v| v.lba_status(lba))
             .map(|(s, _)| s)
+    }
+
+    /// Through the range gate like a write (it waits for a hold on its blocks and
+    /// counts as in flight for a drain), then [`VirtualVolume::compare_and_write`] on
+    /// the current table: passed to the back-end when the blocks lie in one extent.
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<CawOutcome, BlockError> {
+        self.compare_and_write_tagged(lba, compare, write, fua)
+            .map(|(o, _)| o)
+    }
+
+    /// As the current table's volume says (some back-end supports it; the range
+    /// decides on each call).
+    fn supports_compare_and_write(&self) -> bool {
+        self.current.load().supports_compare_and_write()
     }
 }
 

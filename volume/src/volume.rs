@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
-use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
 
 use crate::range::BlockRange;
 use crate::table::{
@@ -307,6 +307,56 @@ impl BlockStore for VirtualVolume {
             }
         }
         Ok(())
+    }
+
+    /// Passed to the back-end when the blocks lie inside one extent (the LBA
+    /// translated), so that the back-end's atomicity — e.g. an array's own COMPARE AND
+    /// WRITE — covers every node that maps the same back-end blocks. A range that
+    /// crosses an extent boundary or touches a hole is `Unsupported` (nothing done):
+    /// no back-end can compare and write across two of them atomically, and the
+    /// caller falls back to its own read-compare-write.
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        write: &[u8],
+        fua: bool,
+    ) -> Result<CawOutcome, BlockError> {
+        if compare.len() != write.len() {
+            return Err(BlockError::Misaligned {
+                len: write.len(),
+                block_size: self.def.block_size,
+            });
+        }
+        let blocks = self.check_buf(lba, compare.len())?;
+        if blocks == 0 {
+            return Ok(CawOutcome::Written);
+        }
+        let mut pieces = self.pieces(lba, blocks);
+        match (pieces.next(), pieces.next()) {
+            (Some((at, Piece::Mapped { ext, blocks: n })), None) if at == lba && n == blocks => ext
+                .store
+                .compare_and_write(ext.bstart + (lba - ext.vstart), compare, write, fua),
+            (Some((_, Piece::Hole { .. })), None) => {
+                Err(BlockError::Unsupported("compare and write in a hole"))
+            }
+            _ => Err(BlockError::Unsupported(
+                "compare and write across extent boundaries",
+            )),
+        }
+    }
+
+    /// True when any back-end the volume maps supports it, so that a volume mixing
+    /// array LUs and local files still passes COMPARE AND WRITE on the array extents
+    /// to the array. Whether a given range can is decided per call by
+    /// [`VirtualVolume::compare_and_write`], which refuses (`Unsupported`, nothing done,
+    /// no I/O) a range on a back-end without it, across extents or in a hole; callers
+    /// fall back then. Asked on each call: a remote back-end may find out that its
+    /// array refuses the command.
+    fn supports_compare_and_write(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|(_, s)| s.supports_compare_and_write())
     }
 
     fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {

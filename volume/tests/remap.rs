@@ -350,3 +350,44 @@ fn switch_needs_a_staged_table_a_hold_and_a_newer_epoch() {
     assert_eq!(vol.current().def().extents.len(), 3);
     vol.read(50, &mut vec![0u8; BS]).unwrap();
 }
+
+#[test]
+fn a_fenced_volume_fails_new_and_held_io_and_recovers() {
+    let a = Arc::new(MemStore::new(BS as u32, BLOCKS));
+    let reg = Registry::new().with("A", a.clone());
+    let vol = Arc::new(LiveVolume::new(
+        VirtualVolume::new(&def_from(&["A"; CHUNKS as usize]), &reg, 1).unwrap(),
+    ));
+    vol.write(0, &block(1, 0), false).unwrap();
+    // An I/O waiting at a hold when the volume is fenced fails when it wakes up; it
+    // never runs against the table.
+    let hold = vol.hold(&[chunk_range(0)]);
+    let (tx, rx) = mpsc::channel();
+    let v = vol.clone();
+    let waiter = thread::spawn(move || {
+        tx.send(()).unwrap();
+        v.write(0, &block(2, 0), false)
+    });
+    rx.recv().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    vol.set_fenced(true);
+    hold.release();
+    let held = waiter.join().unwrap();
+    assert!(
+        matches!(held, Err(BlockError::Sense { key: 2, asc: 4, .. })),
+        "{held:?}"
+    );
+    // New I/O fails the same way, reads included.
+    let mut buf = vec![0u8; BS];
+    assert!(matches!(
+        vol.read(0, &mut buf),
+        Err(BlockError::Sense { key: 2, .. })
+    ));
+    // The held write did not land.
+    a.read(0, &mut buf).unwrap();
+    assert_eq!(buf, block(1, 0));
+    vol.set_fenced(false);
+    vol.read(0, &mut buf).unwrap();
+    assert_eq!(buf, block(1, 0));
+    vol.write(0, &block(3, 0), false).unwrap();
+}

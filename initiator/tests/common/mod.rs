@@ -105,6 +105,7 @@ impl Target {
             vec![PortalDef {
                 addr: spec.addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
                 tpgt: 1,
+                relative_port: 0,
             }],
         );
         let listeners = server.bind().await.expect("bind");
