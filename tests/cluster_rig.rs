@@ -60,6 +60,9 @@ pub struct RigOpts {
     pub witness: bool,
     /// Volume size in 512-byte blocks.
     pub blocks: u64,
+    /// `[management] drain_timeout_ms` of the members (remap drain attempts; the
+    /// phase timeout is twice it plus 5 s).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for RigOpts {
@@ -68,6 +71,7 @@ impl Default for RigOpts {
             data_nodes: 2,
             witness: false,
             blocks: 16384,
+            drain_timeout_ms: 1000,
         }
     }
 }
@@ -145,17 +149,20 @@ impl ClusterRig {
                      {cluster}\
                      [[backend]]\nid = \"array\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
                      initiator_name = \"iqn.2026-11.org.switchyard:{name}\"\nsessions = 2\ntimeout_secs = 5\n\
+                     [[backend]]\nid = \"array2\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
+                     initiator_name = \"iqn.2026-11.org.switchyard:{name}-path2\"\nsessions = 1\ntimeout_secs = 5\n\
                      [mapping]\nepoch = 1\n[[mapping.volumes]]\nname = \"vol1\"\nwwn = \"{VOL_WWN}\"\n\
                      block_size = 512\nblocks = {blocks}\n\
                      [[mapping.volumes.extents]]\nvstart = 0\nblocks = {blocks}\nbackend = \"array/lun0\"\nbstart = 0\n\
                      [[target]]\nname = \"{CLUSTER_TARGET}\"\n[[target.lun]]\nlun = 0\nvolume = \"vol1\"\n\
-                     [management]\nlisten = \"127.0.0.1:{api}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n",
+                     [management]\nlisten = \"127.0.0.1:{api}\"\nadmin_token = \"{ADMIN_TOKEN}\"\ndrain_timeout_ms = {drain}\n",
                     name = n.name,
                     d = d.display(),
                     portal = n.portal,
                     id = n.id,
                     blocks = o.blocks,
                     api = n.api,
+                    drain = o.drain_timeout_ms,
                 )
             };
             std::fs::write(&n.cfg, body).unwrap();
@@ -272,6 +279,44 @@ impl ClusterRig {
         })
         .await
         .unwrap()
+    }
+
+    /// Remap `vol1` through member `i` and wait for the change to finish: the final
+    /// change record, or the API's error.
+    pub async fn remap(
+        &self,
+        i: usize,
+        body: serde_json::Value,
+    ) -> Result<mgmt::model::ChangeRecord, mgmt::client::ClientError> {
+        let c = self.nodes[i].client();
+        tokio::task::spawn_blocking(move || {
+            c.post::<_, mgmt::model::ChangeRecord>("/api/v1/volumes/vol1/remap", &body)
+                .map(|(_, r)| r)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// `GET path` on member `i` as text.
+    pub async fn get_text(&self, i: usize, path: &str) -> String {
+        let c = self.nodes[i].client();
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || c.get_text(&path))
+            .await
+            .unwrap()
+            .expect("GET")
+    }
+
+    /// Set fault point `name` to `actions` on member `i`.
+    pub async fn failpoint(&self, i: usize, name: &str, actions: &str) {
+        let r = self
+            .post(
+                i,
+                "/api/v1/faults",
+                serde_json::json!({"failpoint": name, "actions": actions}),
+            )
+            .await;
+        assert_eq!(r.as_ref().ok(), Some(&200), "{r:?}");
     }
 
     /// The log of member `i`.

@@ -246,7 +246,12 @@ impl ClusterNode {
             return false;
         };
         if leader == self.inner.id {
-            return true;
+            // Confirm leadership with a quorum (a restarted member may still name
+            // itself from its stored vote) and wait for the state machine.
+            return matches!(
+                tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await,
+                Ok(Ok(_))
+            );
         }
         let Some(addr) = self.inner.addr_of(leader) else {
             return false;

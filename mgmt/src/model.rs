@@ -409,4 +409,10 @@ pub struct FaultRequest {
     /// Drop all cluster (node-to-node) traffic to and from this node.
     #[serde(default)]
     pub isolate: Option<bool>,
+    /// Configure a fault point (the `fail` crate): its name, e.g. `remap::switch` ...
+    #[serde(default)]
+    pub failpoint: Option<String>,
+    /// ... and its actions, e.g. `return`, `2*off->return`, `return(8000)`, or `off`.
+    #[serde(default)]
+    pub actions: Option<String>,
 }

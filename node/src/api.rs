@@ -359,6 +359,14 @@ impl NodeMgmt {
         NodeMgmt(Arc::new(inner))
     }
 
+    /// The table this node serves: the replicated one in a cluster.
+    fn current_table(&self) -> MappingTable {
+        match &self.0.cluster {
+            Some(c) => cluster::Cluster::state(&**c).table.clone(),
+            None => self.0.table.lock().clone(),
+        }
+    }
+
     /// A remap in a cluster: validate here, record the change in the replicated change
     /// log (the leader drives it, every node takes part), and mirror it into this
     /// node's journal. Returns the journal's id.
@@ -370,6 +378,12 @@ impl NodeMgmt {
     ) -> Result<u64, ApiError> {
         use cluster::Cluster as _;
         let inner = &self.0;
+        // A change that is finishing (this node may apply its end a moment after the
+        // node that asked for it) is waited for, briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.state().active().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let st = c.state();
         let old_def = st.table.volume(volume).cloned().ok_or_else(|| {
             ApiError::not_found(
@@ -465,21 +479,56 @@ impl NodeMgmt {
                 "check `switchyard nodes` for the leader and unreachable members",
             ),
         };
-        let applied = inner
-            .rt
-            .block_on(c.propose(cluster::Command::BeginChange {
-                changeset,
-                requested_by: c.id(),
-                at_ms: mgmt::model::now_ms(),
-                copy_data: !mv.is_empty(),
-            }))
-            .map_err(no_quorum)?;
-        let cluster::Outcome::ChangeBegun(cid) = applied.outcome else {
-            return Err(ApiError::new(
-                axum_status(500),
-                "the cluster answered BeginChange without a change id",
-                "",
-            ));
+        let proposed = inner.rt.block_on(c.propose(cluster::Command::BeginChange {
+            changeset: changeset.clone(),
+            requested_by: c.id(),
+            at_ms: mgmt::model::now_ms(),
+            copy_data: !mv.is_empty(),
+        }));
+        let cid = match proposed {
+            Ok(a) => match a.outcome {
+                cluster::Outcome::ChangeBegun(cid) => cid,
+                _ => {
+                    return Err(ApiError::new(
+                        axum_status(500),
+                        "the cluster answered BeginChange without a change id",
+                        "",
+                    ))
+                }
+            },
+            // The leader went away before it answered: the change may be recorded.
+            // Look for it once a new leader is there.
+            Err(e @ cluster::ClusterError::Uncertain(_)) => {
+                let find = || {
+                    c.state()
+                        .changes
+                        .iter()
+                        .rev()
+                        .find(|(_, r)| {
+                            r.requested_by == c.id()
+                                && r.changeset == changeset
+                                && r.timeline
+                                    .first()
+                                    .is_some_and(|t| t.at_ms + 120_000 > mgmt::model::now_ms())
+                        })
+                        .map(|(id, _)| *id)
+                };
+                let found = inner.rt.block_on(async {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    while tokio::time::Instant::now() < deadline {
+                        if c.sync_with_leader(Duration::from_secs(1)).await {
+                            return find();
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None
+                });
+                match found {
+                    Some(cid) => cid,
+                    None => return Err(no_quorum(e)),
+                }
+            }
+            Err(e) => return Err(no_quorum(e)),
         };
         let jid = inner.journal.open_change(ChangeRecord {
             id: 0,
@@ -649,7 +698,9 @@ impl NodeMgmt {
             .unwrap_or_else(|| member.members())
             .into_iter()
             .map(|m| {
-                let info = m.info.clone();
+                // Reachability as the leader saw it a moment ago; the rest from the
+                // replicated state as applied here.
+                let info = st.nodes.get(&m.id).cloned().or_else(|| m.info.clone());
                 let name = info
                     .as_ref()
                     .map(|i| i.name.clone())
@@ -905,7 +956,7 @@ impl NodeApi for NodeMgmt {
             i.m.backends
                 .iter()
                 .any(|b| NodeMgmt::backend_state(b) == "reconnecting");
-        let epoch = i.table.lock().epoch;
+        let epoch = self.current_table().epoch;
         let counters = self.metrics().counters;
         let (leader, nodes) = match &i.cluster {
             Some(c) => self.cluster_nodes(c),
@@ -994,7 +1045,7 @@ impl NodeApi for NodeMgmt {
     }
 
     fn backends(&self) -> Vec<BackendView> {
-        let table = self.0.table.lock().clone();
+        let table = self.current_table();
         let mapped = |id: &str| -> u64 {
             table
                 .volumes
@@ -1076,7 +1127,7 @@ impl NodeApi for NodeMgmt {
     }
 
     fn mapping(&self) -> MappingTable {
-        self.0.table.lock().clone()
+        self.current_table()
     }
 
     fn validate_mapping(&self, table: &MappingTable) -> ValidationReport {
@@ -1084,7 +1135,7 @@ impl NodeApi for NodeMgmt {
             Ok(()) => Vec::new(),
             Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
         };
-        let cur = self.0.table.lock().clone();
+        let cur = self.current_table();
         let changes = MappingTable::diff(&cur, table);
         for v in &table.volumes {
             if let Some(c) = cur.volume(&v.name) {
@@ -1361,6 +1412,16 @@ impl NodeApi for NodeMgmt {
             c.faults().isolate(on);
             tracing::warn!(isolated = on, "fault injection: cluster traffic");
         }
+        if let Some(name) = &req.failpoint {
+            let actions = req.actions.clone().unwrap_or_else(|| "off".into());
+            fail::cfg(name.as_str(), &actions).map_err(|e| {
+                ApiError::bad_request(
+                    format!("fault point {name}: {e}"),
+                    "e.g. return, 2*off->return, off",
+                )
+            })?;
+            tracing::warn!(failpoint = %name, %actions, "fault injection: fault point set");
+        }
         Ok(())
     }
 
@@ -1390,7 +1451,7 @@ impl NodeApi for NodeMgmt {
                 backend_errors: backends.iter().map(|b| b.1.errors).sum(),
             },
             uptime_secs: i.started.elapsed().as_secs(),
-            epoch: i.table.lock().epoch,
+            epoch: self.current_table().epoch,
             volumes: i
                 .m
                 .volumes

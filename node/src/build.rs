@@ -269,43 +269,61 @@ async fn open_volumes(
             mg.store_lu(&st.id, &cfg.resolve(&st.path), store),
         );
     }
-    // Log in to each array the table uses, once, and open the LUNs it needs.
-    let mut clients: HashMap<String, Client> = HashMap::new();
+    // Log in to every configured array once and open every LU it reports (a remap or
+    // a migration may move an extent to any of them); the LUs the table uses must
+    // open, the others are skipped with a warning when they do not.
+    let mut used: std::collections::BTreeMap<&str, std::collections::BTreeSet<u64>> =
+        Default::default();
     for v in &table.volumes {
         for e in &v.extents {
-            let BackendRef::Remote { backend, lun } = backend_ref(&e.backend) else {
-                continue;
-            };
-            if registry.catalog().contains_key(&e.backend) {
+            if let BackendRef::Remote { backend, lun } = backend_ref(&e.backend) {
+                if !registry.catalog().contains_key(&e.backend) {
+                    used.entry(backend).or_default().insert(lun);
+                }
+            }
+        }
+    }
+    for b in &cfg.backends {
+        let needed = used.get(b.id.as_str()).cloned().unwrap_or_default();
+        let client = match connect_backend(cfg, b).await {
+            Ok(c) => c,
+            Err(e) if needed.is_empty() => {
+                tracing::warn!(backend = %b.id, "{e}; no volume uses it yet, so the node starts without it");
                 continue;
             }
-            let b = cfg
-                .backends
-                .iter()
-                .find(|b| b.id == backend)
-                .expect("validated");
-            let client = match clients.get(backend) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = connect_backend(cfg, b).await?;
-                    clients.insert(backend.to_string(), c.clone());
-                    c
-                }
-            };
+            Err(e) => return Err(e),
+        };
+        let timeout = Duration::from_secs(b.timeout_secs);
+        let mut luns = report_luns(&client, timeout).await.unwrap_or_else(|e| {
+            tracing::warn!(backend = %b.id, "REPORT LUNS: {e}; opening only the LUs the table uses");
+            Vec::new()
+        });
+        luns.extend(needed.iter().copied());
+        luns.sort_unstable();
+        luns.dedup();
+        for lun in luns {
+            let id = format!("{}/lun{lun}", b.id);
             let opts = RemoteStoreOptions {
-                timeout: Duration::from_secs(b.timeout_secs),
+                timeout,
                 ..RemoteStoreOptions::default()
             };
-            let store = RemoteStore::open(client, lun, opts).await.map_err(|e| {
-                format!(
-                    "backend {} ({} at {}) LUN {lun}: {e}",
-                    b.id, b.target, b.portal
-                )
-            })?;
+            let store = match RemoteStore::open(client.clone(), lun, opts).await {
+                Ok(s) => s,
+                Err(e) if !needed.contains(&lun) => {
+                    tracing::warn!(backend = %b.id, lun, "cannot open: {e}; skipped");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "backend {} ({} at {}) LUN {lun}: {e}",
+                        b.id, b.target, b.portal
+                    ))
+                }
+            };
             tracing::info!(backend = %b.id, lun, blocks = store.num_blocks(), "back-end LU opened");
             let c = store.client().clone();
-            let store = mg.remote_lu(&b.id, &b.portal, &b.target, &e.backend, &c, Arc::new(store));
-            registry.insert(e.backend.clone(), store);
+            let store = mg.remote_lu(&b.id, &b.portal, &b.target, &id, &c, Arc::new(store));
+            registry.insert(id, store);
         }
     }
     table
@@ -323,6 +341,27 @@ async fn open_volumes(
     }
     mg.set_mapping(table.clone(), registry);
     Ok(out)
+}
+
+/// REPORT LUNS (SPC-4 6.33) on the array: the LUN numbers it reports.
+async fn report_luns(client: &Client, timeout: Duration) -> Result<Vec<u64>, String> {
+    let alloc: u32 = 16 + 8 * 1024;
+    let mut cdb = [0u8; 12];
+    cdb[0] = 0xa0;
+    cdb[6..10].copy_from_slice(&alloc.to_be_bytes());
+    let out = client
+        .execute(0, &cdb, bytes::Bytes::new(), alloc, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.is_good() || out.data.len() < 8 {
+        return Err(format!("status {:#04x}", out.status));
+    }
+    let len = u32::from_be_bytes([out.data[0], out.data[1], out.data[2], out.data[3]]) as usize;
+    let list = &out.data[8..(8 + len).min(out.data.len())];
+    Ok(list
+        .chunks_exact(8)
+        .map(|e| iscsi_wire::lun::decode_lun(u64::from_be_bytes(e.try_into().expect("8 bytes"))))
+        .collect())
 }
 
 async fn connect_backend(cfg: &Config, b: &BackendSection) -> Result<Client, String> {

@@ -109,6 +109,18 @@ pub async fn join(cfg: &Config) -> Result<(Arc<ClusterNode>, Config), String> {
             next_log += Duration::from_secs(5);
         }
     }
+    // A restarted member finds its registration in its own log: catch up with the
+    // leader before building anything from the state.
+    while !node.sync_with_leader(Duration::from_secs(2)).await {
+        if started.elapsed() >= next_log {
+            tracing::warn!(
+                waited_s = started.elapsed().as_secs(),
+                "waiting to catch up with the cluster's leader"
+            );
+            next_log += Duration::from_secs(5);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tracing::info!(
         id,
         leader = ?node.leader(),

@@ -96,6 +96,9 @@ pub fn opts(cfg: &crate::config::Config, lease: Duration) -> RemapOpts {
     }
 }
 
+/// The pause before a drain is retried, times the retry number.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -397,10 +400,13 @@ impl Remapper {
     /// Drain every hold, in short steps so a lost lease is noticed.
     async fn drain(&self) -> Result<(), String> {
         let deadline = Instant::now() + self.opts.drain_timeout;
-        // Test fault: `remap::drain=return(MS)` stalls the drain for MS milliseconds.
-        let pause = fail::eval("remap::drain", |a| a.and_then(|s| s.parse::<u64>().ok())).flatten();
-        if let Some(ms) = pause {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+        // Test fault: `remap::drain=return` behaves as I/O that never drains.
+        if fail::eval("remap::drain", |_| ()).is_some() {
+            tokio::time::sleep(self.opts.drain_timeout).await;
+            return Err(format!(
+                "fault injected at remap::drain: the affected ranges did not drain within {} ms",
+                self.opts.drain_timeout.as_millis()
+            ));
         }
         loop {
             if !self.lease_ok() {
@@ -674,6 +680,8 @@ impl Remapper {
                 ))
                 .await;
             }
+            // A retry waits a little longer each time before holding again.
+            Phase::Staged if missing.is_empty() && waited < RETRY_BACKOFF * rec.retries => {}
             Phase::Staged | Phase::Quiescing | Phase::Switched | Phase::Resumed
                 if missing.is_empty() =>
             {
@@ -709,20 +717,14 @@ impl Remapper {
                 };
                 self.propose(advance(next, None)).await;
             }
-            Phase::Staged | Phase::Quiescing if waited > self.opts.phase_timeout => {
-                // Before the commit point a silent node just fails the change.
-                self.propose(advance(
-                    Phase::Failed,
-                    Some(format!(
-                        "nodes {missing:?} did not acknowledge {phase} within {} ms; nothing was changed",
-                        self.opts.phase_timeout.as_millis()
-                    )),
-                ))
-                .await;
-            }
-            Phase::Switched | Phase::Resumed if waited > self.opts.phase_timeout => {
-                // After the commit point the change goes forward without a node that
-                // has certainly stopped serving.
+            Phase::Staged | Phase::Quiescing | Phase::Switched | Phase::Resumed
+                if waited > self.opts.phase_timeout =>
+            {
+                // A node that is in contact but does not answer is stuck: before the
+                // commit point the change fails (nothing changed); after it the node
+                // is excluded (it applies its fence and stops serving). A node out of
+                // contact is excluded once its lease and its last back-end command are
+                // certainly over, in any phase: a dead node must not block changes.
                 let fence_after =
                     self.opts.lease + self.opts.backend_timeout + Duration::from_millis(500);
                 let contact: BTreeMap<NodeId, Option<u64>> = self
@@ -731,31 +733,44 @@ impl Remapper {
                     .into_iter()
                     .map(|m| (m.id, m.last_contact_ms))
                     .collect();
+                let committed = matches!(phase, Phase::Switched | Phase::Resumed);
+                let mut stuck = Vec::new();
                 for n in missing {
                     let since = contact
                         .get(&n)
                         .copied()
                         .flatten()
                         .map(Duration::from_millis);
-                    // In contact but not answering (stuck): it applies its exclusion
-                    // and stops serving. Out of contact: wait until its lease and its
-                    // last back-end command are certainly over.
-                    let excludable = match since {
-                        Some(d) => d <= self.opts.lease || d > fence_after,
-                        None => true,
-                    };
-                    if excludable {
+                    let in_contact = since.is_some_and(|d| d <= self.opts.lease);
+                    let gone = since.is_none_or(|d| d > fence_after);
+                    if in_contact && !committed {
+                        stuck.push(n);
+                    } else if in_contact || gone {
                         self.propose(Command::ExcludeFromChange {
                             id: rec.id,
                             node: n,
-                            reason: format!(
-                                "no acknowledgement of {phase} and no contact for more than {} ms",
-                                fence_after.as_millis()
-                            ),
+                            reason: if in_contact {
+                                format!(
+                                    "in contact but no acknowledgement of {phase} within {} ms",
+                                    self.opts.phase_timeout.as_millis()
+                                )
+                            } else {
+                                format!("no contact for more than {} ms", fence_after.as_millis())
+                            },
                             at_ms: now_ms(),
                         })
                         .await;
                     }
+                }
+                if !stuck.is_empty() {
+                    self.propose(advance(
+                        Phase::Failed,
+                        Some(format!(
+                            "nodes {stuck:?} did not acknowledge {phase} within {} ms; nothing was changed",
+                            self.opts.phase_timeout.as_millis()
+                        )),
+                    ))
+                    .await;
                 }
             }
             _ => {}
