@@ -59,6 +59,31 @@ struct Tally {
     retries: AtomicU64,
     wrong: AtomicU64,
     errors: AtomicU64,
+    /// (when it started, how long it took) of every host command.
+    latencies: parking_lot::Mutex<Vec<(Instant, Duration)>>,
+}
+
+impl Tally {
+    fn lat(&self, start: Instant) {
+        self.latencies.lock().push((start, start.elapsed()));
+    }
+
+    /// p50, p99 and max of the commands started in [from, to).
+    fn percentiles(&self, from: Instant, to: Instant) -> (usize, Duration, Duration, Duration) {
+        let mut v: Vec<Duration> = self
+            .latencies
+            .lock()
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, d)| *d)
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            return (0, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        }
+        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+        (v.len(), at(0.5), at(0.99), v[v.len() - 1])
+    }
 }
 
 /// Write versioned patterns into writer `w`'s area through `node` and read each back
@@ -78,7 +103,9 @@ async fn checker(
         let lba = base + (k * 7) % AREA;
         let version = (k / AREA) as u32 + 1;
         let data = pattern(version * 16 + w, lba, BS);
+        let t = Instant::now();
         let (r, n) = host_cmd(&mut i, &cdb10(0x2a, lba as u32, 1), &data, 0).await;
+        tally.lat(t);
         tally.retries.fetch_add(n, Ordering::Relaxed);
         if r.status != 0 {
             eprintln!("writer {w}: WRITE {lba} failed: {r:?}");
@@ -93,7 +120,9 @@ async fn checker(
             (lba, Some(version * 16 + w)),
             (other, last.get(&other).copied()),
         ] {
+            let t = Instant::now();
             let (r, n) = host_cmd(&mut i, &cdb10(0x28, b as u32, 1), &[], BS as u32).await;
+            tally.lat(t);
             tally.retries.fetch_add(n, Ordering::Relaxed);
             if r.status != 0 {
                 eprintln!("writer {w}: READ {b} failed: {r:?}");
@@ -245,8 +274,14 @@ async fn two_hundred_remaps_under_load_lose_nothing() {
             tokio::join!(a, b, c, d)
         }
     };
+    let windows = parking_lot::Mutex::new(Vec::new());
     let drive = async {
+        // A window without remaps first, for comparison.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let quiet = Instant::now();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let busy = Instant::now();
+        windows.lock().extend([quiet, busy]);
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
         let mut durations = Vec::new();
@@ -259,6 +294,22 @@ async fn two_hundred_remaps_under_load_lose_nothing() {
                 .await
                 .unwrap_or_else(|e| panic!("remap {n} ({kind}) failed: {e}\nlayout {layout:?}"));
             durations.push(t.elapsed());
+            if std::env::var("SHOW_TIMELINE").is_ok() {
+                let t0 = rec.timeline.first().map(|t| t.at_ms).unwrap_or(0);
+                let steps: Vec<String> = rec
+                    .timeline
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "+{} {} {}",
+                            t.at_ms - t0,
+                            t.node.clone().unwrap_or_default(),
+                            t.what
+                        )
+                    })
+                    .collect();
+                eprintln!("remap {n} ({kind}): {}", steps.join(" | "));
+            }
             assert_eq!(
                 rec.state,
                 mgmt::model::ChangeState::Done,
@@ -266,6 +317,7 @@ async fn two_hundred_remaps_under_load_lose_nothing() {
             );
             *kinds.entry(kind).or_default() += 1;
         }
+        windows.lock().push(Instant::now());
         stop.store(true, Ordering::Relaxed);
         durations.sort();
         (kinds, durations)
@@ -281,6 +333,14 @@ async fn two_hundred_remaps_under_load_lose_nothing() {
         durations[durations.len() / 2],
         durations[durations.len() - 1]
     );
+    let w = windows.lock().clone();
+    for (name, from, to) in [
+        ("without remaps", w[0], w[1]),
+        ("during remaps", w[1], w[2]),
+    ] {
+        let (n, p50, p99, max) = tally.percentiles(from, to);
+        eprintln!("host latency {name}: {n} commands, p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    }
     assert_eq!(wrong, 0, "wrong data");
     assert_eq!(errors, 0, "host I/O errors");
     // Every node serves the final table, and every last write is there through each.
@@ -325,7 +385,10 @@ async fn two_hundred_remaps_under_load_lose_nothing() {
     // The hold times are in the metrics.
     let m = rig.get_text(0, "/metrics").await;
     assert!(m.contains("switchyard_remap_hold_seconds_count"), "{m}");
-    for l in m.lines().filter(|l| l.starts_with("switchyard_remap_hold_seconds")) {
+    for l in m
+        .lines()
+        .filter(|l| l.starts_with("switchyard_remap_hold_seconds"))
+    {
         eprintln!("node 1: {l}");
     }
 }
@@ -423,6 +486,7 @@ async fn a_drain_that_times_out_is_retried_then_fails_and_io_goes_on() {
         .count();
     assert!(retries >= 3, "{:?}", rec.timeline);
     assert_eq!(epoch(&rig, 0).await, before, "nothing changed");
+    assert_no_holds(&rig, &[0, 1]).await;
     rig.failpoint(1, "remap::drain", "off").await;
     let rec = record(rig.remap(1, path_switch()).await);
     assert_eq!(
@@ -441,6 +505,7 @@ async fn a_node_that_cannot_stage_fails_the_change_and_nothing_changes() {
     assert_eq!(rec.state, mgmt::model::ChangeState::Failed, "{rec:?}");
     assert!(rec.error.unwrap_or_default().contains("cannot stage"));
     assert_eq!(epoch(&rig, 0).await, before);
+    assert_no_holds(&rig, &[0, 1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -473,6 +538,7 @@ async fn a_switch_that_fails_on_one_node_rolls_every_node_back() {
             "node {i} switched back: {v}"
         );
     }
+    assert_no_holds(&rig, &[0, 1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -538,6 +604,7 @@ async fn a_node_that_stops_answering_after_the_commit_is_excluded_and_fenced() {
             .any(|s| s["backend"] == "array2/lun0"),
         "node 3 runs the new table: {v}"
     );
+    assert_no_holds(&rig, &[0, 1, 2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -627,4 +694,152 @@ async fn the_leader_dies_at_each_step_and_the_next_one_finishes_the_change() {
             "{leader} caught up"
         );
     }
+}
+
+/// No live node holds any range of the volume (no leaked hold).
+async fn assert_no_holds(rig: &ClusterRig, nodes: &[usize]) {
+    for &i in nodes {
+        let mut held = serde_json::Value::Null;
+        for _ in 0..100 {
+            let v: serde_json::Value =
+                serde_json::from_str(&rig.get_text(i, "/api/v1/volumes/vol1").await).unwrap();
+            held = v["held"].clone();
+            if held.as_array().is_some_and(|a| a.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(held, json!([]), "node {i} still holds ranges");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_at_each_step_is_excluded_and_catches_up_on_restart() {
+    let mut rig = faulty_rig(3).await;
+    let mut layout = initial_layout();
+    let mut marker = 0u32;
+    for (n, step) in ["staged", "quiescing", "switched", "resumed"]
+        .into_iter()
+        .enumerate()
+    {
+        let (leader, _) = rig.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+        let li = rig.nodes.iter().position(|x| x.name == leader).unwrap();
+        // The victim is neither the leader nor the node that takes the request.
+        let victim = (li + 2) % 3;
+        let asker = (li + 1) % 3;
+        let name = rig.nodes[victim].name.clone();
+        rig.failpoint(victim, &format!("remap::participant::{step}"), "return")
+            .await;
+        // Data written before the change must read back after it, through every node.
+        marker += 1;
+        let mut w = session(&rig, asker, "marker", 5).await;
+        let (r, _) = host_cmd(&mut w, &cdb10(0x2a, 100, 1), &pattern(marker, 100, BS), 0).await;
+        assert_eq!(r.status, 0);
+        layout[0].2 = if n % 2 == 0 {
+            "array2/lun0"
+        } else {
+            "array/lun0"
+        }
+        .into();
+        let rec = record(rig.remap(asker, body(&layout, None, false)).await);
+        let died = rig.nodes[victim]
+            .proc
+            .as_mut()
+            .unwrap()
+            .0
+            .try_wait()
+            .unwrap()
+            .is_some();
+        assert!(died, "{name} did not reach {step}");
+        assert_eq!(rec.state, mgmt::model::ChangeState::Done, "{step}: {rec:?}");
+        assert!(
+            rec.timeline.iter().any(|t| t.what.starts_with("excluded")),
+            "{step}: {:?}",
+            rec.timeline
+        );
+        let live: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+        let want = rig.get_text(asker, "/api/v1/mapping").await;
+        for &i in &live {
+            assert_eq!(rig.get_text(i, "/api/v1/mapping").await, want);
+        }
+        assert_no_holds(&rig, &live).await;
+        // The victim restarts fenced, is let back in, and serves the new table.
+        rig.nodes[victim].proc = None;
+        rig.restart(victim).await;
+        assert_eq!(
+            rig.post(
+                asker,
+                &format!("/api/v1/nodes/{name}/state"),
+                json!({"state": "active"})
+            )
+            .await
+            .ok(),
+            Some(200)
+        );
+        let mut s = session(&rig, victim, "back", 6).await;
+        let t = Instant::now();
+        let r = loop {
+            let r = s.read10(0, 100, 1, BS).await;
+            if r.status == 0 {
+                break r;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{name} did not serve again: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            r.data,
+            pattern(marker, 100, BS),
+            "{step}: data through {name}"
+        );
+        assert_eq!(rig.get_text(victim, "/api/v1/mapping").await, want);
+        assert_no_holds(&rig, &[0, 1, 2]).await;
+        eprintln!("{name} killed at {step}: excluded, change done, restarted and caught up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_back_end_fails_the_remap_cleanly_and_nothing_is_lost() {
+    let rig = faulty_rig(2).await;
+    let before = epoch(&rig, 0).await;
+    let pid = rig.array.0.id().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    let rec = under_load(&rig, async {
+        // Let the checkers get commands in flight to the array, then stall it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        signal("-STOP");
+        let rec = record(rig.remap(0, path_switch()).await);
+        signal("-CONT");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rec
+    })
+    .await;
+    eprintln!(
+        "remap with a stalled back-end: {:?}: {:?}",
+        rec.state, rec.error
+    );
+    let next = match rec.state {
+        // The stuck commands kept the ranges from draining: retried, then given up.
+        mgmt::model::ChangeState::Failed => {
+            assert!(rec.error.unwrap_or_default().contains("drain"));
+            assert_eq!(epoch(&rig, 0).await, before);
+            path_switch()
+        }
+        // Or nothing was in flight in the affected range when it was held.
+        mgmt::model::ChangeState::Done => body(&initial_layout(), None, false),
+        other => panic!("unexpected end state {other:?}"),
+    };
+    assert_no_holds(&rig, &[0, 1]).await;
+    let rec = record(rig.remap(1, next).await);
+    assert!(
+        matches!(rec.state, mgmt::model::ChangeState::Done),
+        "remaps work again: {rec:?}"
+    );
 }

@@ -143,6 +143,11 @@ impl ClusterNode {
         let app = crate::server::router(inner.clone());
         tasks.push(tokio::spawn(async move {
             let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+            // Small request/response pairs: without TCP_NODELAY a response split in
+            // two segments waits for the peer's delayed ACK (~40 ms per RPC).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, svc).await {
                 tracing::error!("cluster management server stopped: {e}");
             }

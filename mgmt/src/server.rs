@@ -577,7 +577,9 @@ fn label(v: &str) -> String {
 }
 
 /// Remap hold-time histogram buckets, in seconds.
-const HOLD_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+const HOLD_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 10.0,
+];
 
 /// The Prometheus text exposition of a node.
 pub fn render_metrics(api: &dyn NodeApi) -> String {

@@ -257,6 +257,24 @@ impl Remapper {
             }
         }
         let acked = rec.state.acks().is_some_and(|a| a.contains(&self.me));
+        if !acked {
+            // Test faults: this node dies as it reaches a phase.
+            match rec.phase() {
+                Phase::Staged => {
+                    fail::fail_point!("remap::participant::staged", |_| std::process::abort())
+                }
+                Phase::Quiescing => {
+                    fail::fail_point!("remap::participant::quiescing", |_| std::process::abort())
+                }
+                Phase::Switched => {
+                    fail::fail_point!("remap::participant::switched", |_| std::process::abort())
+                }
+                Phase::Resumed => {
+                    fail::fail_point!("remap::participant::resumed", |_| std::process::abort())
+                }
+                _ => {}
+            }
+        }
         match rec.phase() {
             Phase::Proposed => {}
             Phase::Staged => {
