@@ -535,3 +535,73 @@ async fn a_peer_with_the_wrong_secret_cannot_join() {
         .await;
     assert_eq!(r.as_ref().ok(), Some(&200), "{r:?}");
 }
+
+async fn wait_members(rig: &ClusterRig, i: usize, ok: impl Fn(&[mgmt::model::NodeView]) -> bool) {
+    let mut m = Vec::new();
+    for _ in 0..100 {
+        m = rig.members_seen_by(i).await;
+        if ok(&m) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("members as node {i} sees them: {m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_online_serves_the_same_volume_and_is_removed() {
+    let mut rig = ClusterRig::start(RigOpts::default()).await;
+    let mut a = session(&rig, 0, "iqn.2026-11.org.test:j", 1).await;
+    assert_eq!(a.write10(0, 42, &pattern(5, 42, BS), BS).await.status, 0);
+    // A third member joins through node 1 while the cluster serves I/O.
+    let k = rig.add_member().await;
+    let mut c = session(&rig, k, "iqn.2026-11.org.test:j", 2).await;
+    let r = c.read10(0, 42, 1, BS).await;
+    assert_eq!(r.status, 0);
+    assert_eq!(
+        r.data,
+        pattern(5, 42, BS),
+        "the new member serves the same volume"
+    );
+    let da = a.scsi(0, &inquiry(true, 0x83), &[], 4096).await.data;
+    let dc = c.scsi(0, &inquiry(true, 0x83), &[], 4096).await.data;
+    assert_eq!(lu_designators(&da), lu_designators(&dc));
+    // (the member list is the leader's view, refreshed every second)
+    wait_members(&rig, 0, |m| {
+        m.iter().any(|m| m.name == "n3" && m.state == "up")
+    })
+    .await;
+    // RTPG now has three groups, the same through the old and the new member.
+    let ga = a.scsi(0, &rtpg(), &[], 4096).await;
+    let ga = if ga.status == 2 {
+        a.scsi(0, &rtpg(), &[], 4096).await
+    } else {
+        ga
+    };
+    let gc = c.scsi(0, &rtpg(), &[], 4096).await;
+    assert_eq!(ga.data, gc.data);
+    drop(c);
+    // Stop it and remove it; the cluster goes on with two.
+    rig.kill(k);
+    let r = rig
+        .post(1, "/api/v1/nodes/n3", serde_json::json!(null))
+        .await;
+    assert!(r.is_err(), "POST is not the remove verb");
+    let c = rig.nodes[1].client();
+    let status = tokio::task::spawn_blocking(move || c.delete("/api/v1/nodes/n3"))
+        .await
+        .unwrap();
+    assert_eq!(status.ok(), Some(204));
+    wait_members(&rig, 0, |m| m.iter().all(|m| m.name != "n3")).await;
+    assert_eq!(
+        rig.post(
+            0,
+            "/api/v1/nodes/n2/state",
+            serde_json::json!({"alua": "standby"})
+        )
+        .await
+        .ok(),
+        Some(200),
+        "changes still commit"
+    );
+}

@@ -52,6 +52,7 @@ pub struct ClusterRig {
     pub nodes: Vec<RigNode>,
     /// Volume size in 512-byte blocks.
     pub blocks: u64,
+    pub drain_timeout_ms: u64,
 }
 
 /// Rig options.
@@ -125,47 +126,15 @@ impl ClusterRig {
                 .filter(|p| p.id != n.id)
                 .map(|p| format!("\"{}@127.0.0.1:{}\"", p.id, p.raft))
                 .collect();
-            let d = dir.path().join(&n.name);
-            std::fs::create_dir_all(&d).unwrap();
-            let cluster = format!(
-                "[cluster]\nid = {id}\nname = \"{name}\"\nlisten = \"127.0.0.1:{raft}\"\npeers = [{peers}]\n\
-                 secret = \"{SECRET}\"\ndata_dir = \"raft\"\nwitness = {w}\nheartbeat_ms = 50\n\
-                 election_timeout_ms = 300\npropose_timeout_ms = 3000\nrpc_timeout_ms = 500\n",
-                id = n.id,
-                name = n.name,
-                raft = n.raft,
-                peers = peers.join(", "),
-                w = n.witness,
+            let membership = format!("peers = [{}]", peers.join(", "));
+            write_config(
+                n,
+                &membership,
+                dir.path(),
+                array_port,
+                o.blocks,
+                o.drain_timeout_ms,
             );
-            let body = if n.witness {
-                format!(
-                    "[node]\nname = \"{}\"\ndata_dir = \"{}\"\n{cluster}",
-                    n.name,
-                    d.display()
-                )
-            } else {
-                format!(
-                    "[node]\nname = \"{name}\"\ndata_dir = \"{d}\"\n[[portal]]\nlisten = \"127.0.0.1:{portal}\"\ntpgt = {id}\n\
-                     {cluster}\
-                     [[backend]]\nid = \"array\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
-                     initiator_name = \"iqn.2026-11.org.switchyard:{name}\"\nsessions = 2\ntimeout_secs = 5\n\
-                     [[backend]]\nid = \"array2\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
-                     initiator_name = \"iqn.2026-11.org.switchyard:{name}-path2\"\nsessions = 1\ntimeout_secs = 5\n\
-                     [mapping]\nepoch = 1\n[[mapping.volumes]]\nname = \"vol1\"\nwwn = \"{VOL_WWN}\"\n\
-                     block_size = 512\nblocks = {blocks}\n\
-                     [[mapping.volumes.extents]]\nvstart = 0\nblocks = {blocks}\nbackend = \"array/lun0\"\nbstart = 0\n\
-                     [[target]]\nname = \"{CLUSTER_TARGET}\"\n[[target.lun]]\nlun = 0\nvolume = \"vol1\"\n\
-                     [management]\nlisten = \"127.0.0.1:{api}\"\nadmin_token = \"{ADMIN_TOKEN}\"\ndrain_timeout_ms = {drain}\n",
-                    name = n.name,
-                    d = d.display(),
-                    portal = n.portal,
-                    id = n.id,
-                    blocks = o.blocks,
-                    api = n.api,
-                    drain = o.drain_timeout_ms,
-                )
-            };
-            std::fs::write(&n.cfg, body).unwrap();
         }
         for n in &mut nodes {
             n.proc = Some(spawn_member(n));
@@ -176,6 +145,7 @@ impl ClusterRig {
             array,
             nodes,
             blocks: o.blocks,
+            drain_timeout_ms: o.drain_timeout_ms,
         };
         for n in rig.nodes.iter().filter(|n| !n.witness) {
             rig.wait_serving(n).await;
@@ -204,6 +174,36 @@ impl ClusterRig {
 
     pub fn node(&self, name: &str) -> &RigNode {
         self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    /// Start a new data member that joins the running cluster through member 0; waits
+    /// until it serves. Returns its index.
+    pub async fn add_member(&mut self) -> usize {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let n = RigNode {
+            id,
+            name: format!("n{id}"),
+            portal: free_port(),
+            raft: free_port(),
+            api: free_port(),
+            cfg: self.dir.path().join(format!("n{id}.toml")),
+            log: self.dir.path().join(format!("n{id}.log")),
+            witness: false,
+            proc: None,
+        };
+        let join = format!("join = \"127.0.0.1:{}\"", self.nodes[0].raft);
+        write_config(
+            &n,
+            &join,
+            self.dir.path(),
+            self.array_port,
+            self.blocks,
+            self.drain_timeout_ms,
+        );
+        self.nodes.push(n);
+        let i = self.nodes.len() - 1;
+        self.restart(i).await;
+        i
     }
 
     /// SIGKILL member `i` (index into `nodes`).
@@ -323,6 +323,55 @@ impl ClusterRig {
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
+}
+
+/// Write member `n`'s config; `membership` is its `peers = [...]` or `join = "..."`.
+fn write_config(
+    n: &RigNode,
+    membership: &str,
+    dir: &std::path::Path,
+    array_port: u16,
+    blocks: u64,
+    drain: u64,
+) {
+    let d = dir.join(&n.name);
+    std::fs::create_dir_all(&d).unwrap();
+    let cluster = format!(
+        "[cluster]\nid = {id}\nname = \"{name}\"\nlisten = \"127.0.0.1:{raft}\"\n{membership}\n\
+         secret = \"{SECRET}\"\ndata_dir = \"raft\"\nwitness = {w}\nheartbeat_ms = 50\n\
+         election_timeout_ms = 300\npropose_timeout_ms = 3000\nrpc_timeout_ms = 500\n",
+        id = n.id,
+        name = n.name,
+        raft = n.raft,
+        w = n.witness,
+    );
+    let body = if n.witness {
+        format!(
+            "[node]\nname = \"{}\"\ndata_dir = \"{}\"\n{cluster}",
+            n.name,
+            d.display()
+        )
+    } else {
+        format!(
+            "[node]\nname = \"{name}\"\ndata_dir = \"{d}\"\n[[portal]]\nlisten = \"127.0.0.1:{portal}\"\ntpgt = {id}\n\
+             {cluster}\
+             [[backend]]\nid = \"array\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
+             initiator_name = \"iqn.2026-11.org.switchyard:{name}\"\nsessions = 2\ntimeout_secs = 5\n\
+             [[backend]]\nid = \"array2\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
+             initiator_name = \"iqn.2026-11.org.switchyard:{name}-path2\"\nsessions = 1\ntimeout_secs = 5\n\
+             [mapping]\nepoch = 1\n[[mapping.volumes]]\nname = \"vol1\"\nwwn = \"{VOL_WWN}\"\n\
+             block_size = 512\nblocks = {blocks}\n\
+             [[mapping.volumes.extents]]\nvstart = 0\nblocks = {blocks}\nbackend = \"array/lun0\"\nbstart = 0\n\
+             [[target]]\nname = \"{CLUSTER_TARGET}\"\n[[target.lun]]\nlun = 0\nvolume = \"vol1\"\n\
+             [management]\nlisten = \"127.0.0.1:{api}\"\nadmin_token = \"{ADMIN_TOKEN}\"\ndrain_timeout_ms = {drain}\n",
+            name = n.name,
+            d = d.display(),
+            portal = n.portal,
+            id = n.id,
+            api = n.api,
+        )
+    };
+    std::fs::write(&n.cfg, body).unwrap();
 }
 
 fn spawn_member(n: &RigNode) -> NodeProcess {

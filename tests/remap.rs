@@ -22,6 +22,13 @@ const DEAD: u64 = 8192;
 const DEAD_END: u64 = 16384;
 
 async fn session(rig: &ClusterRig, node: usize, name: &str, isid: u8) -> Initiator {
+    let mut i = logged_in(rig, node, name, isid).await;
+    i.clear_ua(0).await;
+    i
+}
+
+/// A session that has not looked at the LU yet (the node may still refuse I/O).
+async fn logged_in(rig: &ClusterRig, node: usize, name: &str, isid: u8) -> Initiator {
     let mut i = Initiator::connect(rig.nodes[node].portal_addr()).await;
     i.login(&LoginOpts {
         initiator: Some(format!("iqn.2026-11.org.test:{name}")),
@@ -31,7 +38,6 @@ async fn session(rig: &ClusterRig, node: usize, name: &str, isid: u8) -> Initiat
     })
     .await
     .expect("login");
-    i.clear_ua(0).await;
     i
 }
 
@@ -675,7 +681,7 @@ async fn the_leader_dies_at_each_step_and_the_next_one_finishes_the_change() {
                 json!({"state": "active"}),
             )
             .await;
-        let mut s = session(&rig, li, "back", 4).await;
+        let mut s = logged_in(&rig, li, "back", 4).await;
         let t = Instant::now();
         loop {
             let r = s.read10(0, 0, 1, BS).await;
@@ -776,7 +782,7 @@ async fn a_node_killed_at_each_step_is_excluded_and_catches_up_on_restart() {
             .ok(),
             Some(200)
         );
-        let mut s = session(&rig, victim, "back", 6).await;
+        let mut s = logged_in(&rig, victim, "back", 6).await;
         let t = Instant::now();
         let r = loop {
             let r = s.read10(0, 100, 1, BS).await;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build (and cache) the Linux guest that runs open-iscsi + dm-multipath against a
 # switchyard node: a Debian bookworm kernel and an initramfs holding a minimal Debian
-# root file system with open-iscsi, multipath-tools, sg3-utils and the kernel modules
-# the tests need.
+# root file system with open-iscsi, multipath-tools, sg3-utils, e2fsprogs and the kernel
+# modules the tests need.
 #
 #   initiator-tests/qemu/build-image.sh          # prints the image folder on success
 #
@@ -20,9 +20,9 @@ set -euo pipefail
 
 CACHE=${SWITCHYARD_QEMU_CACHE:-/var/tmp/switchyard-qemu}
 SUITE=bookworm
-GUEST_PACKAGES=open-iscsi,multipath-tools,kmod,udev,iproute2,sg3-utils,procps
+GUEST_PACKAGES=open-iscsi,multipath-tools,kmod,udev,iproute2,sg3-utils,procps,e2fsprogs,dmsetup
 MODULES=(virtio_pci virtio_net iscsi_tcp sd_mod sg dm_multipath dm_round_robin
-         dm_service_time dm_queue_length scsi_dh_alua crc32c_generic)
+         dm_service_time dm_queue_length scsi_dh_alua crc32c_generic ext4)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 die() { echo "build-image: ERROR: $*" >&2; exit 1; }
@@ -131,6 +131,20 @@ fi
 
 # ---------------------------------------------------------------- root file system
 ROOTFS=$CACHE/rootfs
+GUEST_TOOLS=(iscsiadm iscsid multipath multipathd dmsetup mkfs.ext4 e2fsck sg_rtpg)
+rootfs_has_tools() {
+    local b
+    for b in "${GUEST_TOOLS[@]}"; do
+        [[ -x $ROOTFS/sbin/$b || -x $ROOTFS/usr/sbin/$b || -x $ROOTFS/usr/bin/$b ]] || {
+            echo "$b"
+            return 1
+        }
+    done
+}
+if [[ -f $ROOTFS/.switchyard-complete ]] && ! missing=$(rootfs_has_tools); then
+    log "cached rootfs lacks $missing (built from an older package list): rebuilding it"
+    rm -f "$ROOTFS/.switchyard-complete"
+fi
 if [[ ! -f $ROOTFS/.switchyard-complete ]]; then
     rm -rf "$ROOTFS"
     mirror=$(debian_mirror)
@@ -141,9 +155,7 @@ if [[ ! -f $ROOTFS/.switchyard-complete ]]; then
         [[ -f $ROOTFS/debootstrap/debootstrap.log ]] && tail -20 "$ROOTFS/debootstrap/debootstrap.log" >&2
         die "debootstrap failed (full log: $CACHE/debootstrap.log)"
     fi
-    for b in iscsiadm iscsid multipath multipathd; do
-        [[ -x $ROOTFS/sbin/$b || -x $ROOTFS/usr/sbin/$b ]] || die "debootstrap finished but $b is missing from the rootfs"
-    done
+    missing=$(rootfs_has_tools) || die "debootstrap finished but $missing is missing from the rootfs"
     touch "$ROOTFS/.switchyard-complete"
 fi
 

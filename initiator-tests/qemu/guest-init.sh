@@ -1,12 +1,15 @@
 #!/bin/bash
 # /init of the QEMU guest (run.sh puts it into the initramfs with /etc/switchyard-test.env).
-# Runs open-iscsi + dm-multipath against the switchyard node on the host, prints one
-# "qemu-initiator: PASS|FAIL <check>" line per check and the summary line
-# "qemu-initiator: P passed, F failed", then powers the VM off.
+# Runs open-iscsi + dm-multipath against a switchyard cluster on the host (path A to data
+# node n1, path B to data node n2), prints one "qemu-initiator: PASS|FAIL <check>" line
+# per check and the summary line "qemu-initiator: P passed, F failed", then powers the
+# VM off.
 #
 # Lines starting with "@@HOST " ask run.sh (which reads this console) to act:
-#   @@HOST fail-path-a      kill the host-side forwarder of path A (cuts its connections)
-#   @@HOST restore-path-a   start it again
+#   @@HOST fail-path-a      kill -9 node n1 (path A dies with it)
+#   @@HOST restore-path-a   start n1 again (it rejoins the cluster and serves again)
+#   @@HOST remap            remap the volume online (array/lun0 -> array2/lun0)
+# The host answers finished requests on 10.0.2.2:ANS_PORT (one line per request).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -20,7 +23,7 @@ echo 1 >/proc/sys/kernel/sysrq
 exec </dev/null >/dev/console 2>&1
 
 # shellcheck disable=SC1091
-. /etc/switchyard-test.env   # IQN, PORT_A (guest port of path A), PORT_B, WWID, LU_BYTES
+. /etc/switchyard-test.env   # IQN, WWID, LU_BYTES, PORT_A/B, TPG_A/B, RTP_A/B, ANS_PORT
 
 PASSED=0
 FAILED=0
@@ -52,14 +55,44 @@ finish() {
 }
 trap finish EXIT
 
-PA="10.0.2.2:$PORT_A"   # NIC 1 -> host 127.0.0.1:PORT_A (forwarder) -> portal 1
-PB="10.0.3.2:$PORT_B"   # NIC 2 -> host 127.0.0.1:PORT_B = portal 2
+PA="10.0.2.2:$PORT_A"   # NIC 1 -> host 127.0.0.1:PORT_A = node n1's portal (port group 1)
+PB="10.0.3.2:$PORT_B"   # NIC 2 -> host 127.0.0.1:PORT_B = node n2's portal (port group 2)
 MP=/dev/mapper/$WWID
+# The volume's 256 MiB: [0, 128M) raw patterns (the host reads them back and compares
+# md5), [128M, 240M) an ext4 file system (dm-linear over the multipath map), [240M,
+# 256M) scratch for the reservation tests.
+FS_START=262144   # sectors
+FS_SECT=229376
+FSDEV=/dev/mapper/syfs
+
+# host_wait NAME SECONDS: wait for the host's answer to request NAME; prints it.
+host_wait() {
+    local a
+    for _ in $(seq 1 "$2"); do
+        a=$(timeout 5 bash -c "exec 3<>/dev/tcp/10.0.2.2/$ANS_PORT && cat <&3" 2>/dev/null \
+            | grep "^$1 " | tail -1)
+        [[ -n $a ]] && { echo "$a"; return 0; }
+        sleep 1
+    done
+    return 1
+}
+# write_files PREFIX N: N files of 1 MiB of random data in the file system, each
+# fsync'ed; their sha256 (of the source) go to /tmp/SUMS. Fails on the first error.
+write_files() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        head -c 1M /dev/urandom >/tmp/wbuf.$1 || return 1
+        echo "$(sha256sum </tmp/wbuf.$1 | cut -d' ' -f1)  /mnt/$1-$i" >>/tmp/SUMS.$1
+        dd if=/tmp/wbuf.$1 of="/mnt/$1-$i" bs=1M conv=fsync status=none || return 1
+    done
+    cat /tmp/SUMS.$1 >>/tmp/SUMS
+    rm -f /tmp/SUMS.$1 /tmp/wbuf.$1
+}
 
 # --------------------------------------------------------------- base system
 say "kernel $(uname -r), loading modules"
 for m in virtio_pci virtio_net sd_mod sg scsi_dh_alua iscsi_tcp dm_multipath dm_round_robin \
-    dm_service_time dm_queue_length; do
+    dm_service_time dm_queue_length ext4; do
     modprobe "$m" || fail "modprobe $m"
 done
 ip link set lo up
@@ -83,11 +116,14 @@ iscsid </dev/null >/dev/null 2>&1
 sleep 1
 check "iscsid starts" pidof iscsid
 
-say "SendTargets discovery through $PA"
+# Each node advertises its own portal (127.0.0.1:PORT, TPGT = its cluster id).
+say "SendTargets discovery through $PA (n1) and $PB (n2)"
 disc=$(iscsiadm -m discovery -t sendtargets -p "$PA" -o nonpersistent 2>&1)
 echo "$disc" | sed 's/^/    | /'
-check "discovery: target advertised on portal group 1" grep -qE ":$HOST_PORT_A,1 $IQN\$" <<<"$disc"
-check "discovery: target advertised on portal group 2" grep -qE ":$PORT_B,2 $IQN\$" <<<"$disc"
+check "discovery through n1: target advertised on its portal, group 1" grep -qE ":$PORT_A,1 $IQN\$" <<<"$disc"
+disc=$(iscsiadm -m discovery -t sendtargets -p "$PB" -o nonpersistent 2>&1)
+echo "$disc" | sed 's/^/    | /'
+check "discovery through n2: target advertised on its portal, group 2" grep -qE ":$PORT_B,2 $IQN\$" <<<"$disc"
 
 iscsiadm -m node -o new -T "$IQN" -p "$PA,1" >/dev/null
 iscsiadm -m node -o new -T "$IQN" -p "$PB,2" >/dev/null
@@ -125,11 +161,16 @@ done
 vpd=$(sg_vpd -p 0x83 "/dev/$SDA" 2>&1)
 echo "$vpd" | sed 's/^/    | /'
 check "sg_vpd 0x83 lists the NAA designator 0x${WWID#3}" grep -qi "0x${WWID#3}" <<<"$vpd"
-check "sg_vpd 0x83 on path A: relative target port 1" grep -qiE "Relative target port: 0x0*1\b" <<<"$vpd"
-check "sg_vpd 0x83 on path A: target port group 1" grep -qiE "Target port group: 0x0*1\b" <<<"$vpd"
+# Relative target port ids are node id x 16 + portal index + 1 (unique in the cluster).
+check "sg_vpd 0x83 on path A (n1): relative target port $RTP_A" \
+    grep -qiE "Relative target port: 0x0*${RTP_A#0x}\b" <<<"$vpd"
+check "sg_vpd 0x83 on path A (n1): target port group $TPG_A" grep -qiE "Target port group: 0x0*$TPG_A\b" <<<"$vpd"
 vpdb=$(sg_vpd -p 0x83 "/dev/$SDB" 2>&1)
-check "sg_vpd 0x83 on path B: relative target port 2" grep -qiE "Relative target port: 0x0*2\b" <<<"$vpdb"
-check "sg_vpd 0x83 on path B: target port group 2" grep -qiE "Target port group: 0x0*2\b" <<<"$vpdb"
+echo "$vpdb" | grep -iE "relative target port|target port group" | sed 's/^/    | /'
+check "sg_vpd 0x83 on path B (n2): the same NAA designator" grep -qi "0x${WWID#3}" <<<"$vpdb"
+check "sg_vpd 0x83 on path B (n2): relative target port $RTP_B" \
+    grep -qiE "Relative target port: 0x0*${RTP_B#0x}\b" <<<"$vpdb"
+check "sg_vpd 0x83 on path B (n2): target port group $TPG_B" grep -qiE "Target port group: 0x0*$TPG_B\b" <<<"$vpdb"
 
 # --------------------------------------------------------------- dm-multipath
 cat >/etc/multipath.conf <<'EOF'
@@ -206,10 +247,23 @@ check "writes went to the active/optimized path A ($wa sectors on A, $wb on B)" 
 got=$(dd if="$MP" bs=4M count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
 check "read back 64 MiB through multipath matches (md5 $md5_1)" test "$got" = "$md5_1"
 
+# --------------------------------------------------------------- ext4 with files
+say "ext4 on the volume's [128 MiB, 240 MiB) (dm-linear over $MP)"
+: >/tmp/SUMS
+check "dm-linear map over the multipath map" dmsetup create syfs --table "0 $FS_SECT linear $MP $FS_START"
+udevadm settle --timeout=30
+check "mkfs.ext4 (112 MiB, inode tables and journal written now)" \
+    mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$FSDEV"
+mkdir -p /mnt
+check "mount ext4" mount -t ext4 "$FSDEV" /mnt
+t=$(date +%s)
+check "write 16 files of 1 MiB (fsync each) with checksums" write_files before 16
+say "files written in $(($(date +%s) - t)) s"
+
 # --------------------------------------------------------------- path failure during I/O
-say "second 64 MiB write; path A is cut on the host while it runs"
-# The host polls the console about once a second, so the cut lands a moment after
-# dd has started writing through path A.
+say "second 64 MiB write; the host kills node n1 (path A) while it runs"
+# The host polls the console about once a second, so the kill lands a moment after
+# dd has started writing through path A. n2 and the witness keep the cluster's quorum.
 wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
 t=$(date +%s)
 echo "@@HOST fail-path-a"
@@ -233,15 +287,19 @@ got=$(dd if="$MP" bs=4M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -
 check "all 128 MiB read back through multipath on path B alone" test "$got" = "$md5_12"
 got=$(dd if="/dev/$SDB" bs=4M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
 check "all 128 MiB read back from path B's disk ($SDB) directly" test "$got" = "$md5_12"
+check "file system: 16 more files written while n1 is down (path B only)" write_files down 16
+check "file system: sync while n1 is down" sync -f /mnt
 
 # --------------------------------------------------------------- recovery
-say "restoring path A on the host; iscsid reconnects by itself"
+say "restarting n1 on the host; iscsid reconnects by itself"
 echo "@@HOST restore-path-a"
 t=$(date +%s)
+a=$(host_wait restore-path-a 90)
+check "host restarted n1 (${a:-no answer})" test -n "$a"
 if wait_paths 2 90; then
-    pass "path A recovered by iscsid reconnect ($(($(date +%s) - t)) s), 2 active paths"
+    pass "path A back through the restarted n1: iscsid reconnect ($(($(date +%s) - t)) s), 2 active paths"
 else
-    fail "path A recovered by iscsid reconnect within 90 s"
+    fail "path A back through the restarted n1 within 90 s"
     multipath -ll 2>&1 | sed 's/^/    | /'
     iscsiadm -m session -P 1 2>&1 | sed 's/^/    | /'
     say "logging path A out and in again by hand"
@@ -266,7 +324,81 @@ check "2 active ready paths again" wait_paths 2 60
 ll=$(multipath -ll 2>&1)
 echo "$ll" | sed 's/^/    | /'
 
+# --------------------------------------------------------------- remap during I/O
+# Two writers run while the host remaps the volume (all of it: every block's I/O is
+# held for the switch): one rewrites the first 16 MiB with the same pattern (4 MiB
+# direct writes), one writes 1 MiB files into the file system. They stop a few seconds
+# after the host reports the remap finished.
+say "remap during I/O: writers start, then the host remaps the volume"
+rm -f /tmp/stop /tmp/raw.n /tmp/raw.err
+(
+    n=0
+    while [[ ! -f /tmp/stop ]]; do
+        dd if=/tmp/pat1 of="$MP" bs=4M count=4 oflag=direct conv=fsync status=none 2>>/tmp/raw.err \
+            || { echo "pass $n failed" >>/tmp/raw.err; break; }
+        n=$((n + 1)); echo $n >/tmp/raw.n
+    done
+) &
+RAW_PID=$!
+(
+    i=0
+    while [[ ! -f /tmp/stop ]]; do
+        write_files remap-$i 1 || exit 1
+        i=$((i + 1)); echo $i >/tmp/files.n
+    done
+) &
+FILES_PID=$!
+wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
+sleep 2
+files0=$(cat /tmp/files.n 2>/dev/null || echo 0)
+t=$(date +%s)
+echo "@@HOST remap"
+a=$(host_wait remap 120)
+echo "    | host: ${a:-no answer}"
+files1=$(cat /tmp/files.n 2>/dev/null || echo 0)
+sleep 3
+touch /tmp/stop
+wait "$RAW_PID"; raw_rc=$?
+wait "$FILES_PID"; files_rc=$?
+files2=$(cat /tmp/files.n 2>/dev/null || echo 0)
+raw_n=$(cat /tmp/raw.n 2>/dev/null || echo 0)
+sed 's/^/    | /' /tmp/raw.err 2>/dev/null
+check "host remapped the volume while both writers ran (${a:-no answer})" \
+    bash -c '[[ $1 == "remap PASS"* ]]' _ "$a"
+check "raw writer: $raw_n passes of 16 MiB across the remap, no error" \
+    test "$raw_rc" = 0 -a ! -s /tmp/raw.err -a "$raw_n" -gt 0
+check "file writer: $files2 files (fsync'ed) across the remap, no error ($files0 before the request, $((files2 - files1)) after the answer)" \
+    test "$files_rc" = 0 -a "$files0" -gt 0 -a "$files2" -gt "$files1"
+wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
+check "writes kept following ALUA across the remap ($wa sectors on A, $wb on B)" \
+    test "$wa" -gt "$wb"
+check "2 active ready paths after the remap" test "$(count_ready)" = 2
+
+# --------------------------------------------------------------- fsck, checksums
+say "fsck and every file's checksum"
+nfiles=$(wc -l </tmp/SUMS)
+check "umount" umount /mnt
+out=$(e2fsck -f -n "$FSDEV" 2>&1); rc=$?
+echo "$out" | sed 's/^/    | /'
+check "e2fsck -f -n: clean (exit $rc)" test "$rc" = 0
+check "mount again" mount -t ext4 -o ro "$FSDEV" /mnt
+check "all $nfiles files match their checksums (written before, during n1's failure, during the remap)" \
+    sha256sum -c --quiet /tmp/SUMS
+check "no other files" test "$(find /mnt -type f | wc -l)" = "$nfiles"
+umount /mnt
+check "dm-linear map removed" dmsetup remove syfs
+
 # --------------------------------------------------------------- sg3_utils
+# rtpg_has SG_RTPG_OUTPUT GROUP STATE PORT: the group is in asymmetric access state
+# 0xSTATE and lists relative target port PORT (0x..)
+rtpg_has() {
+    awk -v G="$2" -v S="$3" -v P="${4#0x}" '
+        /target port group id :/ { g = ($0 ~ ("target port group id : 0x0*" G "[ ,]")); r = 0; next }
+        g && $0 ~ ("asymmetric access state : 0x" S) { s = 1 }
+        g && /Relative target port ids:/ { r = 1; next }
+        g && r && $0 ~ ("^ *0x0*" P " *$") { p = 1 }
+        END { exit !(s && p) }' <<<"$1"
+}
 say "sg3_utils on path A ($SDA) and path B ($SDB)"
 out=$(sg_inq "/dev/$SDA" 2>&1); echo "$out" | sed 's/^/    | /'
 check "sg_inq: vendor SWITCHYD, product VIRTUAL-DISK" grep -qE "Vendor identification: SWITCHYD" <<<"$out"
@@ -279,14 +411,12 @@ for p in A B; do
     d=$SDA; [[ $p == B ]] && d=$SDB
     out=$(sg_rtpg -d "/dev/$d" 2>&1); echo "$out" | sed 's/^/    | /'
     check "sg_rtpg on path $p: REPORT TARGET PORT GROUPS succeeds" sg_rtpg "/dev/$d"
-    check "sg_rtpg on path $p: group 1 active/optimized, port 1" awk '
-        /target port group id : 0x0*1[ ,]/ {g=1; next} /target port group id/ {g=0}
-        g && /asymmetric access state : 0x00/ {s=1} g && /Relative target port ids:/ {r=1; next}
-        g && r && /0x0*1 *$/ {p=1} END {exit !(s && p)}' <<<"$out"
-    check "sg_rtpg on path $p: group 2 active/non-optimized, port 2" awk '
-        /target port group id : 0x0*2[ ,]/ {g=1; next} /target port group id/ {g=0}
-        g && /asymmetric access state : 0x01/ {s=1} g && /Relative target port ids:/ {r=1; next}
-        g && r && /0x0*2 *$/ {p=1} END {exit !(s && p)}' <<<"$out"
+    check "sg_rtpg on path $p: group $TPG_A (n1) active/optimized, port $RTP_A" \
+        rtpg_has "$out" "$TPG_A" 00 "$RTP_A"
+    check "sg_rtpg on path $p: group $TPG_B (n2) active/non-optimized, port $RTP_B" \
+        rtpg_has "$out" "$TPG_B" 01 "$RTP_B"
+    check "sg_rtpg on path $p: two groups (the witness has none)" \
+        test "$(grep -c "target port group id" <<<"$out")" = 2
 done
 
 say "persistent reservations (sg_persist) across the two I_T nexuses"
@@ -301,10 +431,10 @@ out=$(sg_persist -n --in --read-reservation "/dev/$SDB" 2>&1); echo "$out" | sed
 check "PR: read reservation (path B): key 0xabc1, Write Exclusive" \
     bash -c 'grep -q "Key=0xabc1" <<<"$1" && grep -qiE "type: Write Exclusive *\$" <<<"$1"' _ "$out"
 check "PR: holder (path A) may write" \
-    dd if=/dev/zero of="/dev/$SDA" bs=4096 count=1 seek=60000 oflag=direct
+    dd if=/dev/zero of="/dev/$SDA" bs=4096 count=1 seek=62000 oflag=direct
 check "PR: path B write is refused (reservation conflict)" \
-    bash -c "! dd if=/dev/zero of=/dev/$SDB bs=4096 count=1 seek=60001 oflag=direct"
-check "PR: path B may still read" dd if="/dev/$SDB" of=/dev/null bs=4096 count=1 iflag=direct
+    bash -c "! dd if=/dev/zero of=/dev/$SDB bs=4096 count=1 seek=62001 oflag=direct"
+check "PR: path B may still read" dd if="/dev/$SDB" of=/dev/null bs=4096 count=1 skip=62001 iflag=direct
 check "PR: release on path A" \
     sg_persist -n --out --release --param-rk=0xabc1 --prout-type=1 "/dev/$SDA"
 out=$(sg_persist -n --in --read-reservation "/dev/$SDA" 2>&1)

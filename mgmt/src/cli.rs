@@ -45,6 +45,9 @@ pub enum NodesCmd {
     Drain { node: String },
     /// Serve I/O again (undo drain; clear a fence once the node has caught up).
     Activate { node: String },
+    /// Remove a member from the cluster (stop it first). A new member joins by
+    /// starting with `join = "<any member's cluster address>"` in its [cluster].
+    Remove { node: String },
     /// Set the ALUA state of a node's target port group while it is active.
     Alua {
         node: String,
@@ -364,6 +367,12 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
         AdminCmd::Nodes { cmd } => {
             let view = match cmd {
                 None => None,
+                Some(NodesCmd::Remove { node }) => {
+                    let path = format!("/api/v1/nodes/{}", path_segment(node));
+                    c.delete(&path).map_err(e)?;
+                    println!("{node}: removed from the cluster");
+                    return Ok(());
+                }
                 Some(NodesCmd::Drain { node }) => Some((
                     node,
                     NodeStateRequest {

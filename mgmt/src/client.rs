@@ -156,6 +156,12 @@ impl Client {
         Ok((status, v))
     }
 
+    /// DELETE `path`; returns the HTTP status.
+    pub fn delete(&self, path: &str) -> Result<u16, ClientError> {
+        let resp = self.answer(self.request("DELETE", path).call())?;
+        Ok(resp.status())
+    }
+
     /// POST raw text with a content type; 4xx answers with a JSON body of type `T`
     /// (validation reports) are returned, not turned into errors.
     pub fn post_text<T: DeserializeOwned>(

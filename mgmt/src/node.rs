@@ -124,6 +124,15 @@ pub trait NodeApi: Send + Sync + 'static {
             "node states exist in a cluster: add a [cluster] section",
         ))
     }
+    /// Remove a member from the cluster (it stops voting and its registration goes);
+    /// the member itself should be stopped first. May block.
+    fn remove_node(&self, node: &str) -> Result<(), ApiError> {
+        let _ = node;
+        Err(ApiError::not_found(
+            "this node is not a cluster member",
+            "membership exists in a cluster: add a [cluster] section",
+        ))
+    }
     /// Test fault injection; refused unless the node was started for tests.
     fn inject_fault(&self, req: FaultRequest) -> Result<(), ApiError> {
         let _ = req;

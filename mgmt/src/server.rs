@@ -165,6 +165,7 @@ pub fn router(api: Arc<dyn NodeApi>, auth: AuthConfig, shutdown: CancellationTok
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{name}/state", post(node_state))
+        .route("/api/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/api/v1/faults", post(faults))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/targets", get(targets))
@@ -237,7 +238,7 @@ async fn index() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "version": "v1",
         "endpoints": [
-            "GET /api/v1/status", "GET /api/v1/nodes", "POST /api/v1/nodes/{name}/state", "GET /api/v1/sessions",
+            "GET /api/v1/status", "GET /api/v1/nodes", "POST /api/v1/nodes/{name}/state", "DELETE /api/v1/nodes/{name}", "GET /api/v1/sessions",
             "GET /api/v1/targets", "GET /api/v1/backends", "GET /api/v1/volumes",
             "GET /api/v1/volumes/{name}", "POST /api/v1/volumes/{name}/remap",
             "GET /api/v1/mapping", "POST /api/v1/mapping/validate",
@@ -277,6 +278,25 @@ async fn node_state(
             )
         })?
         .map(Json)
+}
+
+async fn remove_node(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&st, role)?;
+    let api = st.api.clone();
+    tokio::task::spawn_blocking(move || api.remove_node(&name))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("remove task failed: {e}"),
+                "",
+            )
+        })??;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn faults(

@@ -530,12 +530,23 @@ impl NodeMgmt {
             }
             Err(e) => return Err(no_quorum(e)),
         };
+        let leader = self.cluster_nodes(c).0;
+        // The mirror may have seen the change first: then its record is the one.
+        let mut mirrored = inner.mirrored.lock();
+        if let Some(&jid) = mirrored.get(&cid) {
+            inner.journal.update(jid, |r| {
+                r.moved_blocks = moved;
+                r.extents_before = sorted_old.clone();
+                r.extents_after = new_def.extents.clone();
+            });
+            return Ok(jid);
+        }
         let jid = inner.journal.open_change(ChangeRecord {
             id: 0,
             kind: "remap".into(),
             volume: volume.to_string(),
             state: ChangeState::Staged,
-            leader: self.cluster_nodes(c).0,
+            leader,
             from_epoch: st.table.epoch,
             to_epoch: st.table.epoch + 1,
             affected,
@@ -552,7 +563,7 @@ impl NodeMgmt {
             cluster_change: Some(cid),
             timeline: Vec::new(),
         });
-        inner.mirrored.lock().insert(cid, jid);
+        mirrored.insert(cid, jid);
         Ok(jid)
     }
 
@@ -586,14 +597,15 @@ impl NodeMgmt {
         names: &BTreeMap<u64, String>,
     ) {
         let j = &self.0.journal;
-        let known = self.0.mirrored.lock().get(&cid).copied();
+        let mut mirrored = self.0.mirrored.lock();
+        let known = mirrored.get(&cid).copied();
         let jid = match known {
             Some(id) => id,
             None => {
                 let started = rec.timeline.first().map(|t| t.at_ms).unwrap_or(0);
                 if rec.phase().is_terminal() && started < self.0.started_at * 1000 {
                     // Finished before this node started: history, not news.
-                    self.0.mirrored.lock().insert(cid, 0);
+                    mirrored.insert(cid, 0);
                     return;
                 }
                 let volume = rec
@@ -629,10 +641,11 @@ impl NodeMgmt {
                     cluster_change: Some(cid),
                     timeline: Vec::new(),
                 });
-                self.0.mirrored.lock().insert(cid, id);
+                mirrored.insert(cid, id);
                 id
             }
         };
+        drop(mirrored);
         if jid == 0 {
             return;
         }
@@ -1399,6 +1412,52 @@ impl NodeApi for NodeMgmt {
             .into_iter()
             .find(|n| n.id == Some(id))
             .ok_or_else(|| ApiError::not_found("the node left the cluster", ""))
+    }
+
+    fn remove_node(&self, node: &str) -> Result<(), ApiError> {
+        use cluster::Cluster as _;
+        let Some(c) = &self.0.cluster else {
+            return Err(ApiError::not_found(
+                "this node is not a cluster member",
+                "membership exists in a cluster: add a [cluster] section",
+            ));
+        };
+        let st = c.state();
+        let id = st
+            .nodes
+            .values()
+            .find(|n| n.name == node || n.id.to_string() == node)
+            .map(|n| n.id)
+            .or_else(|| node.parse().ok().filter(|id| c.voter_ids().contains(id)))
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    format!("no cluster member named {node:?}"),
+                    "see `switchyard nodes`",
+                )
+            })?;
+        if id == c.id() {
+            return Err(ApiError::bad_request(
+                "a member cannot remove itself",
+                "ask another member to remove this one, after stopping it",
+            ));
+        }
+        if let Some(a) = st.active() {
+            if a.participants.contains(&id) {
+                return Err(ApiError::conflict(
+                    format!("member {node} takes part in running change {}", a.id),
+                    "wait for the change to finish",
+                ));
+            }
+        }
+        self.0.rt.block_on(c.remove_node(id)).map_err(|e| {
+            ApiError::new(axum_status(503), format!("cannot remove {node}: {e}"), "")
+        })?;
+        self.0.journal.event(
+            "info",
+            "cluster",
+            format!("member {node} (id {id}) removed"),
+        );
+        Ok(())
     }
 
     fn inject_fault(&self, req: mgmt::model::FaultRequest) -> Result<(), ApiError> {

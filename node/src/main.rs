@@ -202,7 +202,9 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
                     cluster::Cluster::id(&*member),
                     true,
                 ))
-                .map_err(|e| format!("cluster port groups: {e}"))?;
+                .map_err(|e| format!("cluster port groups: {e}"))?
+                // Identical REPORT TARGET PORT GROUPS answers on every node.
+                .without_status_codes();
                 let ctx = build::ClusterCtx {
                     cluster: member,
                     groups,

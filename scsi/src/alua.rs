@@ -200,6 +200,10 @@ pub struct PortGroups {
     inner: RwLock<Inner>,
     /// Mirror of `inner.version` for the per-command check.
     version: AtomicU64,
+    /// Report STATUS CODE 00h (no status available) for every group, whatever
+    /// changed: several nodes that each derive the model from shared state answer
+    /// REPORT TARGET PORT GROUPS byte for byte alike only without per-node history.
+    no_status: std::sync::atomic::AtomicBool,
 }
 
 impl Default for PortGroups {
@@ -225,7 +229,14 @@ impl PortGroups {
                 version: 0,
             }),
             version: AtomicU64::new(0),
+            no_status: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Always report STATUS CODE 00h (see the field); for models shared by a cluster.
+    pub fn without_status_codes(self: Arc<Self>) -> Arc<Self> {
+        self.no_status.store(true, Ordering::Release);
+        self
     }
 
     /// Implicit transition of one group to `state`. The I_T nexuses on the group's
@@ -376,7 +387,11 @@ impl LuAlua {
             d.push(SUPPORTED_STATES);
             d.extend_from_slice(&pg.id.to_be_bytes());
             d.push(0);
-            d.push(g.status[i]);
+            d.push(if self.groups.no_status.load(Ordering::Acquire) {
+                0
+            } else {
+                g.status[i]
+            });
             d.push(0); // vendor specific
             d.push(ports.len() as u8);
             for p in ports {
