@@ -588,18 +588,7 @@ async fn a_node_that_stops_answering_after_the_commit_is_excluded_and_fenced() {
             .ok(),
         Some(200)
     );
-    let t = Instant::now();
-    loop {
-        let r = c.read10(0, 0, 1, BS).await;
-        if r.status == 0 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "node 3 did not come back: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    read_once_served(&mut c, 0, "node 3").await;
     let v: serde_json::Value =
         serde_json::from_str(&rig.get_text(2, "/api/v1/volumes/vol1").await).unwrap();
     assert!(
@@ -682,23 +671,29 @@ async fn the_leader_dies_at_each_step_and_the_next_one_finishes_the_change() {
             )
             .await;
         let mut s = logged_in(&rig, li, "back", 4).await;
-        let t = Instant::now();
-        loop {
-            let r = s.read10(0, 0, 1, BS).await;
-            if r.status == 0 {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "{leader} did not serve again: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        read_once_served(&mut s, 0, &leader).await;
         assert_eq!(
             rig.get_text(li, "/api/v1/mapping").await,
             want,
             "{leader} caught up"
         );
+    }
+}
+
+/// READ block `lba` until the node serves it (a restarted or re-activated node), up to
+/// 15 s.
+async fn read_once_served(s: &mut Initiator, lba: u32, who: &str) -> ScsiResult {
+    let t = Instant::now();
+    loop {
+        let r = s.read10(0, lba, 1, BS).await;
+        if r.status == 0 {
+            return r;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{who} did not serve again: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -783,18 +778,7 @@ async fn a_node_killed_at_each_step_is_excluded_and_catches_up_on_restart() {
             Some(200)
         );
         let mut s = logged_in(&rig, victim, "back", 6).await;
-        let t = Instant::now();
-        let r = loop {
-            let r = s.read10(0, 100, 1, BS).await;
-            if r.status == 0 {
-                break r;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "{name} did not serve again: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let r = read_once_served(&mut s, 100, &name).await;
         assert_eq!(
             r.data,
             pattern(marker, 100, BS),

@@ -33,10 +33,14 @@ fn fabric() -> FabricConfig {
 }
 
 async fn start() -> TestTarget {
+    start_with(fabric()).await
+}
+
+async fn start_with(fabric: FabricConfig) -> TestTarget {
     TestTarget::start(TargetSpec {
         // 32 MiB: room for 1 MiB reads and the bystanders' blocks.
         luns: vec![Arc::new(MemStore::new(512, 65536))],
-        fabric: fabric(),
+        fabric,
         ..TargetSpec::default()
     })
     .await
@@ -117,7 +121,15 @@ async fn bystander(t: &TestTarget, id: u8, rounds: u32) {
 /// on meanwhile, and once the client closes its session is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_stops_reading_is_bounded_and_isolated() {
-    let t = start().await;
+    // The slow client answers no NOP-In (it reads nothing): give the idle logic more
+    // time than the bystanders need on a loaded machine, so the session is still there
+    // when (b) looks; (c) ends it by closing the socket, not by timing out.
+    let t = start_with(FabricConfig {
+        nop_interval: Duration::from_secs(10),
+        nop_timeout: Duration::from_secs(20),
+        ..fabric()
+    })
+    .await;
     let mut slow = Initiator::connect(t.addr).await;
     slow.login(&LoginOpts {
         isid: Some([0x80, 0, 0, 0, 0x0a, 1]),

@@ -19,6 +19,7 @@ pub fn for_target(target: &str) -> Vec<Vec<u8>> {
         "cdb" => cdbs(),
         "scsi_execute" => scsi_sequences(),
         "names" => names().into_iter().map(|s| s.as_bytes().to_vec()).collect(),
+        "admin_input" => admin_inputs(),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -522,5 +523,116 @@ initiator = "21:00:00:24:ff:4b:9c:10"
 luns = []
 "#,
         "[[rules]]\ntarget = \"t\"\ninitiator = \"iqn.1994-05.com.redhat:x\"\nluns = [0, 1]\n",
+    ]
+}
+
+/// A mapping table, a `[cluster]` section, API bodies and a cluster command sequence
+/// (a remap that goes all the way through its phases, and one that is refused).
+fn admin_inputs() -> Vec<Vec<u8>> {
+    let table = r#"epoch = 1
+[[volumes]]
+name = "vol1"
+wwn = "naa.6005359000000000000000000000a001"
+block_size = 512
+blocks = 2048
+[[volumes.extents]]
+vstart = 0
+blocks = 1024
+backend = "array/lun0"
+bstart = 0
+[[volumes.extents]]
+vstart = 1024
+blocks = 1024
+backend = "local"
+bstart = 4096
+"#;
+    let cluster = r#"id = 1
+name = "sy1"
+listen = "127.0.0.1:7401"
+peers = ["2@127.0.0.1:7402"]
+secret = "0123456789abcdef0123"
+data_dir = "raft"
+"#;
+    let vol = |backend: &str| volume::VolumeDef {
+        name: "vol1".into(),
+        wwn: "naa.6005359000000000000000000000a001".into(),
+        block_size: 512,
+        blocks: 2048,
+        holes: volume::HolePolicy::Zero,
+        extents: vec![volume::Extent {
+            vstart: 0,
+            blocks: 2048,
+            backend: backend.into(),
+            bstart: 0,
+        }],
+    };
+    let mut t0 = volume::MappingTable::new(0);
+    t0.volumes.push(vol("a"));
+    let mut t1 = t0.clone();
+    t1.epoch = 1;
+    let mut t2 = volume::MappingTable::new(1);
+    t2.volumes.push(vol("b"));
+    let mut changeset = volume::MappingTable::diff(&t1, &t2);
+    changeset.base_epoch = 1;
+    use cluster::{Command, Phase};
+    let advance = |to: Phase, at_ms: u64| Command::AdvanceChange {
+        id: 1,
+        to,
+        reason: None,
+        at_ms,
+    };
+    let ack = |phase: Phase, at_ms: u64| Command::AckChange {
+        id: 1,
+        node: 1,
+        phase,
+        at_ms,
+    };
+    let commands = [
+        Command::RegisterNode(cluster::NodeInfo::voter(
+            1,
+            "n1",
+            "127.0.0.1:1",
+            vec!["127.0.0.1:3260".into()],
+        )),
+        Command::ReplaceTable {
+            expected_epoch: 0,
+            table: t0.clone(),
+        },
+        Command::BeginChange {
+            changeset,
+            requested_by: 1,
+            at_ms: 1,
+            copy_data: false,
+        },
+        advance(Phase::Staged, 2),
+        ack(Phase::Staged, 3),
+        advance(Phase::Quiescing, 4),
+        ack(Phase::Quiescing, 5),
+        advance(Phase::Switched, 6),
+        ack(Phase::Switched, 7),
+        advance(Phase::Resumed, 8),
+        ack(Phase::Resumed, 9),
+        advance(Phase::Done, 10),
+        Command::SetAlua {
+            node: 1,
+            state: cluster::AluaAccess::Standby,
+        },
+        // Refused: a stale epoch.
+        Command::ReplaceTable {
+            expected_epoch: 0,
+            table: t0,
+        },
+    ];
+    let commands: Vec<String> = commands
+        .iter()
+        .map(|c| serde_json::to_string(c).expect("commands serialise"))
+        .collect();
+    vec![
+        table.as_bytes().to_vec(),
+        cluster.as_bytes().to_vec(),
+        br#"{"extents":[{"vstart":0,"blocks":8,"backend":"a","bstart":0}],"blocks":16,"copy":false}"#.to_vec(),
+        br#"{"state":"draining","alua":"standby"}"#.to_vec(),
+        br#"{"failpoint":"remap::switch","actions":"return"}"#.to_vec(),
+        commands.join("\n").into_bytes(),
     ]
 }

@@ -6,12 +6,12 @@
 # During the guest's I/O the host kills node 1 (kill -9), restarts it, and remaps the
 # volume online. See README.md beside this file.
 #
-#   initiator-tests/qemu/run.sh [--release]
+#   initiator-tests/qemu/run.sh
 #
 # Environment:
 #   SWITCHYARD_QEMU_CACHE    image cache (default /var/tmp/switchyard-qemu), see build-image.sh
 #   SWITCHYARD_QEMU_TIMEOUT  seconds the guest may run (default 900)
-#   SWITCHYARD_BIN           switchyard binary to use (default: cargo build [--release] -p switchyard)
+#   SWITCHYARD_BIN           switchyard binary to use (default: cargo build --release -p switchyard)
 #   CARGO_TARGET_DIR         where cargo builds (default: the repository's target/)
 #   SWITCHYARD_QEMU_KEEP=1   keep the work folder (configs, node logs, console log) on success
 #
@@ -21,8 +21,6 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-PROFILE=debug
-[[ ${1:-} == --release ]] && PROFILE=release
 TIMEOUT=${SWITCHYARD_QEMU_TIMEOUT:-900}
 IQN=iqn.2026-11.org.switchyard:qemu           # the cluster's target (both data nodes)
 ARRAY_IQN=iqn.2026-11.org.switchyard:qemu-array
@@ -61,14 +59,10 @@ say "image ready in $(($(date +%s) - t)) s: $IMG"
 if [[ -n ${SWITCHYARD_BIN:-} ]]; then
     BIN=$SWITCHYARD_BIN
 else
-    if [[ $PROFILE == release ]]; then
-        say "cargo build --release -p switchyard"
-        (cd "$REPO" && cargo build --release -p switchyard) || die "cargo build failed"
-    else
-        say "cargo build -p switchyard"
-        (cd "$REPO" && cargo build -p switchyard) || die "cargo build failed"
-    fi
-    BIN=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE/switchyard
+    # Release: four nodes share two cores with the TCG guest (two of them on every I/O).
+    say "cargo build --release -p switchyard"
+    (cd "$REPO" && cargo build --release -p switchyard) || die "cargo build failed"
+    BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/switchyard
     [[ $BIN == /* ]] || BIN=$REPO/$BIN
 fi
 [[ -x $BIN ]] || die "switchyard binary $BIN missing"
@@ -108,22 +102,28 @@ trap 'exit 3' INT TERM
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 declare -A TAKEN=()
+# Listening ports are picked below the ephemeral range (32768-60999 by default), where
+# no outgoing connection can be holding them.
+read -r EPH_LO _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LO=32768
+((EPH_LO > 21000)) || EPH_LO=32768
+# free_port VAR...: set each VAR to a free port, all different.
 free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 40000))
-        [[ -z ${TAKEN[$p]:-} ]] && ! port_busy "$p" && break
+    local p v
+    for v in "$@"; do
+        while :; do
+            p=$((20000 + RANDOM % (EPH_LO - 20000)))
+            [[ -z ${TAKEN[$p]:-} ]] && ! port_busy "$p" && break
+        done
+        TAKEN[$p]=1
+        printf -v "$v" %s "$p"
     done
-    TAKEN[$p]=1
-    echo "$p"
 }
-ARRAY_PORT=$(free_port)
-P1=$(free_port); P2=$(free_port)               # iSCSI portals of n1 (path A) and n2 (path B)
-R1=$(free_port); R2=$(free_port); R3=$(free_port)   # cluster (Raft) addresses
-API1=$(free_port); API2=$(free_port)           # management APIs of n1 and n2
-ANS_PORT=$(free_port)                          # host -> guest answers (see below)
-# Free ports are picked in one go, so the loop above cannot hand out one twice; the
-# admin token and cluster secret are per run.
+free_port ARRAY_PORT
+free_port P1 P2                # iSCSI portals of n1 (path A) and n2 (path B)
+free_port R1 R2 R3             # cluster (Raft) addresses
+free_port API1 API2            # management APIs of n1 and n2
+free_port ANS_PORT             # host -> guest answers (see below)
+# The admin token and the cluster secret are per run.
 TOKEN=qemu-admin-$RANDOM$RANDOM$RANDOM$RANDOM
 SECRET=qemu-cluster-$RANDOM$RANDOM$RANDOM$RANDOM
 export SWITCHYARD_ADMIN_TOKEN=$TOKEN           # every node's API accepts changes with it
@@ -560,11 +560,15 @@ for n in "${NODES[@]}"; do
         hpass "node $n log has no panic"
     fi
 done
+# Warnings and errors of every node. openraft logs every missed heartbeat to a peer
+# (n1 while it is down, any peer when the cores are busy): counted, last 3 shown.
 for n in "${NODES[@]}"; do
-    if grep -qE " (WARN|ERROR) " "$WORK/$n.txt"; then
-        echo "node $n log, warnings and errors ($(grep -cE " (WARN|ERROR) " "$WORK/$n.txt") lines, last 20):"
-        grep -E " (WARN|ERROR) " "$WORK/$n.txt" | tail -20 | cut -c1-300 | sed "s/^/$n| /"
-    fi
+    all=$(grep -cE " (WARN|ERROR) " "$WORK/$n.txt")
+    raft=$(grep -E " (WARN|ERROR) " "$WORK/$n.txt" | grep -c " openraft::")
+    ((all > 0)) || continue
+    echo "node $n log: $all warnings/errors, $raft of them from openraft; the others (last 30), then openraft's last 3:"
+    grep -E " (WARN|ERROR) " "$WORK/$n.txt" | grep -v " openraft::" | tail -30 | cut -c1-300 | sed "s/^/$n| /"
+    grep -E " (WARN|ERROR) " "$WORK/$n.txt" | grep " openraft::" | tail -3 | cut -c1-300 | sed "s/^/$n| /"
 done
 echo
 echo "================ qemu initiator test summary ================"

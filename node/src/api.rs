@@ -359,6 +359,16 @@ impl NodeMgmt {
         NodeMgmt(Arc::new(inner))
     }
 
+    /// The cluster member, or the error for a stand-alone node.
+    fn member(&self) -> Result<&Arc<cluster::ClusterNode>, ApiError> {
+        self.0.cluster.as_ref().ok_or_else(|| {
+            ApiError::not_found(
+                "this node is not a cluster member",
+                "node states and membership exist in a cluster: add a [cluster] section",
+            )
+        })
+    }
+
     /// The table this node serves: the replicated one in a cluster.
     fn current_table(&self) -> MappingTable {
         match &self.0.cluster {
@@ -1326,24 +1336,9 @@ impl NodeApi for NodeMgmt {
         req: mgmt::model::NodeStateRequest,
     ) -> Result<NodeView, ApiError> {
         use cluster::Cluster as _;
-        let Some(c) = &self.0.cluster else {
-            return Err(ApiError::not_found(
-                "this node is not a cluster member",
-                "node states exist in a cluster: add a [cluster] section",
-            ));
-        };
+        let c = self.member()?;
         let st = c.state();
-        let target = st
-            .nodes
-            .values()
-            .find(|n| n.name == node || n.id.to_string() == node)
-            .ok_or_else(|| {
-                let known: Vec<String> = st.nodes.values().map(|n| n.name.clone()).collect();
-                ApiError::not_found(
-                    format!("no cluster member named {node:?}"),
-                    format!("members: {}", known.join(", ")),
-                )
-            })?;
+        let target = find_member(&st, node)?;
         if target.role == cluster::Role::Witness {
             return Err(ApiError::bad_request(
                 format!(
@@ -1416,25 +1411,17 @@ impl NodeApi for NodeMgmt {
 
     fn remove_node(&self, node: &str) -> Result<(), ApiError> {
         use cluster::Cluster as _;
-        let Some(c) = &self.0.cluster else {
-            return Err(ApiError::not_found(
-                "this node is not a cluster member",
-                "membership exists in a cluster: add a [cluster] section",
-            ));
-        };
+        let c = self.member()?;
         let st = c.state();
-        let id = st
-            .nodes
-            .values()
-            .find(|n| n.name == node || n.id.to_string() == node)
-            .map(|n| n.id)
-            .or_else(|| node.parse().ok().filter(|id| c.voter_ids().contains(id)))
-            .ok_or_else(|| {
-                ApiError::not_found(
-                    format!("no cluster member named {node:?}"),
-                    "see `switchyard nodes`",
-                )
-            })?;
+        // A voter that never registered is named by its id.
+        let id = match find_member(&st, node) {
+            Ok(n) => n.id,
+            Err(e) => node
+                .parse()
+                .ok()
+                .filter(|id| c.voter_ids().contains(id))
+                .ok_or(e)?,
+        };
         if id == c.id() {
             return Err(ApiError::bad_request(
                 "a member cannot remove itself",
@@ -1524,6 +1511,23 @@ impl NodeApi for NodeMgmt {
 
 /// The management settings in force: listen address and tokens, with the environment
 /// (`SWITCHYARD_ADMIN_TOKEN`, `SWITCHYARD_READ_TOKEN`) overriding the config.
+/// The registered member named `node` (its name or its id).
+fn find_member<'a>(
+    st: &'a cluster::ClusterState,
+    node: &str,
+) -> Result<&'a cluster::NodeInfo, ApiError> {
+    st.nodes
+        .values()
+        .find(|n| n.name == node || n.id.to_string() == node)
+        .ok_or_else(|| {
+            let known: Vec<String> = st.nodes.values().map(|n| n.name.clone()).collect();
+            ApiError::not_found(
+                format!("no cluster member named {node:?}"),
+                format!("members: {}", known.join(", ")),
+            )
+        })
+}
+
 /// The most data a remap copies while hosts wait on its hold (larger moves are a
 /// migration's job).
 const MAX_COPY_UNDER_HOLD: u64 = 64 << 20;
