@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the tests need, then run every check: fmt, clippy, the Rust test suites
 # (unit, integration, bounded fuzz runs), libiscsi's conformance suite against a node,
-# and the real-initiator run (open-iscsi + dm-multipath in a QEMU guest, about 2.5
-# minutes from a cold cache; see initiator-tests/qemu/README.md).
+# through a virtual volume and against a two-node cluster, and the real-initiator run
+# (open-iscsi + dm-multipath in a QEMU guest logged in to two cluster members, about
+# 2-4.5 minutes with the guest image cached; see initiator-tests/qemu/README.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -266,11 +266,17 @@ say "second 64 MiB write; the host kills node n1 (path A) while it runs"
 # dd has started writing through path A. n2 and the witness keep the cluster's quorum.
 wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
 t=$(date +%s)
+dd if=/tmp/pat2 of="$MP" bs=4M seek=16 oflag=direct conv=fsync 2>/tmp/dd2.err &
+DD_PID=$!
 echo "@@HOST fail-path-a"
-dd if=/tmp/pat2 of="$MP" bs=4M seek=16 oflag=direct conv=fsync 2>/tmp/dd2.err
+a=$(host_wait fail-path-a 60)
+running=no; kill -0 "$DD_PID" 2>/dev/null && running=yes
+check "host killed n1 while the dd ran (${a:-no answer}; dd still running: $running)" \
+    test -n "$a" -a "$running" = yes
+wait "$DD_PID"
 rc=$?
 sed 's/^/    | /' /tmp/dd2.err
-check "dd during path A failure completes (exit $rc, $(($(date +%s) - t)) s)" test "$rc" = 0
+check "dd during n1's failure completes (exit $rc, $(($(date +%s) - t)) s)" test "$rc" = 0
 wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
 check "the write failed over to path B mid-stream ($wa sectors completed on A, $wb on B)" \
     test "$wb" -gt 0
@@ -327,15 +333,16 @@ echo "$ll" | sed 's/^/    | /'
 # --------------------------------------------------------------- remap during I/O
 # Two writers run while the host remaps the volume (all of it: every block's I/O is
 # held for the switch): one rewrites the first 16 MiB with the same pattern (4 MiB
-# direct writes), one writes 1 MiB files into the file system. They stop a few seconds
-# after the host reports the remap finished.
+# direct writes), one writes 1 MiB files into the file system. The request goes out
+# once both have completed a round; they stop once both have completed another round
+# after the host's answer.
 say "remap during I/O: writers start, then the host remaps the volume"
-rm -f /tmp/stop /tmp/raw.n /tmp/raw.err
+rm -f /tmp/stop /tmp/raw.n /tmp/raw.err /tmp/files.n
 (
     n=0
     while [[ ! -f /tmp/stop ]]; do
         dd if=/tmp/pat1 of="$MP" bs=4M count=4 oflag=direct conv=fsync status=none 2>>/tmp/raw.err \
-            || { echo "pass $n failed" >>/tmp/raw.err; break; }
+            || { echo "pass $n failed" >>/tmp/raw.err; exit 1; }
         n=$((n + 1)); echo $n >/tmp/raw.n
     done
 ) &
@@ -348,26 +355,37 @@ RAW_PID=$!
     done
 ) &
 FILES_PID=$!
+counts() { echo "$(cat /tmp/raw.n 2>/dev/null || echo 0) $(cat /tmp/files.n 2>/dev/null || echo 0)"; }
+# wait_rounds RAW FILES: until the writers have done more than RAW and FILES rounds
+# (or one of them has stopped), at most 60 s
+wait_rounds() {
+    local r f
+    for _ in $(seq 1 120); do
+        c=$(counts); r=${c% *}; f=${c#* }
+        ((r > $1 && f > $2)) && return 0
+        kill -0 "$RAW_PID" 2>/dev/null && kill -0 "$FILES_PID" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
 wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
-sleep 2
-files0=$(cat /tmp/files.n 2>/dev/null || echo 0)
-t=$(date +%s)
+wait_rounds 0 0
+c=$(counts); raw0=${c% *}; files0=${c#* }
 echo "@@HOST remap"
 a=$(host_wait remap 120)
 echo "    | host: ${a:-no answer}"
-files1=$(cat /tmp/files.n 2>/dev/null || echo 0)
-sleep 3
+c=$(counts); raw1=${c% *}; files1=${c#* }
+wait_rounds "$raw1" "$files1"
 touch /tmp/stop
 wait "$RAW_PID"; raw_rc=$?
 wait "$FILES_PID"; files_rc=$?
-files2=$(cat /tmp/files.n 2>/dev/null || echo 0)
-raw_n=$(cat /tmp/raw.n 2>/dev/null || echo 0)
+c=$(counts); raw2=${c% *}; files2=${c#* }
 sed 's/^/    | /' /tmp/raw.err 2>/dev/null
 check "host remapped the volume while both writers ran (${a:-no answer})" \
     bash -c '[[ $1 == "remap PASS"* ]]' _ "$a"
-check "raw writer: $raw_n passes of 16 MiB across the remap, no error" \
-    test "$raw_rc" = 0 -a ! -s /tmp/raw.err -a "$raw_n" -gt 0
-check "file writer: $files2 files (fsync'ed) across the remap, no error ($files0 before the request, $((files2 - files1)) after the answer)" \
+check "raw writer: $raw2 passes of 16 MiB, no error ($raw0 before the request, $((raw2 - raw1)) after the answer)" \
+    test "$raw_rc" = 0 -a ! -s /tmp/raw.err -a "$raw0" -gt 0 -a "$raw2" -gt "$raw1"
+check "file writer: $files2 files (fsync'ed), no error ($files0 before the request, $((files2 - files1)) after the answer)" \
     test "$files_rc" = 0 -a "$files0" -gt 0 -a "$files2" -gt "$files1"
 wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
 check "writes kept following ALUA across the remap ($wa sectors on A, $wb on B)" \

@@ -6,12 +6,12 @@
 # During the guest's I/O the host kills node 1 (kill -9), restarts it, and remaps the
 # volume online. See README.md beside this file.
 #
-#   initiator-tests/qemu/run.sh
+#   initiator-tests/qemu/run.sh [--release]
 #
 # Environment:
 #   SWITCHYARD_QEMU_CACHE    image cache (default /var/tmp/switchyard-qemu), see build-image.sh
 #   SWITCHYARD_QEMU_TIMEOUT  seconds the guest may run (default 900)
-#   SWITCHYARD_BIN           switchyard binary to use (default: cargo build --release -p switchyard)
+#   SWITCHYARD_BIN           switchyard binary to use (default: cargo build [--release] -p switchyard)
 #   CARGO_TARGET_DIR         where cargo builds (default: the repository's target/)
 #   SWITCHYARD_QEMU_KEEP=1   keep the work folder (configs, node logs, console log) on success
 #
@@ -21,6 +21,8 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+PROFILE=debug                                 # the build run-all.sh has made already
+[[ ${1:-} == --release ]] && PROFILE=release
 TIMEOUT=${SWITCHYARD_QEMU_TIMEOUT:-900}
 IQN=iqn.2026-11.org.switchyard:qemu           # the cluster's target (both data nodes)
 ARRAY_IQN=iqn.2026-11.org.switchyard:qemu-array
@@ -59,10 +61,9 @@ say "image ready in $(($(date +%s) - t)) s: $IMG"
 if [[ -n ${SWITCHYARD_BIN:-} ]]; then
     BIN=$SWITCHYARD_BIN
 else
-    # Release: four nodes share two cores with the TCG guest (two of them on every I/O).
-    say "cargo build --release -p switchyard"
-    (cd "$REPO" && cargo build --release -p switchyard) || die "cargo build failed"
-    BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/switchyard
+    say "cargo build --profile ${PROFILE/debug/dev} -p switchyard"
+    (cd "$REPO" && cargo build --profile "${PROFILE/debug/dev}" -p switchyard) || die "cargo build failed"
+    BIN=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE/switchyard
     [[ $BIN == /* ]] || BIN=$REPO/$BIN
 fi
 [[ -x $BIN ]] || die "switchyard binary $BIN missing"
@@ -397,6 +398,7 @@ fail_path_a() {
     else
         wcheck PASS "n1 killed (kill -9) during the guest's write"
     fi
+    answer "fail-path-a done"
 }
 # @@HOST restore-path-a: start node 1 again with the same config; it rejoins and serves.
 restore_path_a() {
@@ -446,7 +448,7 @@ EOF
     st=$(json "d['state']" <<<"$out")
     say "remap finished in ${t} s: exit $rc, change ${id:-?}, state ${st:-?}"
     [[ $rc == 0 ]] || { ok=0; why+="exit $rc: $(head -c 300 <<<"$out"); "; }
-    [[ $st == done ]] || { ok=0; why+="state ${st:-unknown}; "; }
+    [[ $st == "done" ]] || { ok=0; why+="state ${st:-unknown}; "; }
     # Every data node serves the volume from array2/lun0 now, at the same epoch.
     s1=$(vol_state "$API_URL1"); s2=$(vol_state "$API_URL2")
     [[ ${s1#* } == "0+$VOL_BLOCKS@array2/lun0:0" ]] || { ok=0; why+="n1 map '${s1#* }'; "; }

@@ -42,15 +42,25 @@ pub enum Output {
 #[derive(Subcommand, Debug, Clone)]
 pub enum NodesCmd {
     /// Move hosts away from a node: its target port group reports unavailable.
-    Drain { node: String },
+    Drain {
+        #[arg(value_name = "NODE")]
+        member: String,
+    },
     /// Serve I/O again (undo drain; clear a fence once the node has caught up).
-    Activate { node: String },
+    Activate {
+        #[arg(value_name = "NODE")]
+        member: String,
+    },
     /// Remove a member from the cluster (stop it first). A new member joins by
     /// starting with `join = "<any member's cluster address>"` in its [cluster].
-    Remove { node: String },
+    Remove {
+        #[arg(value_name = "NODE")]
+        member: String,
+    },
     /// Set the ALUA state of a node's target port group while it is active.
     Alua {
-        node: String,
+        #[arg(value_name = "NODE")]
+        member: String,
         /// active-optimized, active-non-optimized, standby, unavailable, offline
         state: String,
     },
@@ -367,28 +377,28 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
         AdminCmd::Nodes { cmd } => {
             let view = match cmd {
                 None => None,
-                Some(NodesCmd::Remove { node }) => {
-                    let path = format!("/api/v1/nodes/{}", path_segment(node));
+                Some(NodesCmd::Remove { member }) => {
+                    let path = format!("/api/v1/nodes/{}", path_segment(member));
                     c.delete(&path).map_err(e)?;
-                    println!("{node}: removed from the cluster");
+                    println!("{member}: removed from the cluster");
                     return Ok(());
                 }
-                Some(NodesCmd::Drain { node }) => Some((
-                    node,
+                Some(NodesCmd::Drain { member }) => Some((
+                    member,
                     NodeStateRequest {
                         state: Some("draining".into()),
                         alua: None,
                     },
                 )),
-                Some(NodesCmd::Activate { node }) => Some((
-                    node,
+                Some(NodesCmd::Activate { member }) => Some((
+                    member,
                     NodeStateRequest {
                         state: Some("active".into()),
                         alua: None,
                     },
                 )),
-                Some(NodesCmd::Alua { node, state }) => Some((
-                    node,
+                Some(NodesCmd::Alua { member, state }) => Some((
+                    member,
                     NodeStateRequest {
                         state: None,
                         alua: Some(state.clone()),

@@ -140,6 +140,31 @@ fn check(path: &Path) -> Result<(), String> {
     for p in &cfg.portals {
         println!("portal {} (tpgt {})", p.listen, p.tpgt);
     }
+    if let Some(c) = cfg.cluster_config() {
+        let how = match (&c.join, c.peers.is_empty()) {
+            (Some(j), _) => format!("joins through {j}"),
+            (None, false) => format!(
+                "forms a cluster with {}",
+                c.peers
+                    .iter()
+                    .map(|p| format!("{}@{}", p.id, p.addr))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, true) => "a one-member cluster".to_string(),
+        };
+        println!(
+            "cluster member {} ({}{}) on {}, {how}; state in {}",
+            c.id,
+            c.name,
+            if c.witness { ", witness" } else { "" },
+            c.listen,
+            c.data_dir.display()
+        );
+        if cfg.mapping.is_some() {
+            println!("[mapping] seeds the cluster's table on first start; then the replicated table wins");
+        }
+    }
     if let Some(m) = &cfg.management {
         let auth = api::auth_from(&cfg);
         let addr = m.listen.parse().expect("validated");
@@ -393,5 +418,47 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node name given to `nodes …` must not be taken for the global `--node` URL.
+    #[test]
+    fn node_names_and_the_node_url_do_not_collide() {
+        for args in [
+            vec![
+                "switchyard",
+                "--node",
+                "http://127.0.0.1:1",
+                "nodes",
+                "alua",
+                "n2",
+                "standby",
+            ],
+            vec![
+                "switchyard",
+                "nodes",
+                "drain",
+                "n2",
+                "--node",
+                "http://127.0.0.1:1",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.conn.node, "http://127.0.0.1:1", "{args:?}");
+            let Cmd::Admin(mgmt::cli::AdminCmd::Nodes { cmd: Some(c) }) = cli.cmd else {
+                panic!("{args:?}: not a nodes command");
+            };
+            let member = match c {
+                mgmt::cli::NodesCmd::Alua { member, .. }
+                | mgmt::cli::NodesCmd::Drain { member }
+                | mgmt::cli::NodesCmd::Activate { member }
+                | mgmt::cli::NodesCmd::Remove { member } => member,
+            };
+            assert_eq!(member, "n2");
+        }
     }
 }
