@@ -21,7 +21,7 @@ use scsi::{DataDirection, LogicalUnit, LuConfig, LunMap, Nexus, Status, TargetIn
 pub mod seeds;
 
 /// The fuzz targets, by their names in `fuzz_targets/`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "pdu",
     "frame",
     "text_negotiate",
@@ -29,6 +29,7 @@ pub const TARGETS: [&str; 7] = [
     "scsi_execute",
     "names",
     "admin_input",
+    "session",
 ];
 
 /// Runs the target named `target` on one input.
@@ -41,6 +42,7 @@ pub fn run(target: &str, data: &[u8]) {
         "scsi_execute" => scsi_execute(data),
         "names" => names(data),
         "admin_input" => admin_input(data),
+        "session" => session(data),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -526,5 +528,181 @@ pub fn names(data: &[u8]) {
         let back: Masking = toml::from_str(&text)
             .unwrap_or_else(|e| panic!("re-serialised masking does not parse: {e}\n{text}"));
         assert_eq!(back, m, "masking round trip");
+    }
+}
+
+/// A target on loopback with one 1 MiB in-memory LU, served by the real iSCSI fabric
+/// (`iscsi::Server`) on its own runtime, shared by every `session` input; panics
+/// anywhere in the process are counted.
+struct SessionHarness {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    panics: Arc<std::sync::atomic::AtomicU64>,
+    inputs: std::sync::atomic::AtomicU64,
+}
+
+const FUZZ_TARGET: &str = "iqn.2026-11.org.switchyard:fuzz";
+
+fn session_harness() -> &'static SessionHarness {
+    static H: std::sync::OnceLock<SessionHarness> = std::sync::OnceLock::new();
+    H.get_or_init(|| {
+        let panics = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = panics.clone();
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            default(info);
+        }));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addr = rt.block_on(async {
+            let info = Arc::new(TargetInfo {
+                name: FUZZ_TARGET.into(),
+                port_name: format!("{FUZZ_TARGET},t,0x0001"),
+            });
+            let lu = LogicalUnit::new(
+                LuConfig::default(),
+                Arc::new(MemStore::new(512, 2048)) as Arc<dyn BlockStore>,
+            );
+            let target = iscsi::TargetDef {
+                name: FUZZ_TARGET.into(),
+                alias: None,
+                luns: vec![iscsi::LunDef {
+                    lun: 0,
+                    lu: Arc::new(lu),
+                }],
+                masking: Arc::new(Masking::default()),
+                chap: None,
+                info,
+            };
+            let server = iscsi::Server::new(
+                iscsi::FabricConfig {
+                    nop_interval: std::time::Duration::from_secs(5),
+                    nop_timeout: std::time::Duration::from_secs(5),
+                    login_timeout: std::time::Duration::from_secs(5),
+                    ..iscsi::FabricConfig::default()
+                },
+                vec![target],
+                vec![iscsi::PortalDef {
+                    addr: "127.0.0.1:0".parse().expect("addr"),
+                    tpgt: 1,
+                    relative_port: 0,
+                }],
+            );
+            let listeners = server.bind().await.expect("bind");
+            let addr = listeners[0].local_addr().expect("addr");
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(async move { server.run(listeners, shutdown).await });
+            addr
+        });
+        SessionHarness {
+            rt,
+            addr,
+            panics,
+            inputs: std::sync::atomic::AtomicU64::new(0),
+        }
+    })
+}
+
+/// The login that opens every `session` input (leading login straight to full feature
+/// phase, no authentication).
+pub fn session_login() -> Vec<u8> {
+    let mut out = BytesMut::new();
+    seeds::plain_login().encode(&mut out, Digests::NONE);
+    out.to_vec()
+}
+
+/// `session`: a whole connection from fuzzed bytes — a valid login, then the input as
+/// the rest of the byte stream (PDUs, Data-Out, garbage), against the real target on
+/// loopback; the connection is then half-closed and read until the target closes it.
+///
+/// Properties: nothing in the target panics (any thread), and after every 16th input a
+/// fresh session logs in and gets GOOD for TEST UNIT READY (the target still serves
+/// others).
+pub fn session(data: &[u8]) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = session_harness();
+    let before = h.panics.load(Ordering::SeqCst);
+    h.rt.block_on(async {
+        let Ok(mut sock) = tokio::net::TcpStream::connect(h.addr).await else {
+            panic!("the target stopped accepting connections");
+        };
+        let _ = sock.set_nodelay(true);
+        let mut bytes = session_login();
+        bytes.extend_from_slice(data);
+        let _ = sock.write_all(&bytes).await;
+        let _ = sock.shutdown().await;
+        let mut buf = vec![0u8; 1 << 16];
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    assert_eq!(
+        h.panics.load(Ordering::SeqCst),
+        before,
+        "the target panicked on this input"
+    );
+    if h.inputs.fetch_add(1, Ordering::SeqCst) % 16 == 15 {
+        assert!(
+            h.rt.block_on(probe(h.addr)),
+            "a fresh session is not served"
+        );
+    }
+}
+
+/// Log in and send TEST UNIT READY; true when it answers GOOD (a unit attention
+/// first is fine).
+async fn probe(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut sock) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    // Another initiator than the fuzzed connections use: it must be served whatever
+    // they left behind.
+    let mut out = BytesMut::new();
+    let mut login = seeds::plain_login();
+    if let pdu::Request::Login(l) = &mut login {
+        l.isid = [0x40, 0, 0x02, 0x38, 0, 2];
+        l.data = bytes::Bytes::from(
+            String::from_utf8_lossy(&l.data)
+                .replace("redhat:host1", "redhat:probe")
+                .into_bytes(),
+        );
+    }
+    login.encode(&mut out, Digests::NONE);
+    for cmd_sn in 1..=2u32 {
+        seeds::tur(cmd_sn).encode(&mut out, Digests::NONE);
+    }
+    if sock.write_all(&out).await.is_err() {
+        return false;
+    }
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut goods = 0;
+    let mut answers = 0;
+    loop {
+        while let Ok(Some(raw)) = pdu::decode_frame(&mut buf, Digests::NONE, 1 << 20) {
+            if let Ok(pdu::Response::ScsiResponse(r)) = raw.parse_response() {
+                answers += 1;
+                if r.status == 0 {
+                    goods += 1;
+                }
+            }
+        }
+        if answers == 2 {
+            return goods >= 1;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
     }
 }

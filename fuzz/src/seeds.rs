@@ -20,6 +20,7 @@ pub fn for_target(target: &str) -> Vec<Vec<u8>> {
         "scsi_execute" => scsi_sequences(),
         "names" => names().into_iter().map(|s| s.as_bytes().to_vec()).collect(),
         "admin_input" => admin_inputs(),
+        "session" => sessions(),
         other => panic!("no fuzz target named {other}"),
     }
 }
@@ -635,4 +636,60 @@ data_dir = "raft"
         br#"{"failpoint":"remap::switch","actions":"return"}"#.to_vec(),
         commands.join("\n").into_bytes(),
     ]
+}
+
+/// A leading login straight to full feature phase without digests (so the PDUs that
+/// follow it need none).
+pub fn plain_login() -> pdu::Request {
+    pdu::Request::Login(LoginRequest {
+        transit: true,
+        cont: false,
+        csg: Stage::Operational,
+        nsg: Stage::FullFeature,
+        version_max: 0,
+        version_min: 0,
+        isid: [0x40, 0, 0x01, 0x37, 0, 1],
+        tsih: 0,
+        itt: 1,
+        cid: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        data: Bytes::from_static(
+            b"InitiatorName=iqn.1994-05.com.redhat:host1\0SessionType=Normal\0\
+              TargetName=iqn.2026-11.org.switchyard:fuzz\0AuthMethod=None\0\
+              HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=262144\0",
+        ),
+    })
+}
+
+/// TEST UNIT READY with `cmd_sn`.
+pub fn tur(cmd_sn: u32) -> pdu::Request {
+    let mut c = command(&[0; 6], 0, false, false, &[]);
+    if let pdu::Request::ScsiCommand(sc) = &mut c {
+        sc.cmd_sn = cmd_sn;
+        sc.itt = 0x100 + cmd_sn;
+        sc.lun = 0;
+    }
+    c
+}
+
+/// What follows the login in a `session` input: the request seeds as one stream, each
+/// alone, and a stream of commands with CmdSN in order.
+fn sessions() -> Vec<Vec<u8>> {
+    let reqs = requests();
+    let mut out = Vec::new();
+    let mut all = BytesMut::new();
+    for r in &reqs[1..] {
+        let mut one = BytesMut::new();
+        r.encode(&mut one, Digests::NONE);
+        out.push(one.to_vec());
+        r.encode(&mut all, Digests::NONE);
+    }
+    out.push(all.to_vec());
+    let mut ordered = BytesMut::new();
+    for sn in 1..=8 {
+        tur(sn).encode(&mut ordered, Digests::NONE);
+    }
+    out.push(ordered.to_vec());
+    out
 }
