@@ -245,11 +245,16 @@ impl Remapper {
     }
 
     async fn take_part(&self, st: &ClusterState, rec: &ChangeRecord) {
+        let previous = self.local.lock().change.filter(|&id| id != rec.id);
+        if let Some(id) = previous {
+            // The previous change ended and this one began between two looks: finish
+            // it first (a node that was switched back by a rollback must switch while
+            // it still holds, before anything is released).
+            self.finish(st, st.changes.get(&id));
+        }
         {
             let mut l = self.local.lock();
             if l.change != Some(rec.id) {
-                // A new change (a previous one is finished: `finish` ran or it never
-                // reached us).
                 l.staged.clear();
                 l.holds.clear();
                 l.held_since = None;
@@ -518,8 +523,11 @@ impl Remapper {
                 // Switched and resumed everywhere; a node that missed the end switches
                 // now (its ranges are still held, so nothing ran on the old table).
                 if let Err(e) = self.switch(st) {
-                    tracing::error!(change = id, "cannot switch to the table's epoch: {e}");
-                    return;
+                    tracing::error!(
+                        change = id,
+                        "cannot switch to the table's epoch: {e}; fencing the volume until it can"
+                    );
+                    self.fence_changing();
                 }
             }
             _ => {
@@ -532,8 +540,11 @@ impl Remapper {
                     }
                 }
                 if let Err(e) = self.catch_up_volumes(st) {
-                    tracing::error!(change = id, "cannot switch back to the table: {e}");
-                    return;
+                    tracing::error!(
+                        change = id,
+                        "cannot switch back to the table: {e}; fencing the volume until it can"
+                    );
+                    self.fence_changing();
                 }
             }
         }
@@ -541,6 +552,24 @@ impl Remapper {
         let mut l = self.local.lock();
         l.staged.clear();
         l.change = None;
+    }
+
+    /// Fence the volumes of the change this node holds (held and new I/O there fail
+    /// over to other nodes) until `catch_up` has them at the table's epoch.
+    fn fence_changing(&self) {
+        let mut l = self.local.lock();
+        let names: Vec<String> = l
+            .staged
+            .keys()
+            .cloned()
+            .chain(l.holds.iter().map(|(n, _)| n.clone()))
+            .collect();
+        for name in names {
+            if let Some(sv) = self.volumes.get(&name) {
+                sv.live.set_fenced(true);
+                l.fenced.insert(name);
+            }
+        }
     }
 
     /// Switch every served volume whose definition differs from the table's (a node
