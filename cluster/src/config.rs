@@ -81,8 +81,9 @@ fn default_snapshot_every() -> u64 {
     1000
 }
 
-/// The node's cluster settings. Serialising never writes the secret.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The node's cluster settings. Serialising never writes the secret, and neither does
+/// `Debug`.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub id: NodeId,
@@ -126,6 +127,29 @@ pub struct ClusterConfig {
     /// Take a snapshot every this many log entries (and drop the log before it).
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("peers", &self.peers)
+            .field("join", &self.join)
+            .field("secret", &self.secret.as_ref().map(|_| "(redacted)"))
+            .field("secret_file", &self.secret_file)
+            .field("witness", &self.witness)
+            .field("data_dir", &self.data_dir)
+            .field("portals", &self.portals)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("election_timeout_ms", &self.election_timeout_ms)
+            .field("propose_timeout_ms", &self.propose_timeout_ms)
+            .field("rpc_timeout_ms", &self.rpc_timeout_ms)
+            .field("snapshot_every", &self.snapshot_every)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -253,6 +277,11 @@ mod tests {
         let mut short = c.clone();
         short.secret = Some("short".into());
         assert!(short.validate().is_err());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("0123456789abcdef0123") && shown.contains("redacted"),
+            "{shown}"
+        );
         assert!("x@1.2.3.4:5".parse::<Peer>().is_err());
         assert!(toml::from_str::<File>("[cluster]\nid=1\nbogus=2").is_err());
     }
