@@ -622,6 +622,7 @@ mod tests {
                 blocks: 1024,
                 backend: backend.into(),
                 bstart: 0,
+                mirror: None,
             }],
         }
     }

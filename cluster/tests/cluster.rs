@@ -70,6 +70,7 @@ fn volume(name: &str, wwn_tail: u8, backend: &str) -> VolumeDef {
             blocks: 2048,
             backend: backend.into(),
             bstart: 0,
+            mirror: None,
         }],
     }
 }

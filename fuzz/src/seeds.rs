@@ -565,6 +565,7 @@ data_dir = "raft"
             blocks: 2048,
             backend: backend.into(),
             bstart: 0,
+            mirror: None,
         }],
     };
     let mut t0 = volume::MappingTable::new(0);

@@ -2011,6 +2011,7 @@ bstart = 2048
                     blocks: *n,
                     backend: b.to_string(),
                     bstart: *s,
+                    mirror: None,
                 })
                 .collect(),
         };

@@ -68,6 +68,21 @@ pub struct Extent {
     pub backend: String,
     /// First LBA in the back-end LU.
     pub bstart: u64,
+    /// A second home the extent's writes also go to (reads use only the first): what
+    /// an online migration keeps while it copies, so the source stays complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// The second home of a mirrored [`Extent`]: `blocks` blocks on back-end LU `backend`
+/// from `bstart`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Back-end LU id.
+    pub backend: String,
+    /// First LBA in the back-end LU.
+    pub bstart: u64,
 }
 
 impl Extent {
@@ -908,6 +923,7 @@ bstart = 1048576
             blocks,
             backend: backend.into(),
             bstart,
+            mirror: None,
         }
     }
 

@@ -393,6 +393,7 @@ mod tests {
             blocks,
             backend: backend.into(),
             bstart,
+            mirror: None,
         }
     }
 

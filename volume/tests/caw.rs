@@ -122,6 +122,7 @@ fn ext(vstart: u64, blocks: u64, backend: &str, bstart: u64) -> Extent {
         blocks,
         backend: backend.into(),
         bstart,
+        mirror: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn def_from(homes: &[&'static str]) -> VolumeDef {
                 blocks: CHUNK,
                 backend: home.to_string(),
                 bstart: vstart,
+                mirror: None,
             }),
         }
     }
