@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub mod cluster_rig;
+pub mod host_load;
 
 pub const TARGET: &str = "iqn.2026-11.org.switchyard:test";
 pub const INITIATOR: &str = "iqn.2026-11.org.switchyard:test-initiator";

@@ -6,11 +6,12 @@
 //! driven with fault points (the `fail` crate, set through the test-only faults API).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster_rig::*;
+use integration_tests::host_load::*;
 use integration_tests::*;
 use serde_json::json;
 
@@ -20,135 +21,6 @@ const AREA: u64 = 1024;
 /// [DEAD, DEAD_END): never written; its extent moves between LUs without copying.
 const DEAD: u64 = 8192;
 const DEAD_END: u64 = 16384;
-
-async fn session(rig: &ClusterRig, node: usize, name: &str, isid: u8) -> Initiator {
-    let mut i = logged_in(rig, node, name, isid).await;
-    i.clear_ua(0).await;
-    i
-}
-
-/// A session that has not looked at the LU yet (the node may still refuse I/O).
-async fn logged_in(rig: &ClusterRig, node: usize, name: &str, isid: u8) -> Initiator {
-    let mut i = Initiator::connect(rig.nodes[node].portal_addr()).await;
-    i.login(&LoginOpts {
-        initiator: Some(format!("iqn.2026-11.org.test:{name}")),
-        target: Some(CLUSTER_TARGET.into()),
-        isid: Some([0x80, 0, 0, 0, 9, isid]),
-        ..Default::default()
-    })
-    .await
-    .expect("login");
-    i
-}
-
-/// What a host does: unit attentions (capacity changed, ALUA changed) and NOT READY
-/// are retried; anything else is an error. Returns the result and the retries.
-async fn host_cmd(i: &mut Initiator, cdb: &[u8], data: &[u8], read_len: u32) -> (ScsiResult, u64) {
-    let mut retries = 0;
-    for _ in 0..2000 {
-        let r = i.scsi(0, cdb, data, read_len).await;
-        match (r.status, r.sense_key()) {
-            (2, 6) => continue,
-            (2, 2) | (8, _) => {
-                retries += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            _ => return (r, retries),
-        }
-    }
-    panic!("a command kept failing with NOT READY for 20 s");
-}
-
-#[derive(Default)]
-struct Tally {
-    ios: AtomicU64,
-    retries: AtomicU64,
-    wrong: AtomicU64,
-    errors: AtomicU64,
-    /// (when it started, how long it took) of every host command.
-    latencies: parking_lot::Mutex<Vec<(Instant, Duration)>>,
-}
-
-impl Tally {
-    fn lat(&self, start: Instant) {
-        self.latencies.lock().push((start, start.elapsed()));
-    }
-
-    /// p50, p99 and max of the commands started in [from, to).
-    fn percentiles(&self, from: Instant, to: Instant) -> (usize, Duration, Duration, Duration) {
-        let mut v: Vec<Duration> = self
-            .latencies
-            .lock()
-            .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, d)| *d)
-            .collect();
-        v.sort();
-        if v.is_empty() {
-            return (0, Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        }
-        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-        (v.len(), at(0.5), at(0.99), v[v.len() - 1])
-    }
-}
-
-/// Write versioned patterns into writer `w`'s area through `node` and read each back
-/// (and an earlier one), until `stop`. Returns the last version of every block.
-async fn checker(
-    rig: &ClusterRig,
-    node: usize,
-    w: u32,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) -> BTreeMap<u64, u32> {
-    let mut i = session(rig, node, &format!("checker{w}"), w as u8).await;
-    let base = u64::from(w) * AREA;
-    let mut last: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut k = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let lba = base + (k * 7) % AREA;
-        let version = (k / AREA) as u32 + 1;
-        let data = pattern(version * 16 + w, lba, BS);
-        let t = Instant::now();
-        let (r, n) = host_cmd(&mut i, &cdb10(0x2a, lba as u32, 1), &data, 0).await;
-        tally.lat(t);
-        tally.retries.fetch_add(n, Ordering::Relaxed);
-        if r.status != 0 {
-            eprintln!("writer {w}: WRITE {lba} failed: {r:?}");
-            tally.errors.fetch_add(1, Ordering::Relaxed);
-            k += 1;
-            continue;
-        }
-        last.insert(lba, version * 16 + w);
-        // Read it back, and a block written earlier.
-        let other = base + (k * 13) % AREA;
-        for (b, want) in [
-            (lba, Some(version * 16 + w)),
-            (other, last.get(&other).copied()),
-        ] {
-            let t = Instant::now();
-            let (r, n) = host_cmd(&mut i, &cdb10(0x28, b as u32, 1), &[], BS as u32).await;
-            tally.lat(t);
-            tally.retries.fetch_add(n, Ordering::Relaxed);
-            if r.status != 0 {
-                eprintln!("writer {w}: READ {b} failed: {r:?}");
-                tally.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let expected = match want {
-                Some(v) => pattern(v, b, BS),
-                None => vec![0u8; BS],
-            };
-            if r.data != expected {
-                eprintln!("writer {w}: block {b} has wrong data");
-                tally.wrong.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        tally.ios.fetch_add(3, Ordering::Relaxed);
-        k += 1;
-    }
-    last
-}
 
 fn ext(vstart: u64, blocks: u64, backend: &str, bstart: u64) -> serde_json::Value {
     json!({"vstart": vstart, "blocks": blocks, "backend": backend, "bstart": bstart})
@@ -273,10 +145,10 @@ async fn two_hundred_remaps_under_load_lose_nothing() {
     let run = {
         let (rig, stop, tally) = (&rig, stop.clone(), tally.clone());
         async move {
-            let a = checker(rig, 0, 0, stop.clone(), tally.clone());
-            let b = checker(rig, 1, 1, stop.clone(), tally.clone());
-            let c = checker(rig, 0, 2, stop.clone(), tally.clone());
-            let d = checker(rig, 1, 3, stop.clone(), tally.clone());
+            let a = checker(rig, 0, 0, (0, AREA), stop.clone(), tally.clone());
+            let b = checker(rig, 1, 1, (AREA, AREA), stop.clone(), tally.clone());
+            let c = checker(rig, 0, 2, (2 * AREA, AREA), stop.clone(), tally.clone());
+            let d = checker(rig, 1, 3, (3 * AREA, AREA), stop.clone(), tally.clone());
             tokio::join!(a, b, c, d)
         }
     };
@@ -435,8 +307,8 @@ async fn under_load<F: std::future::Future<Output = T>, T>(rig: &ClusterRig, f: 
     let tally = Arc::new(Tally::default());
     let load = async {
         tokio::join!(
-            checker(rig, 0, 0, stop.clone(), tally.clone()),
-            checker(rig, 1, 1, stop.clone(), tally.clone())
+            checker(rig, 0, 0, (0, AREA), stop.clone(), tally.clone()),
+            checker(rig, 1, 1, (AREA, AREA), stop.clone(), tally.clone())
         )
     };
     let work = async {

@@ -201,6 +201,9 @@ pub struct ChangeRecord {
     /// The leader copies the data of moved ranges before the switch.
     #[serde(default)]
     pub copy_data: bool,
+    /// The migration this change is a window (or the end) of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::MigrationId>,
 }
 
 /// Why a change-log command was refused. Refusing changes nothing.
@@ -255,6 +258,7 @@ impl ChangeRecord {
                 what: "proposed".to_string(),
             }],
             copy_data: false,
+            migration: None,
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`change`]: the remap change log, an explicit state machine
 //!   (`Proposed → Staged → Quiescing → Switched → Resumed → Done | RolledBack | Failed`)
 //!   so that a new leader can finish or roll back a change.
+//! - [`migration`]: online migrations (what moves where, its state and counters; the
+//!   progress map is the mapping table itself).
 //! - [`store`]: durable Raft storage (log, vote, snapshots on disk, fsynced).
 //! - [`auth`]: HMAC-SHA256 request signing with the shared cluster secret.
 //! - [`transport`] / `server`: the management network (signed HTTP/JSON, timeouts,
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub mod auth;
 pub mod change;
 pub mod config;
+pub mod migration;
 pub mod node;
 mod server;
 pub mod state;
@@ -38,6 +41,10 @@ pub mod transport;
 
 pub use change::{ChangeError, ChangeId, ChangeRecord, ChangeState, Phase, Recovery};
 pub use config::ClusterConfig;
+pub use migration::{
+    ChunkHome, CopyEngine, LuHome, MigrationId, MigrationProgress, MigrationRecord, MigrationSpec,
+    MigrationState,
+};
 pub use node::ClusterNode;
 pub use state::{
     AluaAccess, ClusterState, Command, Health, NodeInfo, Outcome, PrHold, PrRecord, PrReg, PrState,

@@ -12,9 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use volume::{Changeset, MappingTable};
+use volume::{BlockRange, Changeset, MappingTable};
 
 use crate::change::{ChangeError, ChangeId, ChangeRecord, Phase};
+use crate::migration::{
+    ChunkHome, MigrationId, MigrationProgress, MigrationSpec, MigrationState, Migrations,
+};
 use crate::NodeId;
 
 /// How many finished changes the change log keeps.
@@ -261,6 +264,9 @@ pub struct ClusterState {
     /// The unfinished change, if any (at most one at a time).
     pub active_change: Option<ChangeId>,
     pub next_change_id: ChangeId,
+    /// Online migrations: the unfinished ones and the last few finished.
+    #[serde(default)]
+    pub migrations: Migrations,
     /// Raft log index of the last command applied to this state.
     pub applied_index: u64,
 }
@@ -275,6 +281,7 @@ impl Default for ClusterState {
             changes: BTreeMap::new(),
             active_change: None,
             next_change_id: 1,
+            migrations: Migrations::default(),
             applied_index: 0,
         }
     }
@@ -323,6 +330,9 @@ pub enum Command {
         /// (before the switch); false: the admin asserts the new homes already hold it.
         #[serde(default)]
         copy_data: bool,
+        /// The migration this change is a window (or the end) of.
+        #[serde(default)]
+        migration: Option<MigrationId>,
     },
     /// A node finished `phase` of change `id`.
     AckChange {
@@ -345,6 +355,26 @@ pub enum Command {
         reason: String,
         at_ms: u64,
     },
+    /// Start an online migration (checked against the table and the other migrations);
+    /// the reply carries its id.
+    StartMigration {
+        spec: MigrationSpec,
+        requested_by: NodeId,
+        at_ms: u64,
+    },
+    /// Move migration `id` to `state` (checked: see [`MigrationState::can_become`]).
+    SetMigrationState {
+        id: MigrationId,
+        state: MigrationState,
+        reason: Option<String>,
+        at_ms: u64,
+    },
+    /// A migration window committed or failed.
+    MigrationProgress {
+        id: MigrationId,
+        progress: MigrationProgress,
+        at_ms: u64,
+    },
 }
 
 /// What applying one command did.
@@ -354,6 +384,8 @@ pub enum Outcome {
     Ok,
     /// `BeginChange` applied: the new change's id.
     ChangeBegun(ChangeId),
+    /// `StartMigration` applied: the new migration's id.
+    MigrationStarted(MigrationId),
     /// Refused (the state is unchanged), with the reason for the admin.
     Refused(String),
 }
@@ -458,6 +490,7 @@ impl ClusterState {
                 requested_by,
                 at_ms,
                 copy_data,
+                migration,
             } => {
                 self.no_active_change()?;
                 if changeset.is_empty() {
@@ -475,6 +508,7 @@ impl ClusterState {
                     *at_ms,
                 );
                 rec.copy_data = *copy_data;
+                rec.migration = *migration;
                 self.changes.insert(id, rec);
                 self.active_change = Some(id);
                 return Ok(Outcome::ChangeBegun(id));
@@ -510,6 +544,57 @@ impl ClusterState {
                     };
                 }
             }
+            Command::StartMigration {
+                spec,
+                requested_by,
+                at_ms,
+            } => {
+                let def = self
+                    .table
+                    .volume(&spec.volume)
+                    .ok_or_else(|| format!("there is no volume {:?}", spec.volume))?;
+                let layout = spec.layout(def)?;
+                if layout != [(spec.vrange(), ChunkHome::Source)] {
+                    return Err(format!(
+                        "blocks {} of volume {} are not all on {}",
+                        spec.vrange(),
+                        spec.volume,
+                        spec.from
+                    ));
+                }
+                let to = BlockRange::at(spec.to.bstart, spec.blocks);
+                for v in &self.table.volumes {
+                    for e in &v.extents {
+                        let homes = std::iter::once((&e.backend, e.bstart))
+                            .chain(e.mirror.iter().map(|m| (&m.backend, m.bstart)));
+                        for (b, start) in homes {
+                            if *b == spec.to.backend
+                                && BlockRange::at(start, e.blocks).overlaps(&to)
+                            {
+                                return Err(format!(
+                                    "blocks {to} of {} already hold blocks of volume {}",
+                                    spec.to.backend, v.name
+                                ));
+                            }
+                        }
+                    }
+                }
+                let id = self.migrations.start(spec, *requested_by, *at_ms)?;
+                return Ok(Outcome::MigrationStarted(id));
+            }
+            Command::SetMigrationState {
+                id,
+                state,
+                reason,
+                at_ms,
+            } => self
+                .migrations
+                .set_state(*id, *state, reason.clone(), *at_ms)?,
+            Command::MigrationProgress {
+                id,
+                progress,
+                at_ms,
+            } => self.migrations.progress(*id, progress, *at_ms)?,
         }
         Ok(Outcome::Ok)
     }
@@ -680,6 +765,7 @@ mod tests {
         let cs = MappingTable::diff(&old, &new);
         let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
             copy_data: false,
+            migration: None,
             changeset: cs.clone(),
             requested_by: 2,
             at_ms: 0,
@@ -692,6 +778,7 @@ mod tests {
         assert!(matches!(
             s.apply(&Command::BeginChange {
                 copy_data: false,
+                migration: None,
                 changeset: cs.clone(),
                 requested_by: 2,
                 at_ms: 0
@@ -741,6 +828,7 @@ mod tests {
         let cs = MappingTable::diff(&s.table, &new);
         let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
             copy_data: false,
+            migration: None,
             changeset: cs,
             requested_by: 1,
             at_ms: 0,

@@ -501,6 +501,7 @@ async fn single_node_change_log_is_validated_and_durable() {
     let a = n
         .propose(Command::BeginChange {
             copy_data: false,
+            migration: None,
             changeset: cs.clone(),
             requested_by: 1,
             at_ms: 1,

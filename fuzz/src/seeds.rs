@@ -605,6 +605,7 @@ data_dir = "raft"
             requested_by: 1,
             at_ms: 1,
             copy_data: false,
+            migration: None,
         },
         advance(Phase::Staged, 2),
         ack(Phase::Staged, 3),

@@ -172,6 +172,23 @@ impl Client {
         }
     }
 
+    /// A live session (round-robin), waiting for a reconnect within `timeout`: for
+    /// commands that must share one I_T nexus, such as an EXTENDED COPY and the
+    /// RECEIVE COPY RESULTS that asks for its outcome.
+    pub async fn session(&self, timeout: Duration) -> Result<Session, InitiatorError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(InitiatorError::Closed {
+                target: self.inner.cfg.target_name.clone(),
+            });
+        }
+        self.pick(Instant::now() + timeout)
+            .await
+            .ok_or_else(|| InitiatorError::NotConnected {
+                portal: self.inner.cfg.portal,
+                target: self.inner.cfg.target_name.clone(),
+            })
+    }
+
     /// A live session, round-robin; waits for a reconnect until `deadline`.
     async fn pick(&self, deadline: Instant) -> Option<Session> {
         loop {

@@ -11,7 +11,8 @@
 //! - [`Client`] (`client.rs`): N sessions to a target, round-robin, reconnect with
 //!   backoff and session reinstatement, one retry of idempotent commands;
 //! - [`RemoteStore`] (`remote.rs`): a [`blockdev::BlockStore`] over one remote LUN,
-//!   so a back-end LU can be served like a local file.
+//!   so a back-end LU can be served like a local file, and copy offload between two
+//!   LUs of one array with EXTENDED COPY ([`RemoteStore::extended_copy_to`]).
 //!
 //! Wire formats come from `iscsi-wire`; this crate adds the I/O.
 #![forbid(unsafe_code)]
@@ -29,5 +30,5 @@ pub use config::{ChapCredentials, InitiatorConfig};
 pub use error::{InitiatorError, LoginError};
 pub use login::NegotiatedParams;
 pub use outcome::{Residual, ScsiOutcome, SenseInfo};
-pub use remote::{CawSupport, RemoteIoError, RemoteStore, RemoteStoreOptions};
+pub use remote::{CawSupport, OffloadOutcome, RemoteIoError, RemoteStore, RemoteStoreOptions};
 pub use session::Session;

@@ -26,6 +26,7 @@ pub mod sense_key {
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const COPY_ABORTED: u8 = 0xa;
     pub const ABORTED_COMMAND: u8 = 0xb;
     pub const MISCOMPARE: u8 = 0xe;
 }
@@ -129,6 +130,7 @@ impl std::fmt::Display for SenseInfo {
             sense_key::ILLEGAL_REQUEST => "ILLEGAL REQUEST",
             sense_key::UNIT_ATTENTION => "UNIT ATTENTION",
             sense_key::DATA_PROTECT => "DATA PROTECT",
+            sense_key::COPY_ABORTED => "COPY ABORTED",
             sense_key::ABORTED_COMMAND => "ABORTED COMMAND",
             sense_key::MISCOMPARE => "MISCOMPARE",
             _ => "sense",

@@ -3,7 +3,8 @@
 //!
 //! At open it reads the geometry (READ CAPACITY(16)), the block limits (VPD B0h:
 //! MAXIMUM TRANSFER LENGTH, unmap limits), logical block provisioning (LBPME from READ
-//! CAPACITY(16), LBPU from VPD B2h) and the write-protect bit (MODE SENSE). I/O is
+//! CAPACITY(16), LBPU from VPD B2h), the write-protect bit (MODE SENSE) and the LU's
+//! NAA designator (VPD 83h, for EXTENDED COPY; a LU without one still opens). I/O is
 //! READ(16)/WRITE(16) (FUA when asked), SYNCHRONIZE CACHE(16), UNMAP and GET LBA
 //! STATUS, split at the smaller of the target's MAXIMUM TRANSFER LENGTH and our own
 //! cap, with the pieces of one request in flight together.
@@ -12,6 +13,10 @@
 //! node that serves the LU (see [`RemoteStore::compare_and_write_support`] for how
 //! support is detected). A miscompare comes back as [`CawOutcome::Miscompare`] with the
 //! array's offset.
+//!
+//! Copies between two LUs of one array can be offloaded to it with EXTENDED COPY
+//! (LID1): [`RemoteStore::extended_copy_to`], in `offload.rs`, which says when it
+//! applies and what a caller does when it does not ([`OffloadOutcome`]).
 //!
 //! A UNIT ATTENTION from the back-end is consumed and the command retried (at most
 //! [`MAX_UA_RETRIES`] times); CAPACITY DATA HAS CHANGED re-reads the capacity first.
@@ -43,6 +48,11 @@ use tokio::runtime::Handle;
 use crate::client::Client;
 use crate::error::InitiatorError;
 use crate::outcome::{sense_key, status, ScsiOutcome, SenseInfo};
+use crate::session::Session;
+
+mod offload;
+
+pub use offload::OffloadOutcome;
 
 /// Unit attentions consumed (and the command retried) per command.
 pub const MAX_UA_RETRIES: usize = 3;
@@ -58,6 +68,9 @@ pub struct RemoteStoreOptions {
     pub max_io_bytes: u32,
     /// Pieces of one large request in flight at once.
     pub parallel: usize,
+    /// Our own cap on the bytes one EXTENDED COPY moves (the array's limits apply
+    /// too), so that each copy command ends well within `timeout`.
+    pub max_copy_bytes: u64,
 }
 
 impl Default for RemoteStoreOptions {
@@ -66,6 +79,7 @@ impl Default for RemoteStoreOptions {
             timeout: Duration::from_secs(30),
             max_io_bytes: 1024 * 1024,
             parallel: 8,
+            max_copy_bytes: 64 << 20,
         }
     }
 }
@@ -76,7 +90,7 @@ impl Default for RemoteStoreOptions {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("back-end {backend}: {op} failed: {detail}")]
 pub struct RemoteIoError {
-    /// "target <name> LUN <n>".
+    /// `"target <name> LUN <n>"`.
     pub backend: String,
     /// The command, e.g. "READ(16)".
     pub op: &'static str,
@@ -158,6 +172,16 @@ pub struct RemoteStore {
     caw: AtomicU8,
     /// MAXIMUM COMPARE AND WRITE LENGTH (1..=255 blocks; 255 when not reported).
     max_caw_blocks: u8,
+    /// The LU's NAA designator from VPD page 83h, which names it in EXTENDED COPY.
+    naa: Option<Vec<u8>>,
+    /// The supported VPD pages list THIRD-PARTY COPY (8Fh).
+    tpc_page: bool,
+    /// What the array's copy manager can do, asked once (OPERATING PARAMETERS).
+    copy_manager: tokio::sync::OnceCell<offload::CopyManager>,
+    /// LIST IDENTIFIER of the next EXTENDED COPY sent to this LU.
+    next_list_id: AtomicU8,
+    /// Blocks this LU's array copied for us with EXTENDED COPY.
+    offload_blocks: AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteStore {
@@ -169,6 +193,8 @@ impl std::fmt::Debug for RemoteStore {
             .field("max_blocks", &self.max_blocks)
             .field("lbpu", &self.lbpu)
             .field("compare_and_write", &self.compare_and_write_support())
+            .field("naa", &self.naa.as_deref().map(hex))
+            .field("third_party_copy_page", &self.tpc_page)
             .finish()
     }
 }
@@ -206,6 +232,11 @@ impl RemoteStore {
             write_protected: AtomicBool::new(false),
             caw: AtomicU8::new(CawSupport::Unknown.code()),
             max_caw_blocks: u8::MAX,
+            naa: None,
+            tpc_page: false,
+            copy_manager: tokio::sync::OnceCell::new(),
+            next_list_id: AtomicU8::new(0),
+            offload_blocks: AtomicU64::new(0),
         };
         let backend = store.name.clone();
         let failed = |what: &str, e: BlockError| InitiatorError::CommandFailed {
@@ -246,6 +277,12 @@ impl RemoteStore {
                 }
             }
         }
+        // Device identification: the NAA designator names the LU in EXTENDED COPY.
+        // Not every array has one (or answers); the store works without.
+        if let Ok(p83) = store.vpd(0x83, 1024).await {
+            store.naa = lu_naa(&p83);
+        }
+        store.tpc_page = supported(0x8f);
         if store.lbpme && supported(0xb2) {
             if let Ok(b2) = store.vpd(0xb2, 64).await {
                 store.lbpu = b2.len() > 5 && b2[5] & 0x80 != 0;
@@ -305,6 +342,19 @@ impl RemoteStore {
     /// MAXIMUM COMPARE AND WRITE LENGTH of the array (255 when it does not report one).
     pub fn max_compare_write_blocks(&self) -> u8 {
         self.max_caw_blocks
+    }
+
+    /// The LU's NAA designator (VPD page 83h, association LU; NAA 6 preferred, then
+    /// NAA 5), if the array reports one.
+    pub fn naa_designator(&self) -> Option<&[u8]> {
+        self.naa.as_deref()
+    }
+
+    /// Whether the array lists the THIRD-PARTY COPY VPD page (8Fh) among its supported
+    /// pages. Informational: arrays that implement only LID1 EXTENDED COPY may not
+    /// list it, so [`RemoteStore::extended_copy_to`] asks the copy manager itself.
+    pub fn lists_third_party_copy_page(&self) -> bool {
+        self.tpc_page
     }
 
     /// The client this store runs over.
@@ -424,22 +474,35 @@ impl RemoteStore {
         refresh_on_ua: bool,
     ) -> Result<ScsiOutcome, BlockError> {
         let out = self
-            .command_outcome(op, cdb, data_out, read_len, refresh_on_ua)
+            .command_outcome(None, op, cdb, data_out, read_len, refresh_on_ua)
             .await?;
+        self.fail_on_sense(op, cdb, &out)?;
+        Ok(out)
+    }
+
+    /// A CHECK CONDITION other than RECOVERED ERROR as the error it stands for.
+    fn fail_on_sense(
+        &self,
+        op: &'static str,
+        cdb: &[u8],
+        out: &ScsiOutcome,
+    ) -> Result<(), BlockError> {
         if out.status == status::CHECK_CONDITION {
             let sense = out.sense_info();
             if sense.is_none_or(|s| s.key != sense_key::RECOVERED_ERROR) {
                 return Err(self.sense_error(op, cdb, sense));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs a command with unit attention handling and BUSY retries, and returns its
     /// final outcome: GOOD, CONDITION MET, or CHECK CONDITION (RECOVERED ERROR, or a
-    /// sense the caller maps). Other statuses are errors.
+    /// sense the caller maps). Other statuses are errors. `via`: on this session
+    /// (one I_T nexus) rather than any of the client's.
     async fn command_outcome(
         &self,
+        via: Option<&Session>,
         op: &'static str,
         cdb: &[u8],
         data_out: Bytes,
@@ -449,11 +512,18 @@ impl RemoteStore {
         let mut uas = 0;
         let mut busy = 0;
         loop {
-            let out = self
-                .client
-                .execute(self.lun, cdb, data_out.clone(), read_len, self.opts.timeout)
-                .await
-                .map_err(|e| self.transport_error(op, e))?;
+            let out = match via {
+                Some(s) => {
+                    s.execute(self.lun, cdb, data_out.clone(), read_len, self.opts.timeout)
+                        .await
+                }
+                None => {
+                    self.client
+                        .execute(self.lun, cdb, data_out.clone(), read_len, self.opts.timeout)
+                        .await
+                }
+            }
+            .map_err(|e| self.transport_error(op, e))?;
             match out.status {
                 status::GOOD | status::CONDITION_MET => return Ok(out),
                 status::CHECK_CONDITION => {
@@ -582,7 +652,7 @@ impl RemoteStore {
         data.extend_from_slice(compare);
         data.extend_from_slice(write);
         let out = self
-            .command_outcome(OP, &cdb, Bytes::from(data), 0, true)
+            .command_outcome(None, OP, &cdb, Bytes::from(data), 0, true)
             .await?;
         if out.status == status::CHECK_CONDITION {
             let sense = out.sense_info();
@@ -813,6 +883,53 @@ fn transport_error(backend: &str, op: &'static str, e: InitiatorError) -> BlockE
     backend_sense(backend, op, code, None, e.to_string())
 }
 
+/// The LU's NAA designator in VPD page 83h data: a designation descriptor of
+/// association 0 (the logical unit), designator type 3 (NAA) and the binary code set,
+/// 8 or 16 bytes long. NAA 6 (16 bytes) is preferred, then NAA 5 (8 bytes), then any
+/// other NAA format of those lengths. Malformed pages give what was found before the
+/// damage.
+fn lu_naa(page: &[u8]) -> Option<Vec<u8>> {
+    if page.len() < 4 || page[1] != 0x83 {
+        return None;
+    }
+    let end = page
+        .len()
+        .min(4 + usize::from(u16::from_be_bytes([page[2], page[3]])));
+    let rank = |d: &[u8]| match (d[0] >> 4, d.len()) {
+        (6, 16) => 0,
+        (5, 8) => 1,
+        _ => 2,
+    };
+    let mut best: Option<&[u8]> = None;
+    let mut at = 4;
+    while at + 4 <= end {
+        let next = at + 4 + usize::from(page[at + 3]);
+        if next > end {
+            break;
+        }
+        let (code_set, association, kind) = (
+            page[at] & 0x0f,
+            (page[at + 1] >> 4) & 0x03,
+            page[at + 1] & 0x0f,
+        );
+        let d = &page[at + 4..next];
+        if code_set == 1
+            && association == 0
+            && kind == 3
+            && matches!(d.len(), 8 | 16)
+            && best.is_none_or(|b| rank(d) < rank(b))
+        {
+            best = Some(d);
+        }
+        at = next;
+    }
+    best.map(<[u8]>::to_vec)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
@@ -966,6 +1083,60 @@ mod tests {
         assert_eq!(lba_and_blocks(&c), (0x0102_0304_0506_0708, 16));
         let r = RemoteStore::lba_cdb(0x88, 5, 1, false);
         assert_eq!(r[1], 0);
+    }
+
+    /// A designation descriptor: code set, association, designator type, designator.
+    fn desig(code_set: u8, assoc: u8, kind: u8, d: &[u8]) -> Vec<u8> {
+        let mut v = vec![code_set, (assoc << 4) | kind, 0, d.len() as u8];
+        v.extend_from_slice(d);
+        v
+    }
+
+    fn page83(descriptors: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = descriptors.concat();
+        let mut p = vec![0, 0x83];
+        p.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        p.extend_from_slice(&body);
+        p
+    }
+
+    #[test]
+    fn naa_designator_of_the_lu() {
+        let naa6: Vec<u8> = [0x60].into_iter().chain(1..16).collect();
+        let naa5 = vec![0x50, 1, 2, 3, 4, 5, 6, 7];
+        let naa3 = vec![0x30, 9, 9, 9, 9, 9, 9, 9];
+        let t10 = desig(2, 0, 1, b"SWITCHYDSERIAL0");
+        // NAA 6 preferred over NAA 5 whatever the order; target port ones (association
+        // 1), ASCII code sets and other designator types are ignored.
+        let p = page83(&[
+            t10.clone(),
+            desig(1, 1, 3, &naa6),
+            desig(1, 0, 3, &naa5),
+            desig(1, 0, 3, &naa6),
+        ]);
+        assert_eq!(lu_naa(&p), Some(naa6.clone()));
+        assert_eq!(
+            lu_naa(&page83(&[desig(1, 0, 3, &naa3), desig(1, 0, 3, &naa5)])),
+            Some(naa5.clone())
+        );
+        assert_eq!(lu_naa(&page83(&[desig(1, 0, 3, &naa3)])), Some(naa3));
+        assert_eq!(lu_naa(&page83(&[t10.clone(), desig(1, 2, 3, &naa5)])), None);
+        assert_eq!(lu_naa(&page83(&[desig(1, 0, 3, &naa6[..12])])), None);
+        assert_eq!(lu_naa(&page83(&[desig(2, 0, 3, &naa5)])), None);
+        // Truncated pages give what came before the damage, and never panic.
+        let full = page83(&[desig(1, 0, 3, &naa5), desig(1, 0, 3, &naa6)]);
+        for n in 0..full.len() {
+            let got = lu_naa(&full[..n]);
+            assert!(got.is_none() || got == Some(naa5.clone()), "{n}: {got:?}");
+        }
+        assert_eq!(lu_naa(&full), Some(naa6.clone()));
+        let mut wrong_page = full.clone();
+        wrong_page[1] = 0x80;
+        assert_eq!(lu_naa(&wrong_page), None);
+        // A PAGE LENGTH beyond the data: what arrived counts.
+        let mut long = full;
+        long[3] = 0xff;
+        assert_eq!(lu_naa(&long), Some(naa6));
     }
 
     fn codes(e: &BlockError) -> (u8, u8, u8) {

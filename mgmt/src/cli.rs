@@ -9,8 +9,8 @@ use volume::{Extent, MappingTable};
 
 use crate::client::{Client, ClientError};
 use crate::model::{
-    BackendView, ChangeRecord, Event, NodeStateRequest, NodeStatus, NodeView, RemapRequest,
-    SessionView, TargetView, ValidationReport, VolumeView,
+    BackendView, ChangeRecord, Event, MigrateRequest, MigrationView, NodeStateRequest, NodeStatus,
+    NodeView, RemapRequest, SessionView, TargetView, ValidationReport, VolumeView,
 };
 
 /// Where the node is and how to talk to it (global options).
@@ -118,6 +118,50 @@ pub enum AdminCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Move blocks of a volume to another back-end LU while hosts use it (cluster
+    /// members): copied window by window (by the array with EXTENDED COPY when it can),
+    /// writes mirrored to the source until the end. Shows a progress bar until it ends
+    /// (Ctrl-C leaves it running; `migrations ID` follows it again).
+    Migrate {
+        /// The volume.
+        volume: String,
+        /// Destination back-end LU id (`switchyard backends`), e.g. array/lun1.
+        #[arg(long)]
+        to: String,
+        /// First block on the destination.
+        #[arg(long)]
+        at: Option<u64>,
+        /// First virtual block moved (default 0).
+        #[arg(long)]
+        vstart: Option<u64>,
+        /// Blocks moved (default: to the end of the extent holding --vstart).
+        #[arg(long)]
+        blocks: Option<u64>,
+        /// MiB copied per window (each window is held briefly; default 16).
+        #[arg(long)]
+        window_mib: Option<u32>,
+        /// Copy rate cap, MiB/s (default 200; 0: none).
+        #[arg(long)]
+        max_rate: Option<u32>,
+        /// Copy rate floor, MiB/s, kept however busy hosts are (default 20).
+        #[arg(long)]
+        min_rate: Option<u32>,
+        /// UNMAP the source blocks when the destination is the only home.
+        #[arg(long)]
+        release_source: bool,
+        /// auto (EXTENDED COPY when the array can, else the nodes) or node.
+        #[arg(long)]
+        engine: Option<String>,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Migrations with their progress; `migrations ID` follows one,
+    /// `migrations pause|resume|abort ID` steers it.
+    Migrations {
+        #[command(subcommand)]
+        cmd: Option<MigrationsCmd>,
+    },
     /// Changes (remaps) with their states; `changes ID` shows one.
     Changes { id: Option<u64> },
     /// The event log; `--follow` streams new events.
@@ -131,6 +175,19 @@ pub enum AdminCmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum MigrationsCmd {
+    /// Follow one migration until it ends (a progress bar; `--output json`: its record).
+    #[command(name = "show")]
+    Show { id: u64 },
+    /// Stop starting windows; copied chunks stay mirrored.
+    Pause { id: u64 },
+    /// Go on after a pause (or after the migration paused itself on errors).
+    Resume { id: u64 },
+    /// Make the source the only home again; nothing is lost.
+    Abort { id: u64 },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -658,6 +715,72 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
                 print!("{}", describe_change(&rec));
             }
         }
+        AdminCmd::Migrate {
+            volume,
+            to,
+            at,
+            vstart,
+            blocks,
+            window_mib,
+            max_rate,
+            min_rate,
+            release_source,
+            engine,
+            no_wait,
+        } => {
+            let req = MigrateRequest {
+                to: to.clone(),
+                at: *at,
+                vstart: *vstart,
+                blocks: *blocks,
+                window_mib: *window_mib,
+                max_rate_mib_s: *max_rate,
+                min_rate_mib_s: *min_rate,
+                release_source: release_source.then_some(true),
+                engine: engine.clone(),
+            };
+            let path = format!("/api/v1/volumes/{}/migrate", path_segment(volume));
+            let (_, m): (u16, MigrationView) = c.post(&path, &req).map_err(e)?;
+            if *no_wait {
+                if json {
+                    print_json(&m);
+                } else {
+                    println!("migration {} started: {}", m.id, migration_line(&m));
+                }
+            } else {
+                follow_migration(&c, m.id, json)?;
+            }
+        }
+        AdminCmd::Migrations { cmd } => match cmd {
+            None => {
+                let ms: Vec<MigrationView> = c.get("/api/v1/migrations").map_err(e)?;
+                if json {
+                    print_json(&ms);
+                } else {
+                    print!("{}", migration_rows(&ms));
+                }
+            }
+            Some(MigrationsCmd::Show { id }) => follow_migration(&c, *id, json)?,
+            Some(
+                MigrationsCmd::Pause { id }
+                | MigrationsCmd::Resume { id }
+                | MigrationsCmd::Abort { id },
+            ) => {
+                let action = match cmd {
+                    Some(MigrationsCmd::Pause { .. }) => "pause",
+                    Some(MigrationsCmd::Resume { .. }) => "resume",
+                    _ => "abort",
+                };
+                let (_, m): (u16, MigrationView) = c
+                    .post(&format!("/api/v1/migrations/{id}/{action}"), &())
+                    .map_err(e)?;
+                if json {
+                    print_json(&m);
+                } else {
+                    println!("migration {}: {}", m.id, migration_line(&m));
+                }
+            }
+        },
         AdminCmd::Changes { id: None } => {
             let cs: Vec<ChangeRecord> = c.get("/api/v1/changes").map_err(e)?;
             if json {
@@ -708,6 +831,114 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One line about a migration: state, progress, rate, ETA.
+pub fn migration_line(m: &MigrationView) -> String {
+    let bs = u64::from(m.block_size.max(1));
+    let mut s = format!(
+        "{} {}+{} {} -> {}: {} {:.1}% ({} of {})",
+        m.volume,
+        m.vstart,
+        m.blocks,
+        m.from,
+        m.to,
+        m.state,
+        m.percent,
+        human_bytes(m.copied_blocks * bs),
+        human_bytes(m.blocks * bs)
+    );
+    if m.offloaded_blocks > 0 {
+        s.push_str(&format!(
+            ", {} by EXTENDED COPY",
+            human_bytes(m.offloaded_blocks * bs)
+        ));
+    }
+    s.push_str(&format!(", {:.1} MiB/s", m.rate_mib_s));
+    if let Some(eta) = m.eta_s {
+        s.push_str(&format!(", ETA {eta} s"));
+    }
+    if let Some(r) = &m.reason {
+        s.push_str(&format!(" ({r})"));
+    }
+    s
+}
+
+fn migration_rows(ms: &[MigrationView]) -> String {
+    table(
+        &[
+            "ID", "VOLUME", "RANGE", "FROM", "TO", "STATE", "DONE", "RATE", "ETA",
+        ],
+        ms.iter()
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    m.volume.clone(),
+                    format!("{}+{}", m.vstart, m.blocks),
+                    m.from.clone(),
+                    m.to.clone(),
+                    m.state.clone(),
+                    format!("{:.1}%", m.percent),
+                    format!("{:.1} MiB/s", m.rate_mib_s),
+                    m.eta_s.map(|s| format!("{s} s")).unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// A text progress bar of `width` cells.
+fn progress_bar(percent: f64, width: usize) -> String {
+    let full = ((percent.clamp(0.0, 100.0) / 100.0) * width as f64).round() as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(full),
+        ".".repeat(width - full.min(width))
+    )
+}
+
+/// Poll migration `id` until it ends, redrawing a progress bar (JSON: print the final
+/// record). Fails when it ends failed.
+fn follow_migration(c: &Client, id: u64, json: bool) -> Result<(), String> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let mut last_line = String::new();
+    loop {
+        let m: MigrationView = c
+            .get(&format!("/api/v1/migrations/{id}"))
+            .map_err(|e| e.to_string())?;
+        let finished = matches!(m.state.as_str(), "done" | "aborted" | "failed");
+        if !json {
+            let line = format!("{} {}", progress_bar(m.percent, 30), migration_line(&m));
+            if tty {
+                print!("\r\x1b[2K{line}");
+                let _ = std::io::stdout().flush();
+            } else if line != last_line {
+                println!("{line}");
+            }
+            last_line = line;
+        }
+        if finished || m.state == "paused" {
+            if tty && !json {
+                println!();
+            }
+            if json {
+                print_json(&m);
+            }
+            return match m.state.as_str() {
+                "failed" => Err(format!(
+                    "migration {id} failed: {}",
+                    m.reason.unwrap_or_default()
+                )),
+                "paused" => Err(format!(
+                    "migration {id} is paused: {}",
+                    m.reason.unwrap_or_default()
+                )),
+                _ => Ok(()),
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// Percent-encode a path segment (volume names are plain, but be safe).

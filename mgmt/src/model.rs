@@ -77,6 +77,12 @@ pub struct Counters {
     pub login_failures: u64,
     pub sessions: u64,
     pub backend_errors: u64,
+    /// Bytes this node read and wrote to copy data (remaps and migration windows).
+    #[serde(default)]
+    pub copy_node_bytes: u64,
+    /// Bytes back-end arrays copied for this node (EXTENDED COPY); none passed through it.
+    #[serde(default)]
+    pub copy_offloaded_bytes: u64,
 }
 
 /// A host's iSCSI session: `GET /api/v1/sessions`.
@@ -217,6 +223,94 @@ pub struct RemapRequest {
     /// ranges hold no live data.
     #[serde(default)]
     pub copy: Option<bool>,
+}
+
+/// `POST /api/v1/volumes/{name}/migrate`: move blocks of a volume to another back-end
+/// LU while hosts use it (cluster members only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The destination back-end LU (an id of `GET /api/v1/backends`).
+    pub to: String,
+    /// First block on the destination (default 0).
+    #[serde(default)]
+    pub at: Option<u64>,
+    /// First virtual block moved (default 0).
+    #[serde(default)]
+    pub vstart: Option<u64>,
+    /// Blocks moved (default: to the end of the extent that holds `vstart`).
+    #[serde(default)]
+    pub blocks: Option<u64>,
+    /// MiB per window (one short hold each; default 16, at most 64).
+    #[serde(default)]
+    pub window_mib: Option<u32>,
+    /// Copy rate cap in MiB/s (default 200; 0 for none).
+    #[serde(default)]
+    pub max_rate_mib_s: Option<u32>,
+    /// Copy rate floor in MiB/s: kept however busy hosts are (default 20).
+    #[serde(default)]
+    pub min_rate_mib_s: Option<u32>,
+    /// UNMAP the source blocks once the destination is the only home (default false).
+    #[serde(default)]
+    pub release_source: Option<bool>,
+    /// `auto` (EXTENDED COPY on the array when it can, else the nodes) or `node`.
+    #[serde(default)]
+    pub engine: Option<String>,
+}
+
+/// `POST /api/v1/migrations/{id}/{action}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// A run of a migration's chunks in one state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRun {
+    /// First virtual block.
+    pub vstart: u64,
+    pub blocks: u64,
+    /// `not-copied` (on the source only), `copying` (held by the running window),
+    /// `copied` (on the destination, writes mirrored to the source), `moved` (on the
+    /// destination only).
+    pub state: String,
+}
+
+/// One migration (`GET /api/v1/migrations`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationView {
+    pub id: u64,
+    pub volume: String,
+    pub vstart: u64,
+    pub blocks: u64,
+    pub block_size: u32,
+    /// `backend@lba`.
+    pub from: String,
+    pub to: String,
+    /// running, paused, finishing, aborting, done, aborted, failed.
+    pub state: String,
+    pub reason: Option<String>,
+    pub copied_blocks: u64,
+    /// Of those, copied by the array (EXTENDED COPY).
+    pub offloaded_blocks: u64,
+    pub percent: f64,
+    pub windows: u64,
+    pub failures: u32,
+    /// Average copy rate since the start, MiB/s.
+    pub rate_mib_s: f64,
+    /// Estimated seconds to go at that rate.
+    pub eta_s: Option<u64>,
+    pub window_blocks: u64,
+    pub max_rate_mib_s: u32,
+    pub min_rate_mib_s: u32,
+    pub engine: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The progress map, as runs of chunks in one state.
+    pub chunks: Vec<ChunkRun>,
 }
 
 /// The state of a change. A remap goes staged → holding → draining → copying →

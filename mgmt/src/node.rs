@@ -10,8 +10,9 @@ use volume::MappingTable;
 
 use crate::journal::Journal;
 use crate::model::{
-    BackendView, ErrorBody, FaultRequest, MetricsSnapshot, NodeStateRequest, NodeStatus, NodeView,
-    RemapRequest, SessionView, TargetView, ValidationReport, VolumeView,
+    BackendView, ErrorBody, FaultRequest, MetricsSnapshot, MigrateRequest, MigrationAction,
+    MigrationView, NodeStateRequest, NodeStatus, NodeView, RemapRequest, SessionView, TargetView,
+    ValidationReport, VolumeView,
 };
 
 /// A management request that failed: an HTTP status, a message and advice.
@@ -84,6 +85,13 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+fn not_a_member(what: &str) -> ApiError {
+    ApiError::not_found(
+        format!("this node is not a cluster member; {what} are run by the cluster"),
+        "add a [cluster] section (one member is enough) and restart the node",
+    )
+}
+
 /// The management view of one node. Methods are synchronous and cheap (they read the
 /// node's state); [`NodeApi::start_remap`] only validates and starts the change, which
 /// runs on its own thread and reports through the [`Journal`].
@@ -132,6 +140,28 @@ pub trait NodeApi: Send + Sync + 'static {
             "this node is not a cluster member",
             "membership exists in a cluster: add a [cluster] section",
         ))
+    }
+    /// Start an online migration of blocks of `volume` (cluster members). May block.
+    fn start_migration(
+        &self,
+        volume: &str,
+        req: MigrateRequest,
+    ) -> Result<MigrationView, ApiError> {
+        let _ = (volume, req);
+        Err(not_a_member("migrations"))
+    }
+    /// Every migration the cluster remembers (unfinished and recent).
+    fn migrations(&self) -> Vec<MigrationView> {
+        Vec::new()
+    }
+    /// Pause, resume or abort migration `id`. May block.
+    fn migration_action(
+        &self,
+        id: u64,
+        action: MigrationAction,
+    ) -> Result<MigrationView, ApiError> {
+        let _ = (id, action);
+        Err(not_a_member("migrations"))
     }
     /// Test fault injection; refused unless the node was started for tests.
     fn inject_fault(&self, req: FaultRequest) -> Result<(), ApiError> {

@@ -173,6 +173,10 @@ pub fn router(api: Arc<dyn NodeApi>, auth: AuthConfig, shutdown: CancellationTok
         .route("/api/v1/volumes", get(volumes))
         .route("/api/v1/volumes/{name}", get(volume))
         .route("/api/v1/volumes/{name}/remap", post(remap))
+        .route("/api/v1/volumes/{name}/migrate", post(migrate))
+        .route("/api/v1/migrations", get(migrations))
+        .route("/api/v1/migrations/{id}", get(migration))
+        .route("/api/v1/migrations/{id}/{action}", post(migration_action))
         .route("/api/v1/mapping", get(mapping))
         .route("/api/v1/mapping/validate", post(validate))
         .route("/api/v1/changes", get(changes))
@@ -241,6 +245,8 @@ async fn index() -> Json<serde_json::Value> {
             "GET /api/v1/status", "GET /api/v1/nodes", "POST /api/v1/nodes/{name}/state", "DELETE /api/v1/nodes/{name}", "GET /api/v1/sessions",
             "GET /api/v1/targets", "GET /api/v1/backends", "GET /api/v1/volumes",
             "GET /api/v1/volumes/{name}", "POST /api/v1/volumes/{name}/remap",
+            "POST /api/v1/volumes/{name}/migrate", "GET /api/v1/migrations",
+            "GET /api/v1/migrations/{id}", "POST /api/v1/migrations/{id}/{pause|resume|abort}",
             "GET /api/v1/mapping", "POST /api/v1/mapping/validate",
             "GET /api/v1/changes", "GET /api/v1/changes/{id}",
             "GET /api/v1/events", "GET /api/v1/events/stream", "GET /metrics"
@@ -297,6 +303,91 @@ async fn remove_node(
             )
         })??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a blocking API call off the runtime.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} task failed: {e}"),
+            "",
+        )
+    })?
+}
+
+async fn migrate(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::model::MigrationView>), ApiError> {
+    require_admin(&st, role)?;
+    let req: crate::model::MigrateRequest = parse_json(
+        &body,
+        "a migration: {\"to\": \"BACKEND-LU\", \"at\": LBA, \"vstart\": N, \"blocks\": N, \"window_mib\": 16, ...}",
+    )?;
+    let api = st.api.clone();
+    let v = blocking("migration", move || api.start_migration(&name, req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+async fn migrations(State(st): State<AppState>) -> impl IntoResponse {
+    Json(st.api.migrations())
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("{id:?} is not a migration id"),
+            "GET /api/v1/migrations lists them",
+        )
+    })
+}
+
+async fn migration(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::model::MigrationView>, ApiError> {
+    let id = parse_id(&id)?;
+    st.api
+        .migrations()
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                format!("there is no migration {id}"),
+                "GET /api/v1/migrations lists them (finished ones are kept for a while)",
+            )
+        })
+}
+
+async fn migration_action(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<crate::model::MigrationView>, ApiError> {
+    require_admin(&st, role)?;
+    let id = parse_id(&id)?;
+    let action = match action.as_str() {
+        "pause" => crate::model::MigrationAction::Pause,
+        "resume" => crate::model::MigrationAction::Resume,
+        "abort" => crate::model::MigrationAction::Abort,
+        other => {
+            return Err(ApiError::not_found(
+                format!("no migration action {other:?}"),
+                "POST /api/v1/migrations/{id}/pause, /resume or /abort",
+            ))
+        }
+    };
+    let api = st.api.clone();
+    blocking("migration", move || api.migration_action(id, action))
+        .await
+        .map(Json)
 }
 
 async fn faults(
@@ -660,6 +751,53 @@ pub fn render_metrics(api: &dyn NodeApi) -> String {
         "counter",
         c.backend_errors,
     );
+    let name = "switchyard_copy_bytes_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Data copied for remaps and migrations: engine=\"node\" counts bytes this node read plus wrote, engine=\"xcopy\" bytes the array moved by EXTENDED COPY.\n# TYPE {name} counter"
+    );
+    let _ = writeln!(
+        o,
+        "{name}{{node=\"{node}\",engine=\"node\"}} {}",
+        c.copy_node_bytes
+    );
+    let _ = writeln!(
+        o,
+        "{name}{{node=\"{node}\",engine=\"xcopy\"}} {}",
+        c.copy_offloaded_bytes
+    );
+    let migrations = api.migrations();
+    type MField = fn(&crate::model::MigrationView) -> u64;
+    let mig_fields: [(&str, &str, MField); 3] = [
+        (
+            "switchyard_migration_blocks",
+            "Blocks a migration moves.",
+            |m| m.blocks,
+        ),
+        (
+            "switchyard_migration_copied_blocks",
+            "Blocks a migration has copied.",
+            |m| m.copied_blocks,
+        ),
+        (
+            "switchyard_migration_offloaded_blocks",
+            "Blocks the array copied for a migration (EXTENDED COPY).",
+            |m| m.offloaded_blocks,
+        ),
+    ];
+    for (name, help, f) in mig_fields {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for m in &migrations {
+            let _ = writeln!(
+                o,
+                "{name}{{node=\"{node}\",migration=\"{}\",volume=\"{}\",state=\"{}\"}} {}",
+                m.id,
+                label(&m.volume),
+                m.state,
+                f(m)
+            );
+        }
+    }
 
     type Field = fn(&crate::model::IoCounters) -> u64;
     let io_fields: [(&str, &str, Field); 5] = [

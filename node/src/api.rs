@@ -47,6 +47,11 @@ pub struct IoStats {
 }
 
 impl IoStats {
+    /// Reads plus writes so far.
+    pub fn ops(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed) + self.writes.load(Ordering::Relaxed)
+    }
+
     fn snapshot(&self) -> IoCounters {
         IoCounters {
             reads: self.reads.load(Ordering::Relaxed),
@@ -156,10 +161,22 @@ pub struct Managed {
     backends: Vec<Backend>,
     volumes: BTreeMap<String, (Arc<LiveVolume>, Arc<IoStats>)>,
     registry: Registry,
+    /// The remote LUs among the back-ends, for copy offload.
+    offload: crate::moves::Offload,
     mapping: Option<MappingTable>,
 }
 
 impl Managed {
+    /// Remember remote LU `id` for copy offload (EXTENDED COPY on its array).
+    pub fn offload_lu(&mut self, id: &str, store: Arc<iscsi_initiator::RemoteStore>) {
+        self.offload.insert(id, store);
+    }
+
+    /// The remote LUs, for copy offload.
+    pub fn offload(&self) -> crate::moves::Offload {
+        self.offload.clone()
+    }
+
     /// A local store LU; returns the store to put in the registry (counted).
     pub fn store_lu(
         &mut self,
@@ -220,6 +237,14 @@ impl Managed {
         self.volumes
             .iter()
             .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The host I/O counters of every volume.
+    pub fn volume_stats(&self) -> BTreeMap<String, Arc<IoStats>> {
+        self.volumes
+            .iter()
+            .map(|(k, (_, s))| (k.clone(), s.clone()))
             .collect()
     }
 
@@ -360,6 +385,19 @@ impl NodeMgmt {
     }
 
     /// The cluster member, or the error for a stand-alone node.
+    fn migration_view(
+        &self,
+        c: &Arc<cluster::ClusterNode>,
+        id: u64,
+    ) -> Result<mgmt::model::MigrationView, ApiError> {
+        let st = cluster::Cluster::state(&**c);
+        st.migrations
+            .records
+            .get(&id)
+            .map(|m| crate::migrate_api::view(&st, m))
+            .ok_or_else(|| ApiError::not_found(format!("there is no migration {id}"), ""))
+    }
+
     fn member(&self) -> Result<&Arc<cluster::ClusterNode>, ApiError> {
         self.0.cluster.as_ref().ok_or_else(|| {
             ApiError::not_found(
@@ -494,6 +532,7 @@ impl NodeMgmt {
             requested_by: c.id(),
             at_ms: mgmt::model::now_ms(),
             copy_data: !mv.is_empty(),
+            migration: None,
         }));
         let cid = match proposed {
             Ok(a) => match a.outcome {
@@ -896,13 +935,16 @@ impl NodeMgmt {
     }
 }
 
-/// The runs of a volume's blocks, holes included, sorted.
 impl Inner {
     /// Copy every move, in chunks, reporting progress; then flush the destinations.
     fn copy(&self, id: u64, mv: &[Move], bs: u32) -> Result<(), BlockError> {
-        crate::moves::copy(&self.m.registry, mv, bs, |copied, emit| {
-            self.journal.progress(id, copied, emit)
-        })
+        crate::moves::copy(
+            &self.m.registry,
+            Some(&self.m.offload),
+            mv,
+            bs,
+            |copied, emit| self.journal.progress(id, copied, emit),
+        )
     }
 
     /// The node-local remap, after staging: hold, drain, copy, switch, release.
@@ -1409,6 +1451,120 @@ impl NodeApi for NodeMgmt {
             .ok_or_else(|| ApiError::not_found("the node left the cluster", ""))
     }
 
+    fn start_migration(
+        &self,
+        volume: &str,
+        req: mgmt::model::MigrateRequest,
+    ) -> Result<mgmt::model::MigrationView, ApiError> {
+        use cluster::Cluster as _;
+        let c = self.member()?;
+        let st = c.state();
+        let spec = crate::migrate_api::spec(&st, &self.0.m.registry, volume, &req)?;
+        let answer = self
+            .0
+            .rt
+            .block_on(c.propose(cluster::Command::StartMigration {
+                spec: spec.clone(),
+                requested_by: c.id(),
+                at_ms: mgmt::model::now_ms(),
+            }))
+            .map_err(|e| {
+                ApiError::new(
+                    axum_status(503),
+                    format!("the cluster did not record the migration: {e}"),
+                    "check `switchyard nodes` for the leader and unreachable members",
+                )
+            })?;
+        let id = match answer.outcome {
+            cluster::Outcome::MigrationStarted(id) => id,
+            cluster::Outcome::Refused(why) => {
+                return Err(ApiError::conflict(
+                    format!("the cluster refused the migration: {why}"),
+                    "look at `switchyard migrations` and the volume, then retry",
+                ))
+            }
+            other => {
+                return Err(ApiError::new(
+                    axum_status(500),
+                    format!("unexpected answer to StartMigration: {other:?}"),
+                    "",
+                ))
+            }
+        };
+        self.0.journal.event(
+            "info",
+            "migration",
+            format!(
+                "migration {id}: volume {volume} blocks {}+{} from {} to {}",
+                spec.vstart, spec.blocks, spec.from, spec.to
+            ),
+        );
+        self.migration_view(c, id)
+    }
+
+    fn migrations(&self) -> Vec<mgmt::model::MigrationView> {
+        use cluster::Cluster as _;
+        let Some(c) = &self.0.cluster else {
+            return Vec::new();
+        };
+        let st = c.state();
+        st.migrations
+            .records
+            .values()
+            .map(|m| crate::migrate_api::view(&st, m))
+            .collect()
+    }
+
+    fn migration_action(
+        &self,
+        id: u64,
+        action: mgmt::model::MigrationAction,
+    ) -> Result<mgmt::model::MigrationView, ApiError> {
+        use cluster::{Cluster as _, MigrationState as S};
+        use mgmt::model::MigrationAction as A;
+        let c = self.member()?;
+        let st = c.state();
+        let m = st.migrations.records.get(&id).ok_or_else(|| {
+            ApiError::not_found(
+                format!("there is no migration {id}"),
+                "`switchyard migrations` lists them",
+            )
+        })?;
+        let (to, reason) = match action {
+            A::Pause => (S::Paused, Some("paused by an admin".to_string())),
+            A::Resume => (S::Running, None),
+            A::Abort => (S::Aborting, Some("aborted by an admin".to_string())),
+        };
+        if !m.state.can_become(to) && m.state != to {
+            return Err(ApiError::conflict(
+                format!("migration {id} is {}; it cannot become {to}", m.state),
+                match m.state {
+                    S::Finishing => "it is making the destination the only home; wait for it",
+                    _ => "",
+                },
+            ));
+        }
+        self.0
+            .rt
+            .block_on(c.propose(cluster::Command::SetMigrationState {
+                id,
+                state: to,
+                reason,
+                at_ms: mgmt::model::now_ms(),
+            }))
+            .map_err(|e| {
+                ApiError::new(
+                    axum_status(503),
+                    format!("the cluster did not record it: {e}"),
+                    "check `switchyard nodes` for the leader",
+                )
+            })?;
+        self.0
+            .journal
+            .event("info", "migration", format!("migration {id}: {to} (admin)"));
+        self.migration_view(c, id)
+    }
+
     fn remove_node(&self, node: &str) -> Result<(), ApiError> {
         use cluster::Cluster as _;
         let c = self.member()?;
@@ -1495,6 +1651,8 @@ impl NodeApi for NodeMgmt {
                 login_failures: stats.login_failures.load(Ordering::Relaxed),
                 sessions: i.server.sessions().len() as u64,
                 backend_errors: backends.iter().map(|b| b.1.errors).sum(),
+                copy_node_bytes: crate::moves::NODE_COPY_BYTES.load(Ordering::Relaxed),
+                copy_offloaded_bytes: crate::moves::OFFLOADED_COPY_BYTES.load(Ordering::Relaxed),
             },
             uptime_secs: i.started.elapsed().as_secs(),
             epoch: self.current_table().epoch,

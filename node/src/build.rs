@@ -322,7 +322,9 @@ async fn open_volumes(
             };
             tracing::info!(backend = %b.id, lun, blocks = store.num_blocks(), "back-end LU opened");
             let c = store.client().clone();
-            let store = mg.remote_lu(&b.id, &b.portal, &b.target, &id, &c, Arc::new(store));
+            let store = Arc::new(store);
+            mg.offload_lu(&id, store.clone());
+            let store = mg.remote_lu(&b.id, &b.portal, &b.target, &id, &c, store);
             registry.insert(id, store);
         }
     }

@@ -6,6 +6,8 @@ mod api;
 mod build;
 mod clustered;
 mod config;
+mod migrate;
+mod migrate_api;
 mod moves;
 mod remap;
 
@@ -255,8 +257,17 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
                 c.cluster.clone(),
                 volumes,
                 managed.registry(),
+                managed.offload(),
                 remap::opts(&cfg, *lease),
                 None,
+            )
+        });
+        // The migration driver (works while this node leads).
+        let migrator = cl.as_ref().map(|(c, _)| {
+            migrate::Migrator::new(
+                c.cluster.clone(),
+                managed.registry(),
+                managed.volume_stats(),
             )
         });
         let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
@@ -296,6 +307,7 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
             }
         };
         let remap_task = remapper.as_ref().map(|r| r.spawn(shutdown.clone()));
+        let migrate_task = migrator.as_ref().map(|m| m.spawn(shutdown.clone()));
         let follower = cl.as_ref().map(|(c, lease)| {
             clustered::spawn_follower(
                 c.cluster.clone(),
@@ -333,6 +345,9 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
             let _ = f.await;
         }
         if let Some(t) = remap_task {
+            let _ = t.await;
+        }
+        if let Some(t) = migrate_task {
             let _ = t.await;
         }
         if let Some((c, _)) = cl {

@@ -2,9 +2,54 @@
 //! home, whether they can be copied in one pass, and the copy itself (done while every
 //! node holds the affected ranges, so the source cannot change underneath).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use blockdev::{BlockError, BlockStore};
+use iscsi_initiator::{OffloadOutcome, RemoteStore};
 use mgmt::model::MapSegment;
 use volume::{BlockRange, Registry, VolumeDef};
+
+/// Bytes this node read plus wrote to copy data (remaps, migration windows).
+pub(crate) static NODE_COPY_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes arrays copied for this node with EXTENDED COPY.
+pub(crate) static OFFLOADED_COPY_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The back-end LUs reached over iSCSI, by registry id: the ones a copy can offload to
+/// their array with EXTENDED COPY.
+#[derive(Clone, Default)]
+pub struct Offload {
+    remote: BTreeMap<String, Arc<RemoteStore>>,
+}
+
+impl Offload {
+    pub fn insert(&mut self, id: &str, store: Arc<RemoteStore>) {
+        self.remote.insert(id.to_string(), store);
+    }
+
+    /// Ask the array to copy `m` (both LUs on it); `None`: it cannot, copy through
+    /// the node. An error is a failed copy.
+    fn try_copy(&self, m: &Move, bs: u32) -> Option<Result<(), BlockError>> {
+        let (s, so) = m.src.as_ref()?;
+        let (src, dst) = (self.remote.get(s)?, self.remote.get(&m.dst.0)?);
+        if s == &m.dst.0 && ranges_overlap(*so, m.blocks, m.dst.1, m.blocks) {
+            return None;
+        }
+        match src.extended_copy_to_blocking(dst, *so, m.dst.1, m.blocks) {
+            Ok(OffloadOutcome::Copied { lists }) => {
+                OFFLOADED_COPY_BYTES.fetch_add(m.blocks * u64::from(bs), Ordering::Relaxed);
+                tracing::debug!(from = %s, to = %m.dst.0, blocks = m.blocks, lists, "copied by the array (EXTENDED COPY)");
+                Some(Ok(()))
+            }
+            Ok(OffloadOutcome::Unsupported(why)) => {
+                tracing::info!(from = %s, to = %m.dst.0, "EXTENDED COPY not possible ({why}); the node copies");
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
 
 pub(crate) fn segments(def: &VolumeDef) -> Vec<MapSegment> {
     let mut ex: Vec<_> = def.extents.iter().collect();
@@ -125,11 +170,13 @@ fn store<'a>(
     })
 }
 
-/// Copy every move in 1 MiB chunks (backwards when a move overlaps itself upwards),
-/// calling `progress(copied_blocks, emit)` after each chunk (`emit` about every 5%);
-/// then flush the destinations.
+/// Copy every move: by the array (EXTENDED COPY) when `offload` is given and both LUs
+/// are on one array that accepts it, otherwise through this node in 1 MiB chunks
+/// (backwards when a move overlaps itself upwards); calls `progress(copied_blocks,
+/// emit)` after each piece (`emit` about every 5%); then flushes the destinations.
 pub(crate) fn copy(
     reg: &Registry,
+    offload: Option<&Offload>,
     mv: &[Move],
     bs: u32,
     mut progress: impl FnMut(u64, bool),
@@ -145,6 +192,12 @@ pub(crate) fn copy(
         if !dsts.contains(&m.dst.0.as_str()) {
             dsts.push(&m.dst.0);
         }
+        if let Some(done) = offload.and_then(|o| o.try_copy(m, bs)) {
+            done?;
+            copied += m.blocks;
+            progress(copied, true);
+            continue;
+        }
         let backwards = m.src.as_ref().is_some_and(|(s, so)| {
             s == &m.dst.0 && m.dst.1 > *so && ranges_overlap(*so, m.blocks, m.dst.1, m.blocks)
         });
@@ -156,10 +209,14 @@ pub(crate) fn copy(
             let n = chunk.min(m.blocks - off);
             let b = &mut buf[..(n * u64::from(bs)) as usize];
             match &m.src {
-                Some((s, so)) => store(reg, s)?.read(so + off, b)?,
+                Some((s, so)) => {
+                    store(reg, s)?.read(so + off, b)?;
+                    NODE_COPY_BYTES.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
                 None => b.fill(0),
             }
             dst.write(m.dst.1 + off, b, false)?;
+            NODE_COPY_BYTES.fetch_add(b.len() as u64, Ordering::Relaxed);
             copied += n;
             let emit = copied == total || copied - last_emit >= (total / 20).max(chunk);
             if emit {

@@ -131,6 +131,7 @@ pub struct Remapper {
     me: NodeId,
     volumes: BTreeMap<String, ServedVolume>,
     registry: Registry,
+    offload: crate::moves::Offload,
     opts: RemapOpts,
     local: Mutex<Local>,
     journal: Mutex<Option<Arc<mgmt::Journal>>>,
@@ -141,6 +142,7 @@ impl Remapper {
         node: Arc<ClusterNode>,
         volumes: BTreeMap<String, ServedVolume>,
         registry: Registry,
+        offload: crate::moves::Offload,
         opts: RemapOpts,
         journal: Option<Arc<mgmt::Journal>>,
     ) -> Arc<Remapper> {
@@ -150,6 +152,7 @@ impl Remapper {
             me,
             volumes,
             registry,
+            offload,
             opts,
             local: Mutex::new(Local::default()),
             journal: Mutex::new(journal),
@@ -675,12 +678,18 @@ impl Remapper {
             return Ok(());
         }
         let reg = self.registry.clone();
+        // A migration may ask for copies through the nodes only.
+        let node_only = rec
+            .migration
+            .and_then(|m| st.migrations.records.get(&m))
+            .is_some_and(|m| m.spec.engine == cluster::CopyEngine::Node);
+        let offload = (!node_only).then(|| self.offload.clone());
         let id = rec.id;
         tokio::task::spawn_blocking(move || {
             for (name, bs, mv) in plans {
                 let total: u64 = mv.iter().map(|m| m.blocks).sum();
                 let started = Instant::now();
-                crate::moves::copy(&reg, &mv, bs, |_, _| {})
+                crate::moves::copy(&reg, offload.as_ref(), &mv, bs, |_, _| {})
                     .map_err(|e| format!("volume {name}: {e}"))?;
                 tracing::info!(change = id, volume = %name, blocks = total, ms = started.elapsed().as_millis() as u64, "copied the moved blocks");
             }

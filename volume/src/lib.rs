@@ -24,7 +24,7 @@ pub use live::{DrainError, HeldTooLong, HoldGuard, Inflight, LiveVolume, RangeHo
 pub use range::BlockRange;
 pub use table::{
     ApplyError, BackendCatalog, BackendInfo, Changeset, Extent, ExtentChange, HeaderChange,
-    HolePolicy, MappingTable, Mirror, TableError, ValidationErrors, VolumeChange, VolumeDef,
-    VolumeDiff, VolumeHeader,
+    HolePolicy, HomeRole, HomeUse, MappingTable, Mirror, TableError, ValidationErrors,
+    VolumeChange, VolumeDef, VolumeDiff, VolumeHeader,
 };
 pub use volume::{Registry, VirtualVolume};

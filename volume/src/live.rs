@@ -567,7 +567,7 @@ impl LiveVolume {
                 current: cur.epoch(),
             });
         }
-        let vol = VirtualVolume::new(def, registry, epoch)?;
+        let vol = cur.successor(def, registry, epoch)?;
         let affected = affected_ranges(cur.def(), def);
         tracing::info!(volume = %self.name, epoch, affected = %display_ranges(&affected), "table staged");
         *self.staged.lock() = Some(Staged {

@@ -85,6 +85,24 @@ pub struct Mirror {
     pub bstart: u64,
 }
 
+/// Which home of an extent a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HomeRole {
+    /// The extent's own back-end blocks (`backend`, `bstart`): reads and writes.
+    Primary,
+    /// Its [`Mirror`]: writes only.
+    Mirror,
+}
+
+impl fmt::Display for HomeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HomeRole::Primary => "the extent",
+            HomeRole::Mirror => "the mirror of the extent",
+        })
+    }
+}
+
 impl Extent {
     /// The extent's virtual blocks.
     pub fn vrange(&self) -> BlockRange {
@@ -94,11 +112,52 @@ impl Extent {
     pub fn brange(&self) -> BlockRange {
         BlockRange::at(self.bstart, self.blocks)
     }
+    /// The extent's blocks on its mirror's back-end, when it has a mirror.
+    pub fn mirror_brange(&self) -> Option<BlockRange> {
+        self.mirror
+            .as_ref()
+            .map(|m| BlockRange::at(m.bstart, self.blocks))
+    }
+    /// Every home of the extent, the primary first: (role, back-end id, first
+    /// back-end LBA).
+    pub fn homes(&self) -> impl Iterator<Item = (HomeRole, &str, u64)> {
+        let primary = (HomeRole::Primary, self.backend.as_str(), self.bstart);
+        let mirror = self
+            .mirror
+            .as_ref()
+            .map(|m| (HomeRole::Mirror, m.backend.as_str(), m.bstart));
+        std::iter::once(primary).chain(mirror)
+    }
+}
+
+/// Displays as ` (mirror <back-end> <blocks>)` for a mirrored extent, as nothing
+/// otherwise: the suffix both [`Extent`] and [`VolumeDef`] print.
+struct MirrorSuffix<'a>(&'a Extent);
+
+impl fmt::Display for MirrorSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.mirror {
+            Some(m) => write!(
+                f,
+                " (mirror {} {})",
+                m.backend,
+                BlockRange::at(m.bstart, self.0.blocks)
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Extent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} -> {} {}", self.vrange(), self.backend, self.brange())
+        write!(
+            f,
+            "{} -> {} {}{}",
+            self.vrange(),
+            self.backend,
+            self.brange(),
+            MirrorSuffix(self)
+        )
     }
 }
 
@@ -149,10 +208,13 @@ pub enum TableError {
         a: BlockRange,
         b: BlockRange,
     },
-    #[error("volume {volume:?}: the extent at virtual block {vstart} names unknown back-end {backend:?}")]
+    #[error(
+        "volume {volume:?}: {home} at virtual block {vstart} names unknown back-end {backend:?}"
+    )]
     UnknownBackend {
         volume: String,
         vstart: u64,
+        home: HomeRole,
         backend: String,
     },
     #[error(
@@ -165,24 +227,53 @@ pub enum TableError {
         backend_block_size: u32,
     },
     #[error(
-        "volume {volume:?}: the extent at virtual block {vstart} reaches back-end blocks {range} of {backend:?}, which has {backend_blocks} blocks"
+        "volume {volume:?}: {home} at virtual block {vstart} reaches back-end blocks {range} of {backend:?}, which has {backend_blocks} blocks"
     )]
     PastBackendEnd {
         volume: String,
         vstart: u64,
+        home: HomeRole,
         backend: String,
         range: BlockRange,
         backend_blocks: u64,
     },
     #[error(
-        "back-end {backend:?} blocks {range} are used twice: by volume {first:?} and by volume {second:?}"
+        "volume {volume:?}: the mirror of the extent at virtual block {vstart} shares back-end blocks {range} of {backend:?} with the extent itself; a mirror must be a second copy elsewhere"
     )]
+    MirrorOnPrimary {
+        volume: String,
+        vstart: u64,
+        backend: String,
+        range: BlockRange,
+    },
+    #[error("back-end {backend:?} blocks {range} are used twice: by {first} and by {second}")]
     BackendAliased {
         backend: String,
         range: BlockRange,
-        first: String,
-        second: String,
+        first: HomeUse,
+        second: HomeUse,
     },
+}
+
+/// One use of back-end blocks by a volume, as [`TableError::BackendAliased`] names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeUse {
+    /// The volume.
+    pub volume: String,
+    /// Virtual start of the extent.
+    pub vstart: u64,
+    /// Whether the blocks are the extent's primary home or its mirror.
+    pub home: HomeRole,
+}
+
+impl fmt::Display for HomeUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "volume {:?} ({} at virtual block {})",
+            self.volume, self.home, self.vstart
+        )
+    }
 }
 
 /// Everything wrong with a table, one problem per line.
@@ -249,6 +340,7 @@ impl VolumeDef {
         let mut sorted: Vec<&Extent> = self.extents.iter().collect();
         sorted.sort();
         let mut prev: Option<BlockRange> = None;
+        let mut mismatched: BTreeSet<&str> = BTreeSet::new();
         for e in sorted {
             if e.blocks == 0 {
                 out.push(TableError::ZeroLengthExtent {
@@ -277,32 +369,49 @@ impl VolumeDef {
             if prev.is_none_or(|p| e.vrange().end > p.end) {
                 prev = Some(e.vrange());
             }
+            if let Some(m) = &e.mirror {
+                let (r, mr) = (e.brange(), BlockRange::at(m.bstart, e.blocks));
+                if m.backend == e.backend && mr.overlaps(&r) {
+                    out.push(TableError::MirrorOnPrimary {
+                        volume: volume(),
+                        vstart: e.vstart,
+                        backend: m.backend.clone(),
+                        range: BlockRange::new(r.start.max(mr.start), r.end.min(mr.end)),
+                    });
+                }
+            }
             let Some(catalog) = catalog else { continue };
-            match catalog.get(&e.backend) {
-                None => out.push(TableError::UnknownBackend {
-                    volume: volume(),
-                    vstart: e.vstart,
-                    backend: e.backend.clone(),
-                }),
-                Some(info) => {
-                    if info.block_size != self.block_size {
-                        out.push(TableError::BlockSizeMismatch {
-                            volume: volume(),
-                            backend: e.backend.clone(),
-                            volume_block_size: self.block_size,
-                            backend_block_size: info.block_size,
-                        });
-                    }
-                    let bend = e.bstart.checked_add(e.blocks);
-                    if bend.is_none_or(|end| end > info.blocks) {
-                        out.push(TableError::PastBackendEnd {
-                            volume: volume(),
-                            vstart: e.vstart,
-                            backend: e.backend.clone(),
-                            range: e.brange(),
-                            backend_blocks: info.blocks,
-                        });
-                    }
+            for (home, backend, bstart) in e.homes() {
+                let Some(info) = catalog.get(backend) else {
+                    out.push(TableError::UnknownBackend {
+                        volume: volume(),
+                        vstart: e.vstart,
+                        home,
+                        backend: backend.to_string(),
+                    });
+                    continue;
+                };
+                // Once per back-end, however many extents or mirrors use it.
+                if info.block_size != self.block_size && mismatched.insert(backend) {
+                    out.push(TableError::BlockSizeMismatch {
+                        volume: volume(),
+                        backend: backend.to_string(),
+                        volume_block_size: self.block_size,
+                        backend_block_size: info.block_size,
+                    });
+                }
+                if bstart
+                    .checked_add(e.blocks)
+                    .is_none_or(|end| end > info.blocks)
+                {
+                    out.push(TableError::PastBackendEnd {
+                        volume: volume(),
+                        vstart: e.vstart,
+                        home,
+                        backend: backend.to_string(),
+                        range: BlockRange::at(bstart, e.blocks),
+                        backend_blocks: info.blocks,
+                    });
                 }
             }
         }
@@ -334,14 +443,16 @@ impl MappingTable {
     }
 
     /// Check the table's structure: names, WWNs, block sizes, extents inside their
-    /// volume and not overlapping, no back-end blocks used twice. Back-end ids are not
+    /// volume and not overlapping, no back-end blocks used twice (primary and mirror
+    /// homes alike, a mirror not on its own extent's blocks). Back-end ids are not
     /// checked; see [`MappingTable::validate_with`].
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         self.check(None)
     }
 
-    /// [`MappingTable::validate`], plus: every back-end id is known, has the volume's
-    /// block size, and is large enough for the extents on it.
+    /// [`MappingTable::validate`], plus: every back-end id (of extents and of their
+    /// mirrors) is known, has the volume's block size, and is large enough for the
+    /// extents on it.
     pub fn validate_with(&self, catalog: &BackendCatalog) -> Result<(), ValidationErrors> {
         self.check(Some(catalog))
     }
@@ -366,29 +477,7 @@ impl MappingTable {
             }
             v.problems(catalog, &mut out);
         }
-        // Two extents must not share back-end blocks (that would alias data).
-        let mut uses: Vec<(&str, BlockRange, &str)> = self
-            .volumes
-            .iter()
-            .flat_map(|v| {
-                v.extents
-                    .iter()
-                    .filter(|e| e.blocks > 0)
-                    .map(move |e| (e.backend.as_str(), e.brange(), v.name.as_str()))
-            })
-            .collect();
-        uses.sort();
-        for w in uses.windows(2) {
-            let ((b1, r1, v1), (b2, r2, v2)) = (w[0], w[1]);
-            if b1 == b2 && r1.overlaps(&r2) {
-                out.push(TableError::BackendAliased {
-                    backend: b1.to_string(),
-                    range: BlockRange::new(r2.start, r1.end.min(r2.end)),
-                    first: v1.to_string(),
-                    second: v2.to_string(),
-                });
-            }
-        }
+        aliasing(&self.volumes, &mut out);
         if out.is_empty() {
             Ok(())
         } else {
@@ -491,6 +580,82 @@ impl MappingTable {
             v.extents.sort();
         }
         Ok(out)
+    }
+}
+
+/// One use of back-end blocks: a home (primary or mirror) of one extent.
+#[derive(Clone, Copy)]
+struct BlockUse<'a> {
+    backend: &'a str,
+    range: BlockRange,
+    volume: &'a str,
+    vstart: u64,
+    home: HomeRole,
+    /// Which extent: (volume index, extent index). The two homes of one extent share
+    /// it; their overlap is [`TableError::MirrorOnPrimary`], reported per volume.
+    extent: (usize, usize),
+}
+
+impl BlockUse<'_> {
+    fn named(&self) -> HomeUse {
+        HomeUse {
+            volume: self.volume.to_string(),
+            vstart: self.vstart,
+            home: self.home,
+        }
+    }
+}
+
+/// Report back-end blocks that two extents use (as primary or mirror homes): that
+/// would alias data. One error for every use that overlaps an earlier use (by back-end
+/// start) of another extent, in O(n log n).
+fn aliasing(volumes: &[VolumeDef], out: &mut Vec<TableError>) {
+    let mut uses: Vec<BlockUse<'_>> = Vec::new();
+    for (vi, v) in volumes.iter().enumerate() {
+        for (ei, e) in v.extents.iter().enumerate().filter(|(_, e)| e.blocks > 0) {
+            uses.extend(e.homes().map(|(home, backend, bstart)| BlockUse {
+                backend,
+                range: BlockRange::at(bstart, e.blocks),
+                volume: &v.name,
+                vstart: e.vstart,
+                home,
+                extent: (vi, ei),
+            }));
+        }
+    }
+    uses.sort_by_key(|u| (u.backend, u.range, u.extent));
+    // Among the earlier uses of the current back-end: `reach[0]` reaches furthest, and
+    // `reach[1]` furthest among those of another extent than `reach[0]`. So the
+    // furthest-reaching earlier use of any extent but `u`'s is one of the two, and `u`
+    // (which starts at or after every earlier use) overlaps some use of another extent
+    // exactly when it overlaps that one.
+    let mut reach: [Option<BlockUse<'_>>; 2] = [None, None];
+    for (i, u) in uses.iter().enumerate() {
+        if i == 0 || uses[i - 1].backend != u.backend {
+            reach = [None, None];
+        }
+        let other = reach.iter().flatten().find(|r| r.extent != u.extent);
+        if let Some(o) = other.filter(|o| o.range.end > u.range.start) {
+            out.push(TableError::BackendAliased {
+                backend: u.backend.to_string(),
+                range: BlockRange::new(u.range.start, o.range.end.min(u.range.end)),
+                first: o.named(),
+                second: u.named(),
+            });
+        }
+        match reach[0] {
+            Some(top) if u.range.end <= top.range.end => {
+                if u.extent != top.extent && reach[1].is_none_or(|r| u.range.end > r.range.end) {
+                    reach[1] = Some(*u);
+                }
+            }
+            top => {
+                if top.is_some_and(|t| t.extent != u.extent) {
+                    reach[1] = top;
+                }
+                reach[0] = Some(*u);
+            }
+        }
     }
 }
 
@@ -601,16 +766,23 @@ pub struct VolumeDiff {
     pub added: Vec<Extent>,
     /// Extents replaced by a different one starting at the same virtual block.
     pub changed: Vec<ExtentChange>,
-    /// The virtual ranges whose block-for-block mapping (back-end and back-end LBA,
-    /// hole, or past the end) differs between the two tables, coalesced. Extents that
-    /// are only split or merged without moving data affect nothing.
+    /// The virtual ranges whose block-for-block mapping (back-end and back-end LBA of
+    /// the primary home and of the mirror, hole, or past the end) differs between the
+    /// two tables, coalesced. Extents that are only split or merged without moving data
+    /// (primary and mirror homes both contiguous) affect nothing.
     pub affected: Vec<BlockRange>,
 }
 
 /// Where one virtual block resolves to, for comparing two versions of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Home<'a> {
-    Mapped(&'a str, u64),
+    /// On a back-end: (back-end id, LBA) of the primary home and of the mirror, if
+    /// any. A block whose mirror comes, goes or moves changes its mapping too: writes
+    /// in flight must not miss (or still reach) the mirror.
+    Mapped {
+        primary: (&'a str, u64),
+        mirror: Option<(&'a str, u64)>,
+    },
     Hole(HolePolicy),
     PastEnd,
 }
@@ -624,13 +796,24 @@ fn home_of<'a>(v: &'a VolumeDef, sorted: &[&'a Extent], lba: u64) -> Home<'a> {
     if i > 0 {
         let e = sorted[i - 1];
         if e.vrange().contains(lba) {
-            return Home::Mapped(&e.backend, e.bstart + (lba - e.vstart));
+            // Wrapping: it never wraps in a valid table, and a diff of an invalid one
+            // must not panic.
+            let off = lba - e.vstart;
+            return Home::Mapped {
+                primary: (&e.backend, e.bstart.wrapping_add(off)),
+                mirror: e
+                    .mirror
+                    .as_ref()
+                    .map(|m| (m.backend.as_str(), m.bstart.wrapping_add(off))),
+            };
         }
     }
     Home::Hole(v.holes)
 }
 
-/// The virtual ranges whose mapping differs between two versions of a volume.
+/// The virtual ranges whose mapping differs between two versions of a volume: a block
+/// is affected when its primary home or its mirror home differs (see
+/// [`VolumeDiff::affected`]).
 pub fn affected_ranges(old: &VolumeDef, new: &VolumeDef) -> Vec<BlockRange> {
     if old.block_size != new.block_size || old.wwn != new.wwn {
         // A different LU identity or block size: everything is affected.
@@ -801,11 +984,12 @@ impl fmt::Display for VolumeDef {
             }
             writeln!(
                 f,
-                "  {:<28} {:>12}  {:<20} {}",
+                "  {:<28} {:>12}  {:<20} {}{}",
                 e.vrange().to_string(),
                 e.blocks,
                 e.backend,
-                e.brange()
+                e.brange(),
+                MirrorSuffix(e)
             )?;
             cur = cur.max(e.vrange().end);
         }
@@ -924,6 +1108,21 @@ bstart = 1048576
             backend: backend.into(),
             bstart,
             mirror: None,
+        }
+    }
+
+    fn mirror(backend: &str, bstart: u64) -> Mirror {
+        Mirror {
+            backend: backend.into(),
+            bstart,
+        }
+    }
+
+    /// [`ext`] with a mirror.
+    fn mext(vstart: u64, blocks: u64, backend: &str, bstart: u64, m: Mirror) -> Extent {
+        Extent {
+            mirror: Some(m),
+            ..ext(vstart, blocks, backend, bstart)
         }
     }
 
@@ -1104,7 +1303,11 @@ bstart = 1048576
             let len = rng.gen_range(1..=(blocks - cur).min(40));
             if rng.gen_bool(0.75) {
                 let backend = ["A", "B", "C"][rng.gen_range(0..3)];
-                extents.push(ext(cur, len, backend, rng.gen_range(0..4) * 50));
+                let mut e = ext(cur, len, backend, rng.gen_range(0..4) * 50);
+                if rng.gen_bool(0.3) {
+                    e.mirror = Some(mirror(["A", "B", "C"][rng.gen_range(0..3)], 1000));
+                }
+                extents.push(e);
             }
             cur += len;
         }
@@ -1135,6 +1338,17 @@ bstart = 1048576
                     0 => e.backend = "B".into(),
                     1 => e.bstart += 1,
                     2 if e.blocks > 1 => e.blocks -= 1,
+                    3 => {
+                        e.mirror = match e.mirror {
+                            Some(_) => None,
+                            None => Some(mirror("A", 700)),
+                        }
+                    }
+                    4 => {
+                        if let Some(m) = &mut e.mirror {
+                            m.bstart += 1;
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -1195,5 +1409,368 @@ bstart = 1048576
             let json = serde_json::to_string(&cs).unwrap();
             assert_eq!(serde_json::from_str::<Changeset>(&json).unwrap(), cs);
         }
+    }
+
+    fn catalog(entries: &[(&str, u32, u64)]) -> BackendCatalog {
+        entries
+            .iter()
+            .map(|&(id, block_size, blocks)| (id.to_string(), BackendInfo { block_size, blocks }))
+            .collect()
+    }
+
+    fn errors(t: &MappingTable, cat: Option<&BackendCatalog>) -> Vec<TableError> {
+        match cat {
+            Some(cat) => t.validate_with(cat),
+            None => t.validate(),
+        }
+        .err()
+        .map_or_else(Vec::new, |e| e.0)
+    }
+
+    #[test]
+    fn mirrors_parse_print_and_round_trip() {
+        let text = EXAMPLE.replace(
+            "bstart = 1048576\n",
+            "bstart = 1048576\n\n[volumes.extents.mirror]\nbackend = \"arrayA/lun0\"\nbstart = 2097152\n",
+        );
+        let t = MappingTable::from_toml(&text).unwrap();
+        let e = &t.volumes[0].extents[1];
+        assert_eq!(e.mirror, Some(mirror("arrayA/lun0", 2097152)));
+        assert_eq!(e.mirror_brange(), Some(BlockRange::new(2097152, 3145728)));
+        assert_eq!(
+            e.homes().collect::<Vec<_>>(),
+            [
+                (HomeRole::Primary, "arrayB/lun3", 1048576),
+                (HomeRole::Mirror, "arrayA/lun0", 2097152)
+            ]
+        );
+        t.validate().unwrap();
+        assert_eq!(MappingTable::from_toml(&t.to_toml()).unwrap(), t);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<MappingTable>(&json).unwrap(), t);
+        // Extents without a mirror print no mirror key.
+        assert_eq!(t.to_toml().matches("mirror").count(), 1, "{}", t.to_toml());
+        assert_eq!(
+            e.to_string(),
+            "[2097152, 3145728) -> arrayB/lun3 [1048576, 2097152) (mirror arrayA/lun0 [2097152, 3145728))"
+        );
+        assert_eq!(
+            t.volumes[0].extents[0].to_string(),
+            "[0, 2097152) -> arrayA/lun0 [0, 2097152)"
+        );
+        let s = t.to_string();
+        assert!(
+            s.contains("[1048576, 2097152) (mirror arrayA/lun0 [2097152, 3145728))\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_mirror_is_checked_like_a_primary_home() {
+        let good = MappingTable {
+            epoch: 1,
+            volumes: vec![vol(
+                "v",
+                100,
+                vec![
+                    mext(0, 60, "x", 0, mirror("y", 40)),
+                    mext(60, 40, "x", 60, mirror("y", 0)),
+                ],
+            )],
+        };
+        let cat = catalog(&[("x", 512, 100), ("y", 512, 100)]);
+        good.validate_with(&cat).unwrap();
+
+        // Unknown back-end: named as the mirror's.
+        let cat_no_y = catalog(&[("x", 512, 100)]);
+        let errs = errors(&good, Some(&cat_no_y));
+        assert_eq!(
+            errs,
+            [0, 60].map(|vstart| TableError::UnknownBackend {
+                volume: "v".into(),
+                vstart,
+                home: HomeRole::Mirror,
+                backend: "y".into(),
+            })
+        );
+        let msg = errs[0].to_string();
+        assert!(
+            msg.contains(
+                "the mirror of the extent at virtual block 0 names unknown back-end \"y\""
+            ),
+            "{msg}"
+        );
+        // Too small, and the wrong block size (reported once per back-end).
+        let errs = errors(&good, Some(&catalog(&[("x", 512, 100), ("y", 4096, 90)])));
+        assert_eq!(
+            errs,
+            [
+                TableError::BlockSizeMismatch {
+                    volume: "v".into(),
+                    backend: "y".into(),
+                    volume_block_size: 512,
+                    backend_block_size: 4096,
+                },
+                TableError::PastBackendEnd {
+                    volume: "v".into(),
+                    vstart: 0,
+                    home: HomeRole::Mirror,
+                    backend: "y".into(),
+                    range: BlockRange::new(40, 100),
+                    backend_blocks: 90,
+                },
+            ]
+        );
+        assert!(errs[1]
+            .to_string()
+            .contains("the mirror of the extent at virtual block 0 reaches back-end blocks [40, 100) of \"y\", which has 90 blocks"));
+        // A mirror that would overflow the LBA space is past the end, without a panic.
+        let mut huge = good.clone();
+        huge.volumes[0].extents[0].mirror = Some(mirror("y", u64::MAX - 5));
+        assert!(matches!(
+            &errors(&huge, Some(&cat))[..],
+            [TableError::PastBackendEnd {
+                home: HomeRole::Mirror,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_mirror_must_not_share_blocks_with_any_home() {
+        let one = |extents| MappingTable {
+            epoch: 1,
+            volumes: vec![vol("v", 100, extents)],
+        };
+        // On its own primary blocks, exactly or in part.
+        for (bstart, range) in [(10, BlockRange::new(10, 30)), (25, BlockRange::new(25, 30))] {
+            let t = one(vec![mext(0, 20, "x", 10, mirror("x", bstart))]);
+            let errs = errors(&t, None);
+            assert_eq!(
+                errs,
+                [TableError::MirrorOnPrimary {
+                    volume: "v".into(),
+                    vstart: 0,
+                    backend: "x".into(),
+                    range,
+                }]
+            );
+            assert!(
+                errs[0].to_string().contains("shares back-end blocks"),
+                "{}",
+                errs[0]
+            );
+        }
+        // Elsewhere on the same back-end is fine.
+        one(vec![mext(0, 20, "x", 10, mirror("x", 30))])
+            .validate()
+            .unwrap();
+
+        // On another extent's primary home.
+        let t = one(vec![
+            mext(0, 20, "x", 0, mirror("y", 0)),
+            ext(20, 20, "y", 15),
+        ]);
+        let errs = errors(&t, None);
+        assert_eq!(
+            errs,
+            [TableError::BackendAliased {
+                backend: "y".into(),
+                range: BlockRange::new(15, 20),
+                first: HomeUse {
+                    volume: "v".into(),
+                    vstart: 0,
+                    home: HomeRole::Mirror,
+                },
+                second: HomeUse {
+                    volume: "v".into(),
+                    vstart: 20,
+                    home: HomeRole::Primary,
+                },
+            }]
+        );
+        let msg = errs[0].to_string();
+        assert!(
+            msg.contains("back-end \"y\" blocks [15, 20) are used twice: by volume \"v\" (the mirror of the extent at virtual block 0) and by volume \"v\" (the extent at virtual block 20)"),
+            "{msg}"
+        );
+        // On another volume's mirror.
+        let t = MappingTable {
+            epoch: 1,
+            volumes: vec![
+                vol("v", 10, vec![mext(0, 10, "x", 0, mirror("z", 0))]),
+                vol("ww", 10, vec![mext(0, 10, "y", 0, mirror("z", 5))]),
+            ],
+        };
+        assert!(matches!(
+            &errors(&t, None)[..],
+            [TableError::BackendAliased { backend, first, second, .. }]
+                if backend == "z" && first.volume == "v" && second.volume == "ww"
+        ));
+    }
+
+    #[test]
+    fn aliasing_is_found_behind_a_longer_use() {
+        // The primary home [0, 100) of the first extent reaches past its mirror [10, 20)
+        // and still aliases [50, 60) of the second extent.
+        let t = MappingTable {
+            epoch: 1,
+            volumes: vec![vol(
+                "v",
+                200,
+                vec![
+                    mext(0, 100, "x", 0, mirror("x", 200)),
+                    ext(100, 10, "x", 50),
+                ],
+            )],
+        };
+        assert_eq!(
+            errors(&t, None),
+            [TableError::BackendAliased {
+                backend: "x".into(),
+                range: BlockRange::new(50, 60),
+                first: HomeUse {
+                    volume: "v".into(),
+                    vstart: 0,
+                    home: HomeRole::Primary,
+                },
+                second: HomeUse {
+                    volume: "v".into(),
+                    vstart: 100,
+                    home: HomeRole::Primary,
+                },
+            }]
+        );
+        // An extent whose mirror overlaps its own primary home, both inside a long
+        // extent: MirrorOnPrimary for the pair, and each home aliases the long one.
+        let t = MappingTable {
+            epoch: 1,
+            volumes: vec![vol(
+                "v",
+                210,
+                vec![ext(0, 200, "x", 0), mext(200, 10, "x", 10, mirror("x", 15))],
+            )],
+        };
+        let errs = errors(&t, None);
+        let alias = |range, home| TableError::BackendAliased {
+            backend: "x".into(),
+            range,
+            first: HomeUse {
+                volume: "v".into(),
+                vstart: 0,
+                home: HomeRole::Primary,
+            },
+            second: HomeUse {
+                volume: "v".into(),
+                vstart: 200,
+                home,
+            },
+        };
+        assert_eq!(
+            errs,
+            [
+                TableError::MirrorOnPrimary {
+                    volume: "v".into(),
+                    vstart: 200,
+                    backend: "x".into(),
+                    range: BlockRange::new(15, 20),
+                },
+                alias(BlockRange::new(10, 20), HomeRole::Primary),
+                alias(BlockRange::new(15, 25), HomeRole::Mirror),
+            ]
+        );
+        // Several extents under one long one: each is reported.
+        let t = MappingTable {
+            epoch: 1,
+            volumes: vec![vol(
+                "v",
+                200,
+                vec![
+                    ext(0, 100, "x", 0),
+                    ext(100, 10, "x", 10),
+                    ext(110, 10, "x", 50),
+                ],
+            )],
+        };
+        assert_eq!(errors(&t, None).len(), 2);
+    }
+
+    #[test]
+    fn a_mirror_only_change_is_a_mapping_change() {
+        let table = |e: Extent| MappingTable {
+            epoch: 4,
+            volumes: vec![vol("v", 100, vec![ext(0, 40, "A", 0), e])],
+        };
+        let plain = table(ext(40, 60, "B", 0));
+        let mirrored = table(mext(40, 60, "B", 0, mirror("A", 40)));
+        let moved = table(mext(40, 60, "B", 0, mirror("A", 41)));
+        let elsewhere = table(mext(40, 60, "B", 0, mirror("C", 40)));
+        for (old, new) in [
+            (&plain, &mirrored),
+            (&mirrored, &plain),
+            (&mirrored, &moved),
+            (&mirrored, &elsewhere),
+        ] {
+            let cs = MappingTable::diff(old, new);
+            assert_eq!(cs.affected("v"), [BlockRange::new(40, 100)], "{cs}");
+            let Some(VolumeChange::Modified(d)) = cs.volume("v") else {
+                panic!("{cs}");
+            };
+            assert_eq!(d.changed.len(), 1, "{cs}");
+            assert!(d.added.is_empty() && d.removed.is_empty(), "{cs}");
+            assert_eq!(
+                old.apply(&cs).unwrap(),
+                MappingTable {
+                    epoch: 5,
+                    ..new.normalized()
+                }
+            );
+        }
+        let text = MappingTable::diff(&plain, &mirrored).to_string();
+        assert!(
+            text.contains("=>  [40, 100) -> B [0, 60) (mirror A [40, 100))"),
+            "{text}"
+        );
+        assert!(text.contains("quiesce: [40, 100)"), "{text}");
+        assert!(MappingTable::diff(&mirrored, &mirrored.clone()).is_empty());
+    }
+
+    #[test]
+    fn extents_join_only_with_primary_and_mirror_contiguous() {
+        let one = |extents| MappingTable {
+            epoch: 1,
+            volumes: vec![vol("v", 100, extents)],
+        };
+        let whole = one(vec![mext(0, 100, "B", 0, mirror("A", 0))]);
+        let affected = |new: &MappingTable| MappingTable::diff(&whole, new).affected("v");
+        // Split with both homes contiguous: nothing moves, either way round.
+        let split = one(vec![
+            mext(0, 40, "B", 0, mirror("A", 0)),
+            mext(40, 60, "B", 40, mirror("A", 40)),
+        ]);
+        assert!(affected(&split).is_empty());
+        assert!(MappingTable::diff(&split, &whole).affected("v").is_empty());
+        // The primary contiguous but the mirror not: the second part moves.
+        let gap = one(vec![
+            mext(0, 40, "B", 0, mirror("A", 0)),
+            mext(40, 60, "B", 40, mirror("A", 50)),
+        ]);
+        assert_eq!(affected(&gap), [BlockRange::new(40, 100)]);
+        // The mirror contiguous but the primary not.
+        let gap = one(vec![
+            mext(0, 40, "B", 0, mirror("A", 0)),
+            mext(40, 60, "C", 40, mirror("A", 40)),
+        ]);
+        assert_eq!(affected(&gap), [BlockRange::new(40, 100)]);
+        // One part without a mirror (what a finished chunk of a migration looks like).
+        let half = one(vec![
+            ext(0, 40, "B", 0),
+            mext(40, 60, "B", 40, mirror("A", 40)),
+        ]);
+        assert_eq!(affected(&half), [BlockRange::new(0, 40)]);
+        // Two unmirrored halves join into one unmirrored extent.
+        let plain = one(vec![ext(0, 100, "B", 0)]);
+        let halves = one(vec![ext(0, 40, "B", 0), ext(40, 60, "B", 40)]);
+        assert!(MappingTable::diff(&plain, &halves).affected("v").is_empty());
     }
 }

@@ -11,7 +11,8 @@ use parking_lot::{Condvar, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use volume::{
-    BlockRange, Extent, HolePolicy, LiveVolume, Registry, RemapError, VirtualVolume, VolumeDef,
+    BlockRange, Extent, HolePolicy, LiveVolume, Mirror, Registry, RemapError, VirtualVolume,
+    VolumeDef,
 };
 
 const BS: usize = 512;
@@ -78,30 +79,87 @@ fn remap_under_load_never_returns_stale_or_torn_data() {
         VirtualVolume::new(&def_from(&homes), &reg, 1).unwrap(),
     ));
 
-    // The model: per chunk, under one lock, the id of the last write to each block.
-    // A test thread holds the locks of the chunks its I/O touches for the whole I/O,
-    // so the model and the volume change together. The remapper takes no model lock:
-    // the volume's own hold and drain are what keep its copy consistent.
-    let model: Arc<Vec<Mutex<Vec<u64>>>> = Arc::new(
-        (0..CHUNKS)
-            .map(|_| Mutex::new(vec![0; CHUNK as usize]))
-            .collect(),
-    );
-    let next_id = Arc::new(AtomicU64::new(1));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
+    let mut load = Load::new();
+    load.start(&vol, 4, 0xfeed);
 
-    let workers: Vec<_> = (0..4u64)
-        .map(|t| {
+    // The remapper: move one chunk at a time between A and B.
+    let mut rng = StdRng::seed_from_u64(42);
+    // At least 150 remaps, and keep going until the workers have done plenty of I/O.
+    let begin = std::time::Instant::now();
+    let mut remaps = 0;
+    while remaps < 150 || (load.ops() < 4000 && begin.elapsed() < Duration::from_secs(20)) {
+        let i = remaps;
+        remaps += 1;
+        let c = rng.gen_range(0..CHUNKS);
+        let r = chunk_range(c);
+        let (from, to) = match homes[c as usize] {
+            "A" => ("A", "B"),
+            _ => ("B", "A"),
+        };
+        let hold = vol.hold(&[r]);
+        hold.drain(LONG).expect("drain");
+        copy_range(&*stores[from], &*stores[to], r);
+        homes[c as usize] = to;
+        let affected = vol.stage(&def_from(&homes), &reg, 2 + i).expect("stage");
+        assert_eq!(affected, vec![r], "the diff names exactly the moved chunk");
+        assert_eq!(vol.switch().expect("switch"), 2 + i);
+        hold.release();
+        if i % 4 == 0 {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    load.stop();
+    assert_eq!(vol.epoch(), 1 + remaps);
+    let ops = load.ops();
+    eprintln!("{remaps} remaps during {ops} I/Os");
+    assert!(ops >= 4000, "too little I/O ran during the remaps");
+    load.check("the volume", &*vol);
+}
+
+/// The model of a volume under [`Load`]: per chunk, under one lock, the id of the last
+/// write to each block.
+type Model = Arc<Vec<Mutex<Vec<u64>>>>;
+
+/// Threads that write and read random runs of a live volume while it is remapped, and
+/// check every read against the model. A thread holds the model locks of the chunks
+/// its I/O touches for the whole I/O, so the model and the volume change together.
+/// The remapper takes no model lock: the volume's own hold and drain are what keep its
+/// copy consistent.
+struct Load {
+    model: Model,
+    next_id: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            model: Arc::new(
+                (0..CHUNKS)
+                    .map(|_| Mutex::new(vec![0; CHUNK as usize]))
+                    .collect(),
+            ),
+            next_id: Arc::new(AtomicU64::new(1)),
+            stop: Arc::new(AtomicBool::new(false)),
+            ops: Arc::new(AtomicU64::new(0)),
+            workers: Vec::new(),
+        }
+    }
+
+    /// Start `threads` more threads against `vol`.
+    fn start(&mut self, vol: &Arc<LiveVolume>, threads: u64, seed: u64) {
+        for t in 0..threads {
             let (vol, model, next_id, stop, ops) = (
                 vol.clone(),
-                model.clone(),
-                next_id.clone(),
-                stop.clone(),
-                ops.clone(),
+                self.model.clone(),
+                self.next_id.clone(),
+                self.stop.clone(),
+                self.ops.clone(),
             );
-            thread::spawn(move || {
-                let mut rng = StdRng::seed_from_u64(0xfeed + t);
+            self.workers.push(thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(seed + t);
                 while !stop.load(Ordering::Relaxed) {
                     let lba = rng.gen_range(0..BLOCKS);
                     let n = rng.gen_range(1..=40).min(BLOCKS - lba);
@@ -132,56 +190,123 @@ fn remap_under_load_never_returns_stale_or_torn_data() {
                     drop(locks);
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
-            })
-        })
-        .collect();
-
-    // The remapper: move one chunk at a time between A and B.
-    let mut rng = StdRng::seed_from_u64(42);
-    // At least 150 remaps, and keep going until the workers have done plenty of I/O.
-    let begin = std::time::Instant::now();
-    let mut remaps = 0;
-    while remaps < 150
-        || (ops.load(Ordering::Relaxed) < 4000 && begin.elapsed() < Duration::from_secs(20))
-    {
-        let i = remaps;
-        remaps += 1;
-        let c = rng.gen_range(0..CHUNKS);
-        let r = chunk_range(c);
-        let (from, to) = match homes[c as usize] {
-            "A" => ("A", "B"),
-            _ => ("B", "A"),
-        };
-        let hold = vol.hold(&[r]);
-        hold.drain(LONG).expect("drain");
-        copy_range(&*stores[from], &*stores[to], r);
-        homes[c as usize] = to;
-        let affected = vol.stage(&def_from(&homes), &reg, 2 + i).expect("stage");
-        assert_eq!(affected, vec![r], "the diff names exactly the moved chunk");
-        assert_eq!(vol.switch().expect("switch"), 2 + i);
-        hold.release();
-        if i % 4 == 0 {
-            thread::sleep(Duration::from_micros(200));
+            }));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("a worker saw an error or stale data");
-    }
-    assert_eq!(vol.epoch(), 1 + remaps);
-    let ops = ops.load(Ordering::Relaxed);
-    eprintln!("{remaps} remaps during {ops} I/Os");
-    assert!(ops >= 4000, "too little I/O ran during the remaps");
 
-    // Final check of every block against the model.
-    let mut all = vec![0u8; BLOCKS as usize * BS];
-    vol.read(0, &mut all).unwrap();
-    for x in 0..BLOCKS {
-        let want = model[(x / CHUNK) as usize].lock()[(x % CHUNK) as usize];
-        assert!(
-            all[x as usize * BS..][..BS] == block(want, x)[..],
-            "block {x}"
-        );
+    /// Stop every thread and wait for them; fails if one saw an error or stale data.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            w.join().expect("a worker saw an error or stale data");
+        }
+        self.stop.store(false, Ordering::Relaxed);
+    }
+
+    /// I/Os done so far.
+    fn ops(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    /// Check every block of `store` (the volume, or a back-end whose LBAs are the
+    /// volume's) against the model.
+    fn check(&self, what: &str, store: &dyn BlockStore) {
+        let mut all = vec![0u8; BLOCKS as usize * BS];
+        store.read(0, &mut all).unwrap();
+        for x in 0..BLOCKS {
+            let want = self.model[(x / CHUNK) as usize].lock()[(x % CHUNK) as usize];
+            assert!(
+                all[x as usize * BS..][..BS] == block(want, x)[..],
+                "{what}: block {x} is not write {want}"
+            );
+        }
+    }
+}
+
+/// An online migration from A to B that has copied the first `copied` chunks: those
+/// live on B and, while `mirrored`, also on A (same LBAs); the rest on A only.
+fn def_migrating(copied: u64, mirrored: bool) -> VolumeDef {
+    let mut d = def_from(&["A"; CHUNKS as usize]);
+    d.extents = (0..CHUNKS)
+        .map(|c| {
+            let r = chunk_range(c);
+            let on_a = Extent {
+                vstart: r.start,
+                blocks: CHUNK,
+                backend: "A".into(),
+                bstart: r.start,
+                mirror: None,
+            };
+            match c < copied {
+                false => on_a,
+                true => Extent {
+                    backend: "B".into(),
+                    mirror: mirrored.then(|| Mirror {
+                        backend: "A".into(),
+                        bstart: r.start,
+                    }),
+                    ..on_a
+                },
+            }
+        })
+        .collect();
+    d
+}
+
+/// Move a live volume from A to B chunk by chunk while threads write and read: each
+/// step copies one chunk (held and drained) and maps it on B mirrored on A, so A stays
+/// complete. Then either abort (back to A only) or finish (B only) under load: no
+/// write is lost either way, and until then the two homes stay identical.
+#[test]
+fn a_migration_under_load_can_abort_or_finish_without_losing_a_write() {
+    for finish in [false, true] {
+        let a = Arc::new(MemStore::new(BS as u32, BLOCKS));
+        let b = Arc::new(MemStore::new(BS as u32, BLOCKS));
+        let reg = Registry::new().with("A", a.clone()).with("B", b.clone());
+        let vol = Arc::new(LiveVolume::new(
+            VirtualVolume::new(&def_migrating(0, true), &reg, 1).unwrap(),
+        ));
+        let mut load = Load::new();
+        load.start(&vol, 3, 0xabc);
+        for c in 0..CHUNKS {
+            let epoch = vol
+                .remap(&def_migrating(c + 1, true), &reg, c + 2, LONG, |ranges| {
+                    assert_eq!(ranges, [chunk_range(c)]);
+                    copy_range(&*a, &*b, chunk_range(c));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(epoch, c + 2);
+            thread::sleep(Duration::from_millis(2));
+        }
+        let copied = load.ops();
+        while load.ops() < copied + 500 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        // Every write reached both homes.
+        load.stop();
+        load.check("A while mirrored", &*a);
+        load.check("B while mirrored", &*b);
+        load.start(&vol, 3, 0xdef);
+        // Abort: A is complete; finish: B is. Nothing to copy either way.
+        let (last, target) = match finish {
+            true => (def_migrating(CHUNKS, false), &b),
+            false => (def_migrating(0, false), &a),
+        };
+        let epoch = vol
+            .remap(&last, &reg, CHUNKS + 2, LONG, |ranges| {
+                assert_eq!(ranges, [BlockRange::new(0, BLOCKS)]);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(epoch, CHUNKS + 2);
+        let switched = load.ops();
+        while load.ops() < switched + 200 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        load.stop();
+        load.check("the volume", &*vol);
+        load.check(if finish { "B" } else { "A" }, &**target);
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Spec {
     pub name: String,
     /// Bind here (for restarts on the same port); default 127.0.0.1:0.
     pub addr: Option<SocketAddr>,
+    /// LUN masking; default open (every initiator sees every LUN).
+    pub masking: Option<Masking>,
 }
 
 impl Default for Spec {
@@ -42,6 +44,7 @@ impl Default for Spec {
             thin: false,
             name: TARGET.into(),
             addr: None,
+            masking: None,
         }
     }
 }
@@ -95,7 +98,7 @@ impl Target {
                     lu: lu.clone(),
                 })
                 .collect(),
-            masking: Arc::new(Masking::open()),
+            masking: Arc::new(spec.masking.unwrap_or_else(Masking::open)),
             chap: spec.chap,
             info,
         };
