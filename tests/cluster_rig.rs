@@ -53,6 +53,11 @@ pub struct ClusterRig {
     /// Volume size in 512-byte blocks.
     pub blocks: u64,
     pub drain_timeout_ms: u64,
+    /// Extra `[[backend]]` TOML every member gets (tgtd), and vol1's first home.
+    backends_toml: String,
+    vol_home: String,
+    /// The tgtd behind backend `tgt` (its LU is `tgt/lun1`), when asked for.
+    pub tgtd: Option<crate::tgtd::Tgtd>,
 }
 
 /// Rig options.
@@ -64,6 +69,9 @@ pub struct RigOpts {
     /// `[management] drain_timeout_ms` of the members (remap drain attempts; the
     /// phase timeout is twice it plus 5 s).
     pub drain_timeout_ms: u64,
+    /// Also start Debian's tgtd with one LU of `blocks` blocks, as back-end `tgt`
+    /// (LU `tgt/lun1`) of every member, and put vol1 there instead of `array/lun0`.
+    pub tgtd: bool,
 }
 
 impl Default for RigOpts {
@@ -73,6 +81,7 @@ impl Default for RigOpts {
             witness: false,
             blocks: 16384,
             drain_timeout_ms: 1000,
+            tgtd: false,
         }
     }
 }
@@ -98,6 +107,17 @@ impl ClusterRig {
         .unwrap();
         let array = NodeProcess::spawn(&array_cfg, Some(&dir.path().join("array.log")));
         wait_port(array_port).await;
+        let tgtd = o.tgtd.then(|| crate::tgtd::Tgtd::start(bytes, None, None));
+        let backends_toml = tgtd
+            .as_ref()
+            .map(|t| {
+                format!(
+                    "[[backend]]\nid = \"tgt\"\nportal = \"{}\"\ntarget = \"{}\"\nsessions = 2\ntimeout_secs = 5\n",
+                    t.addr, t.iqn
+                )
+            })
+            .unwrap_or_default();
+        let vol_home = if o.tgtd { "tgt/lun1" } else { "array/lun0" }.to_string();
         let total = o.data_nodes + usize::from(o.witness);
         let mut nodes: Vec<RigNode> = (0..total)
             .map(|i| {
@@ -134,6 +154,8 @@ impl ClusterRig {
                 array_port,
                 o.blocks,
                 o.drain_timeout_ms,
+                &backends_toml,
+                &vol_home,
             );
         }
         for n in &mut nodes {
@@ -146,6 +168,9 @@ impl ClusterRig {
             nodes,
             blocks: o.blocks,
             drain_timeout_ms: o.drain_timeout_ms,
+            backends_toml,
+            vol_home,
+            tgtd,
         };
         for n in rig.nodes.iter().filter(|n| !n.witness) {
             rig.wait_serving(n).await;
@@ -199,6 +224,8 @@ impl ClusterRig {
             self.array_port,
             self.blocks,
             self.drain_timeout_ms,
+            &self.backends_toml,
+            &self.vol_home,
         );
         self.nodes.push(n);
         let i = self.nodes.len() - 1;
@@ -333,6 +360,8 @@ fn write_config(
     array_port: u16,
     blocks: u64,
     drain: u64,
+    more_backends: &str,
+    vol_home: &str,
 ) {
     let d = dir.join(&n.name);
     std::fs::create_dir_all(&d).unwrap();
@@ -359,9 +388,10 @@ fn write_config(
              initiator_name = \"iqn.2026-11.org.switchyard:{name}\"\nsessions = 2\ntimeout_secs = 5\n\
              [[backend]]\nid = \"array2\"\nportal = \"127.0.0.1:{array_port}\"\ntarget = \"{ARRAY_TARGET}\"\n\
              initiator_name = \"iqn.2026-11.org.switchyard:{name}-path2\"\nsessions = 1\ntimeout_secs = 5\n\
+             {more_backends}\
              [mapping]\nepoch = 1\n[[mapping.volumes]]\nname = \"vol1\"\nwwn = \"{VOL_WWN}\"\n\
              block_size = 512\nblocks = {blocks}\n\
-             [[mapping.volumes.extents]]\nvstart = 0\nblocks = {blocks}\nbackend = \"array/lun0\"\nbstart = 0\n\
+             [[mapping.volumes.extents]]\nvstart = 0\nblocks = {blocks}\nbackend = \"{vol_home}\"\nbstart = 0\n\
              [[target]]\nname = \"{CLUSTER_TARGET}\"\n[[target.lun]]\nlun = 0\nvolume = \"vol1\"\n\
              [management]\nlisten = \"127.0.0.1:{api}\"\nadmin_token = \"{ADMIN_TOKEN}\"\ndrain_timeout_ms = {drain}\n",
             name = n.name,

@@ -273,7 +273,13 @@ fn admin_seeds_drive_the_cluster_state_machine() {
             applied += 1;
         }
     }
-    assert_eq!(applied, 13, "every seed command but the stale one applies");
+    assert_eq!(applied, 16, "every seed command but the stale one applies");
     assert_eq!(st.table.epoch, 2, "the remap went through its phases");
     assert!(st.active().is_none());
+    let m = &st.migrations.records[&1];
+    assert_eq!(
+        (m.state, m.copied_blocks, m.offloaded_blocks),
+        (cluster::MigrationState::Aborting, 512, 512),
+        "the migration seeds reach a started, progressed, aborting migration"
+    );
 }

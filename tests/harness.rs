@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod cluster_rig;
 pub mod host_load;
+#[path = "../initiator/tests/common/tgtd.rs"]
+pub mod tgtd;
 
 pub const TARGET: &str = "iqn.2026-11.org.switchyard:test";
 pub const INITIATOR: &str = "iqn.2026-11.org.switchyard:test-initiator";

@@ -25,11 +25,18 @@ const CHECKERS: u64 = 4;
 const PREFILL: u32 = 7;
 
 async fn rig(witness: bool) -> ClusterRig {
+    rig_of(witness, false, BLOCKS).await
+}
+
+/// Two data nodes (and a witness), vol1 of `blocks` blocks on the array's LUN 0 (or
+/// on tgtd's LU), prefilled.
+async fn rig_of(witness: bool, tgtd: bool, blocks: u64) -> ClusterRig {
     let rig = ClusterRig::start(RigOpts {
         data_nodes: 2,
         witness,
-        blocks: BLOCKS,
+        blocks,
         drain_timeout_ms: 1000,
+        tgtd,
     })
     .await;
     prefill(&rig).await;
@@ -39,9 +46,9 @@ async fn rig(witness: bool) -> ClusterRig {
 /// Write the prefill pattern to every block outside the checkers' areas.
 async fn prefill(rig: &ClusterRig) {
     let mut i = session(rig, 0, "prefill", 20).await;
-    let per = 128u64;
+    let per = 256u64;
     let mut lba = CHECKERS * AREA;
-    while lba < BLOCKS {
+    while lba < rig.blocks {
         let data: Vec<u8> = (lba..lba + per)
             .flat_map(|b| pattern(PREFILL, b, BS))
             .collect();
@@ -55,14 +62,14 @@ async fn prefill(rig: &ClusterRig) {
 /// checkers' last versions (`last`), zeroes in their unwritten blocks, and the prefill.
 async fn wrong_blocks(rig: &ClusterRig, node: usize, last: &BTreeMap<u64, u32>) -> u64 {
     let mut i = session(rig, node, "readback", 21).await;
-    read_back(&mut i, 0, last).await
+    read_back(&mut i, 0, last, rig.blocks).await
 }
 
-async fn read_back(i: &mut Initiator, lun: u16, last: &BTreeMap<u64, u32>) -> u64 {
-    let per = 128u64;
+async fn read_back(i: &mut Initiator, lun: u16, last: &BTreeMap<u64, u32>, blocks: u64) -> u64 {
+    let per = 256u64;
     let mut wrong = 0;
     let mut lba = 0;
-    while lba < BLOCKS {
+    while lba < blocks {
         let r = i
             .scsi(
                 lun,
@@ -258,6 +265,56 @@ async fn migration_by_the_nodes_under_load_through_two_nodes_loses_nothing() {
     }
 }
 
+/// Acceptance 1 of issue 7: 1 GiB from a tgtd LU to a switchyard array LU under a
+/// mixed load through both nodes (tgtd has no EXTENDED COPY: the nodes copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gibibyte_moves_from_tgtd_to_a_switchyard_array_under_load() {
+    const GIB: u64 = (1 << 30) / BS as u64;
+    let t = Instant::now();
+    let rig = rig_of(false, true, GIB).await;
+    eprintln!(
+        "rig up and 1 GiB prefilled through node 0 in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let load = checkers(&rig, &[0, 1], stop.clone(), tally.clone());
+    let work = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t0 = Instant::now();
+        let m = migrate(&rig, 0, json!({"to": "array/lun1", "max_rate_mib_s": 0})).await;
+        assert_eq!(m.from, "tgt/lun1@0");
+        let done = wait_state(&rig, 1, m.id, "done", 900).await;
+        let t1 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        (done, t0, t1)
+    };
+    let start = Instant::now();
+    let (last, (done, t0, t1)) = tokio::join!(load, work);
+    report(&tally, "1 GiB tgtd -> array migration");
+    let secs = (t1 - t0).as_secs_f64();
+    eprintln!(
+        "migrated 1024 MiB tgtd -> switchyard array in {secs:.1} s: {:.1} MiB/s in {} windows; host IOPS before {:.0}, during {:.0}, after {:.0}",
+        1024.0 / secs,
+        done.windows,
+        iops(&tally, start, t0),
+        iops(&tally, t0, t1),
+        iops(&tally, t1, t1 + Duration::from_secs(2))
+    );
+    assert_eq!((done.copied_blocks, done.offloaded_blocks), (GIB, 0));
+    assert_eq!(
+        extents(&rig, 0).await,
+        vec![json!({"vstart": 0, "blocks": GIB, "backend": "array/lun1", "bstart": 0})]
+    );
+    let t = Instant::now();
+    assert_eq!(wrong_blocks(&rig, 1, &last).await, 0, "full read-back");
+    eprintln!(
+        "full read-back of 1 GiB: 0 wrong blocks ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migration_between_lus_of_one_array_is_offloaded_with_extended_copy() {
     let rig = rig(false).await;
@@ -424,7 +481,7 @@ async fn aborting_mid_migration_under_writes_leaves_the_source_current() {
     .expect("login to the array");
     a.clear_ua(0).await;
     assert_eq!(
-        read_back(&mut a, 0, &last).await,
+        read_back(&mut a, 0, &last, BLOCKS).await,
         0,
         "the source LU misses writes"
     );

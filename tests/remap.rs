@@ -292,6 +292,7 @@ async fn faulty_rig(data_nodes: usize) -> ClusterRig {
         witness: false,
         blocks: DEAD_END,
         drain_timeout_ms: 500,
+        tgtd: false,
     })
     .await;
     rig.remap(0, body(&initial_layout(), None, false))

@@ -79,6 +79,7 @@ pub fn admin_input(data: &[u8]) {
     }
     let _ = serde_json::from_slice::<mgmt::model::RemapRequest>(data);
     let _ = serde_json::from_slice::<mgmt::model::NodeStateRequest>(data);
+    let _ = serde_json::from_slice::<mgmt::model::MigrateRequest>(data);
     let _ = serde_json::from_slice::<mgmt::model::FaultRequest>(data);
     let mut st = cluster::ClusterState::default();
     for line in data.split(|b| *b == b'\n') {

@@ -620,6 +620,45 @@ data_dir = "raft"
             node: 1,
             state: cluster::AluaAccess::Standby,
         },
+        // vol1 (now on b) migrates to c; then pauses, reports a window, aborts.
+        Command::StartMigration {
+            spec: cluster::MigrationSpec {
+                volume: "vol1".into(),
+                vstart: 0,
+                blocks: 2048,
+                from: cluster::LuHome {
+                    backend: "b".into(),
+                    bstart: 0,
+                },
+                to: cluster::LuHome {
+                    backend: "c".into(),
+                    bstart: 0,
+                },
+                window_blocks: 512,
+                max_rate_mib_s: 200,
+                min_rate_mib_s: 20,
+                release_source: false,
+                engine: cluster::CopyEngine::Auto,
+            },
+            requested_by: 1,
+            at_ms: 11,
+        },
+        Command::MigrationProgress {
+            id: 1,
+            progress: cluster::MigrationProgress {
+                copied_blocks: 512,
+                offloaded_delta: 512,
+                window_done: true,
+                error: None,
+            },
+            at_ms: 12,
+        },
+        Command::SetMigrationState {
+            id: 1,
+            state: cluster::MigrationState::Aborting,
+            reason: Some("admin".into()),
+            at_ms: 13,
+        },
         // Refused: a stale epoch.
         Command::ReplaceTable {
             expected_epoch: 0,
@@ -635,6 +674,7 @@ data_dir = "raft"
         cluster.as_bytes().to_vec(),
         br#"{"extents":[{"vstart":0,"blocks":8,"backend":"a","bstart":0}],"blocks":16,"copy":false}"#.to_vec(),
         br#"{"state":"draining","alua":"standby"}"#.to_vec(),
+        br#"{"to":"array/lun1","at":0,"vstart":0,"blocks":2048,"window_mib":1,"engine":"node"}"#.to_vec(),
         br#"{"failpoint":"remap::switch","actions":"return"}"#.to_vec(),
         commands.join("\n").into_bytes(),
     ]

@@ -959,6 +959,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn migration_progress_lines() {
+        assert_eq!(progress_bar(0.0, 4), "[....]");
+        assert_eq!(progress_bar(50.0, 4), "[##..]");
+        assert_eq!(progress_bar(100.0, 4), "[####]");
+        assert_eq!(progress_bar(250.0, 4), "[####]");
+        let m = MigrationView {
+            id: 3,
+            volume: "vol1".into(),
+            vstart: 0,
+            blocks: 2048,
+            block_size: 512,
+            from: "a/lun0@0".into(),
+            to: "a/lun1@0".into(),
+            state: "running".into(),
+            reason: None,
+            copied_blocks: 1024,
+            offloaded_blocks: 1024,
+            percent: 50.0,
+            windows: 1,
+            failures: 0,
+            rate_mib_s: 2.5,
+            eta_s: Some(1),
+            window_blocks: 1024,
+            max_rate_mib_s: 200,
+            min_rate_mib_s: 20,
+            engine: "auto".into(),
+            created_ms: 0,
+            updated_ms: 0,
+            chunks: Vec::new(),
+        };
+        assert_eq!(
+            migration_line(&m),
+            "vol1 0+2048 a/lun0@0 -> a/lun1@0: running 50.0% (512.0 KiB of 1.0 MiB), 512.0 KiB by EXTENDED COPY, 2.5 MiB/s, ETA 1 s"
+        );
+        let rows = migration_rows(&[m]);
+        assert!(rows.starts_with("ID  VOLUME"), "{rows}");
+        assert!(rows.contains("50.0%"), "{rows}");
+    }
+
+    #[test]
     fn extents_files() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("e.toml");
