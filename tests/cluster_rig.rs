@@ -150,12 +150,14 @@ impl ClusterRig {
             write_config(
                 n,
                 &membership,
-                dir.path(),
-                array_port,
-                o.blocks,
-                o.drain_timeout_ms,
-                &backends_toml,
-                &vol_home,
+                &Shared {
+                    dir: dir.path(),
+                    array_port,
+                    blocks: o.blocks,
+                    drain: o.drain_timeout_ms,
+                    more_backends: &backends_toml,
+                    vol_home: &vol_home,
+                },
             );
         }
         for n in &mut nodes {
@@ -220,12 +222,14 @@ impl ClusterRig {
         write_config(
             &n,
             &join,
-            self.dir.path(),
-            self.array_port,
-            self.blocks,
-            self.drain_timeout_ms,
-            &self.backends_toml,
-            &self.vol_home,
+            &Shared {
+                dir: self.dir.path(),
+                array_port: self.array_port,
+                blocks: self.blocks,
+                drain: self.drain_timeout_ms,
+                more_backends: &self.backends_toml,
+                vol_home: &self.vol_home,
+            },
         );
         self.nodes.push(n);
         let i = self.nodes.len() - 1;
@@ -353,16 +357,25 @@ impl ClusterRig {
 }
 
 /// Write member `n`'s config; `membership` is its `peers = [...]` or `join = "..."`.
-fn write_config(
-    n: &RigNode,
-    membership: &str,
-    dir: &std::path::Path,
+/// What every member's config shares.
+struct Shared<'a> {
+    dir: &'a std::path::Path,
     array_port: u16,
     blocks: u64,
     drain: u64,
-    more_backends: &str,
-    vol_home: &str,
-) {
+    more_backends: &'a str,
+    vol_home: &'a str,
+}
+
+fn write_config(n: &RigNode, membership: &str, sh: &Shared) {
+    let Shared {
+        dir,
+        array_port,
+        blocks,
+        drain,
+        more_backends,
+        vol_home,
+    } = *sh;
     let d = dir.join(&n.name);
     std::fs::create_dir_all(&d).unwrap();
     let cluster = format!(
