@@ -108,9 +108,26 @@ async fn migrate(rig: &ClusterRig, i: usize, body: serde_json::Value) -> Migrati
     .expect("migrate")
 }
 
+/// Migration `id` as member `i` sees it. A member that has not applied the start yet
+/// (it was started through another one a moment ago) answers 404 for a while.
 async fn migration(rig: &ClusterRig, i: usize, id: u64) -> MigrationView {
-    let text = rig.get_text(i, &format!("/api/v1/migrations/{id}")).await;
-    serde_json::from_str(&text).unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = rig.nodes[i].client();
+        let r = tokio::task::spawn_blocking(move || {
+            c.get::<MigrationView>(&format!("/api/v1/migrations/{id}"))
+        })
+        .await
+        .unwrap();
+        match r {
+            Ok(m) => return m,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("member {i} does not show migration {id} yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("member {i}: migration {id}: {e}"),
+        }
+    }
 }
 
 /// Wait (up to `secs`) until migration `id`, as member `i` sees it, is in `state`.
