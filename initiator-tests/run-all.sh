@@ -3,7 +3,8 @@
 # (unit, integration, bounded fuzz runs), libiscsi's conformance suite against a node,
 # through a virtual volume and against a two-node cluster, and the real-initiator run
 # (open-iscsi + dm-multipath in a QEMU guest logged in to two cluster members, about
-# 2-4.5 minutes with the guest image cached; see initiator-tests/qemu/README.md).
+# 2-4.5 minutes with the guest image cached; see initiator-tests/qemu/README.md), and
+# the web console in headless Chromium during a migration.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v iscsi-test-cu >/dev/null || need+=(libiscsi-bin)
 command -v tgtd >/dev/null || need+=(tgt)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -38,3 +40,5 @@ echo "== libiscsi conformance against a cluster: two nodes (and a witness), one 
 ./initiator-tests/cluster-conformance.sh
 echo "== real initiators: open-iscsi + dm-multipath in a QEMU guest, qemu-img (libiscsi)"
 ./initiator-tests/qemu/run.sh
+echo "== the web console in headless Chromium during a migration"
+./initiator-tests/console-test.sh

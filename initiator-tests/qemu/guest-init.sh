@@ -9,6 +9,8 @@
 #   @@HOST fail-path-a      kill -9 node n1 (path A dies with it)
 #   @@HOST restore-path-a   start n1 again (it rejoins the cluster and serves again)
 #   @@HOST remap            remap the volume online (array/lun0 -> array2/lun0)
+#   @@HOST migrate          migrate the volume online (array2/lun0 -> array2/lun1, the
+#                           nodes copy; writes to copied windows go to both LUs)
 # The host answers finished requests on 10.0.2.2:ANS_PORT (one line per request).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
@@ -330,31 +332,59 @@ check "2 active ready paths again" wait_paths 2 60
 ll=$(multipath -ll 2>&1)
 echo "$ll" | sed 's/^/    | /'
 
-# --------------------------------------------------------------- remap during I/O
-# Two writers run while the host remaps the volume (all of it: every block's I/O is
-# held for the switch): one rewrites the first 16 MiB with the same pattern (4 MiB
-# direct writes), one writes 1 MiB files into the file system. The request goes out
-# once both have completed a round; they stop once both have completed another round
-# after the host's answer.
-say "remap during I/O: writers start, then the host remaps the volume"
-rm -f /tmp/stop /tmp/raw.n /tmp/raw.err /tmp/files.n
-(
-    n=0
-    while [[ ! -f /tmp/stop ]]; do
-        dd if=/tmp/pat1 of="$MP" bs=4M count=4 oflag=direct conv=fsync status=none 2>>/tmp/raw.err \
-            || { echo "pass $n failed" >>/tmp/raw.err; exit 1; }
-        n=$((n + 1)); echo $n >/tmp/raw.n
-    done
-) &
-RAW_PID=$!
-(
-    i=0
-    while [[ ! -f /tmp/stop ]]; do
-        write_files remap-$i 1 || exit 1
-        i=$((i + 1)); echo $i >/tmp/files.n
-    done
-) &
-FILES_PID=$!
+# --------------------------------------------------------------- remap and migration during I/O
+# during_io REQUEST WHAT: two writers run while the host carries out @@HOST REQUEST
+# (a remap of the whole volume: every block's I/O is held for the switch; a migration:
+# every window held while it is copied, writes to copied windows mirrored to the
+# source): one rewrites the first 16 MiB with the same pattern (4 MiB direct writes),
+# one writes 1 MiB files into the file system. The request goes out once both have
+# completed a round; they stop once both have completed another round after the
+# host's answer.
+during_io() {
+    local req=$1 what=$2
+    say "$what during I/O: writers start, then the host acts"
+    rm -f /tmp/stop /tmp/raw.n /tmp/raw.err /tmp/files.n
+    (
+        n=0
+        while [[ ! -f /tmp/stop ]]; do
+            dd if=/tmp/pat1 of="$MP" bs=4M count=4 oflag=direct conv=fsync status=none 2>>/tmp/raw.err \
+                || { echo "pass $n failed" >>/tmp/raw.err; exit 1; }
+            n=$((n + 1)); echo $n >/tmp/raw.n
+        done
+    ) &
+    RAW_PID=$!
+    (
+        i=0
+        while [[ ! -f /tmp/stop ]]; do
+            write_files "$req-$i" 1 || exit 1
+            i=$((i + 1)); echo $i >/tmp/files.n
+        done
+    ) &
+    FILES_PID=$!
+    wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
+    wait_rounds 0 0
+    c=$(counts); raw0=${c% *}; files0=${c#* }
+    echo "@@HOST $req"
+    a=$(host_wait "$req" 600)
+    echo "    | host: ${a:-no answer}"
+    c=$(counts); raw1=${c% *}; files1=${c#* }
+    wait_rounds "$raw1" "$files1"
+    touch /tmp/stop
+    wait "$RAW_PID"; raw_rc=$?
+    wait "$FILES_PID"; files_rc=$?
+    c=$(counts); raw2=${c% *}; files2=${c#* }
+    sed 's/^/    | /' /tmp/raw.err 2>/dev/null
+    check "host: $what while both writers ran (${a:-no answer})" \
+        bash -c '[[ $1 == "$2 PASS"* ]]' _ "$a" "$req"
+    check "raw writer: $raw2 passes of 16 MiB, no error ($raw0 before the request, $((raw2 - raw1)) after the answer)" \
+        test "$raw_rc" = 0 -a ! -s /tmp/raw.err -a "$raw0" -gt 0 -a "$raw2" -gt "$raw1"
+    check "file writer: $files2 files (fsync'ed), no error ($files0 before the request, $((files2 - files1)) after the answer)" \
+        test "$files_rc" = 0 -a "$files0" -gt 0 -a "$files2" -gt "$files1"
+    wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
+    check "writes kept following ALUA across the $req ($wa sectors on A, $wb on B)" \
+        test "$wa" -gt "$wb"
+    check "2 active ready paths after the $req" test "$(count_ready)" = 2
+}
 counts() { echo "$(cat /tmp/raw.n 2>/dev/null || echo 0) $(cat /tmp/files.n 2>/dev/null || echo 0)"; }
 # wait_rounds RAW FILES: until the writers have done more than RAW and FILES rounds
 # (or one of them has stopped), at most 60 s
@@ -368,29 +398,8 @@ wait_rounds() {
     done
     return 1
 }
-wa0=$(wsect "$SDA"); wb0=$(wsect "$SDB")
-wait_rounds 0 0
-c=$(counts); raw0=${c% *}; files0=${c#* }
-echo "@@HOST remap"
-a=$(host_wait remap 120)
-echo "    | host: ${a:-no answer}"
-c=$(counts); raw1=${c% *}; files1=${c#* }
-wait_rounds "$raw1" "$files1"
-touch /tmp/stop
-wait "$RAW_PID"; raw_rc=$?
-wait "$FILES_PID"; files_rc=$?
-c=$(counts); raw2=${c% *}; files2=${c#* }
-sed 's/^/    | /' /tmp/raw.err 2>/dev/null
-check "host remapped the volume while both writers ran (${a:-no answer})" \
-    bash -c '[[ $1 == "remap PASS"* ]]' _ "$a"
-check "raw writer: $raw2 passes of 16 MiB, no error ($raw0 before the request, $((raw2 - raw1)) after the answer)" \
-    test "$raw_rc" = 0 -a ! -s /tmp/raw.err -a "$raw0" -gt 0 -a "$raw2" -gt "$raw1"
-check "file writer: $files2 files (fsync'ed), no error ($files0 before the request, $((files2 - files1)) after the answer)" \
-    test "$files_rc" = 0 -a "$files0" -gt 0 -a "$files2" -gt "$files1"
-wa=$(($(wsect "$SDA") - wa0)); wb=$(($(wsect "$SDB") - wb0))
-check "writes kept following ALUA across the remap ($wa sectors on A, $wb on B)" \
-    test "$wa" -gt "$wb"
-check "2 active ready paths after the remap" test "$(count_ready)" = 2
+during_io remap "remapped the volume"
+during_io migrate "migrated the volume to another LU"
 
 # --------------------------------------------------------------- fsck, checksums
 say "fsck and every file's checksum"
@@ -400,7 +409,7 @@ out=$(e2fsck -f -n "$FSDEV" 2>&1); rc=$?
 echo "$out" | sed 's/^/    | /'
 check "e2fsck -f -n: clean (exit $rc)" test "$rc" = 0
 check "mount again" mount -t ext4 -o ro "$FSDEV" /mnt
-check "all $nfiles files match their checksums (written before, during n1's failure, during the remap)" \
+check "all $nfiles files match their checksums (written before, during n1's failure, the remap and the migration)" \
     sha256sum -c --quiet /tmp/SUMS
 check "no other files" test "$(find /mnt -type f | wc -l)" = "$nfiles"
 umount /mnt

@@ -149,6 +149,12 @@ name = "$ARRAY_IQN"
 lun = 0
 path = "lun0.img"
 size = "256MiB"
+
+# the migration's destination
+[[target.lun]]
+lun = 1
+path = "lun1.img"
+size = "256MiB"
 EOF
 
 # member ID NAME PORTAL API PEERS: a data node's config
@@ -466,6 +472,37 @@ EOF
     sy --node "$API_URL1" volumes show "$VOL" 2>&1 | sed 's/^/host|     /'
 }
 
+# @@HOST migrate: move the volume (now on array2/lun0) to array2/lun1 online while
+# the guest writes through both nodes; the nodes copy (--engine node), so every window
+# is read and written by the leader and the guest's writes to copied windows go to both
+# LUs until the end.
+migrate() {
+    local t out rc st s1 s2 ok=1 why=""
+    say "migrate $VOL: array2/lun0 -> array2/lun1 (the nodes copy, 16 MiB windows), through n1's API"
+    t=$(date +%s%3N)
+    out=$(timeout 600 "$BIN" --node "$API_URL1" --token "$TOKEN" -o json \
+        migrate "$VOL" --to array2/lun1 --engine node --max-rate 0 2>&1)
+    rc=$?
+    t=$(($(date +%s%3N) - t))
+    t=$((t / 1000)).$(printf '%03d' $((t % 1000)))
+    echo "$out" >"$WORK/migration.json"
+    st=$(json "d['state']" <<<"$out")
+    say "migration finished in ${t} s: exit $rc, state ${st:-?}, $(json "str(d['windows']) + ' windows, ' + str(d['rate_mib_s']) + ' MiB/s'" <<<"$out")"
+    [[ $rc == 0 ]] || { ok=0; why+="exit $rc: $(head -c 300 <<<"$out"); "; }
+    [[ $st == "done" ]] || { ok=0; why+="state ${st:-unknown}; "; }
+    s1=$(vol_state "$API_URL1"); s2=$(vol_state "$API_URL2")
+    [[ ${s1#* } == "0+$VOL_BLOCKS@array2/lun1:0" ]] || { ok=0; why+="n1 map '${s1#* }'; "; }
+    [[ -n $s1 && $s1 == "$s2" ]] || { ok=0; why+="n1 '$s1' and n2 '$s2' differ; "; }
+    if ((ok)); then
+        wcheck PASS "migration during guest I/O: done in ${t} s, n1 and n2 serve $VOL from array2/lun1 at epoch ${s1%% *}"
+        answer "migrate PASS ${t} s, epoch ${s1%% *}"
+    else
+        wcheck FAIL "migration during guest I/O" "${why%; }"
+        answer "migrate FAIL ${why%; }"
+    fi
+    sy --node "$API_URL2" migrations 2>&1 | sed 's/^/host|     /'
+}
+
 # ------------------------------------------------------------------ boot
 # Two user-mode NICs = two independent paths. Inside QEMU's user network the host's
 # loopback is 10.0.2.2 on NIC 1 and 10.0.3.2 on NIC 2:
@@ -496,6 +533,7 @@ QEMU_PID=$!
         "@@HOST fail-path-a"*) fail_path_a ;;
         "@@HOST restore-path-a"*) restore_path_a ;;
         "@@HOST remap"*) remap ;;
+        "@@HOST migrate"*) migrate ;;
         esac
     done
 ) &
@@ -525,8 +563,8 @@ if [[ -n $summary ]]; then
 fi
 hcheck "guest ran checks" test "$gpass" -gt 0
 
-# What the console watcher checked: the kill, the restart, the remap.
-for req in fail-path-a restore-path-a remap; do
+# What the console watcher checked: the kill, the restart, the remap, the migration.
+for req in fail-path-a restore-path-a remap migrate; do
     grep -q "^@@HOST $req" "$WORK/console.txt" || hfail "guest asked for '@@HOST $req'"
 done
 while IFS= read -r l; do
@@ -537,7 +575,7 @@ while IFS= read -r l; do
 done <"$WORK/hchecks"
 
 # The host reads the guest's 128 MiB back through libiscsi, through both nodes (n1
-# restarted, the volume remapped), and compares digests.
+# restarted, the volume remapped and migrated), and compares digests.
 md5g=$(sed -n 's/^@@MD5-128M \([0-9a-f]*\).*/\1/p' "$WORK/console.txt" | tail -1)
 if [[ -n $md5g ]]; then
     for u in "n1 $URL_A" "n2 $URL_B"; do

@@ -371,11 +371,18 @@ fn describe_volume(v: &VolumeView) -> String {
                 m.bstart
                     .map(|b| format!("[{b}, {})", b + m.blocks))
                     .unwrap_or_default(),
+                m.mirror.clone().unwrap_or_default(),
             ]
         })
         .collect();
     for line in table(
-        &["VIRTUAL BLOCKS", "BLOCKS", "BACK-END", "BACK-END BLOCKS"],
+        &[
+            "VIRTUAL BLOCKS",
+            "BLOCKS",
+            "BACK-END",
+            "BACK-END BLOCKS",
+            "MIRROR",
+        ],
         rows,
     )
     .lines()

@@ -200,6 +200,10 @@ pub struct MapSegment {
     /// `None` for a hole.
     pub backend: Option<String>,
     pub bstart: Option<u64>,
+    /// A mirrored extent's second home (`LU@lba`): writes go there too (a migration
+    /// keeps its source so while it copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 /// `POST /api/v1/volumes/{name}/remap`: the volume's new extent list.
@@ -373,7 +377,8 @@ impl std::fmt::Display for ChangeState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChangeRecord {
     pub id: u64,
-    /// `remap` (later also `migrate`, `create`, `grow`, `delete`).
+    /// `remap`, or `migration N window` for the remaps a migration runs (each window,
+    /// the final switch, the switch back of an abort).
     pub kind: String,
     pub volume: String,
     pub state: ChangeState,

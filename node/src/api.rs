@@ -665,7 +665,11 @@ impl NodeMgmt {
                     .unwrap_or_default();
                 let id = j.open_change(ChangeRecord {
                     id: 0,
-                    kind: "remap".into(),
+                    // A migration's windows and its final switch are remaps too.
+                    kind: match rec.migration {
+                        Some(m) => format!("migration {m} window"),
+                        None => "remap".into(),
+                    },
                     volume,
                     state: ChangeState::Staged,
                     leader: names.get(&rec.requested_by).cloned().unwrap_or_default(),

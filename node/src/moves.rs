@@ -63,6 +63,7 @@ pub(crate) fn segments(def: &VolumeDef) -> Vec<MapSegment> {
                 blocks: e.vstart - at,
                 backend: None,
                 bstart: None,
+                mirror: None,
             });
         }
         out.push(MapSegment {
@@ -70,6 +71,10 @@ pub(crate) fn segments(def: &VolumeDef) -> Vec<MapSegment> {
             blocks: e.blocks,
             backend: Some(e.backend.clone()),
             bstart: Some(e.bstart),
+            mirror: e
+                .mirror
+                .as_ref()
+                .map(|m| format!("{}@{}", m.backend, m.bstart)),
         });
         at = e.vstart + e.blocks;
     }
@@ -79,6 +84,7 @@ pub(crate) fn segments(def: &VolumeDef) -> Vec<MapSegment> {
             blocks: def.blocks - at,
             backend: None,
             bstart: None,
+            mirror: None,
         });
     }
     out

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The web console in headless Chromium (Debian's `chromium`, installed if missing)
+# against a running cluster member: a one-member cluster serving volume db01 over two
+# file stores migrates db01 from one store to the other (slowly, 1 MiB windows at
+# 1 MiB/s) while Chromium renders the console twice. Checks that the volume's extent
+# map and the migration's row appear, that the progress moves between the two renders,
+# that copied chunks show as mirrored, and that an abort shows up; saves a screenshot.
+# Usage: initiator-tests/console-test.sh [OUT.png]   (default: target/console-test.png)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tdir="${CARGO_TARGET_DIR:-target}"
+out="$(realpath -m "${1:-$tdir/console-test.png}")"
+
+if ! command -v chromium >/dev/null; then
+    echo "== installing chromium"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+cargo build -q -p switchyard
+bin="$tdir/debug/switchyard"
+work="$(mktemp -d)"
+node_pid=""
+cleanup() {
+    [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null || true
+    wait 2>/dev/null || true
+    [ "${KEEP:-0}" = 1 ] && echo "kept $work" || rm -rf "$work"
+}
+trap cleanup EXIT
+passed=0
+failed=0
+pass() { echo "console-test: PASS $*"; passed=$((passed + 1)); }
+fail() { echo "console-test: FAIL $*"; failed=$((failed + 1)); }
+
+raft_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+token="console-test-admin-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cat >"$work/node.toml" <<EOF
+[node]
+name = "sy1"
+data_dir = "$work"
+[[portal]]
+listen = "127.0.0.1:0"
+[cluster]
+id = 1
+name = "sy1"
+listen = "127.0.0.1:$raft_port"
+secret = "console-test-cluster-secret-0123"
+data_dir = "raft"
+[[store]]
+id = "fastpool"
+path = "fast.img"
+size = "64MiB"
+[[store]]
+id = "archive"
+path = "archive.img"
+size = "64MiB"
+[[target]]
+name = "iqn.2026-11.org.switchyard:console"
+[[target.lun]]
+lun = 0
+volume = "db01"
+[management]
+listen = "127.0.0.1:0"
+admin_token = "$token"
+[mapping]
+epoch = 1
+[[mapping.volumes]]
+name = "db01"
+wwn = "naa.6001405f0e1d2c3b4a5968778695a4b3"
+block_size = 512
+blocks = 65536
+[[mapping.volumes.extents]]
+vstart = 0
+blocks = 65536
+backend = "fastpool"
+bstart = 0
+EOF
+chmod 600 "$work/node.toml"
+"$bin" serve --config "$work/node.toml" >"$work/node.out" 2>"$work/node.err" &
+node_pid=$!
+for _ in $(seq 300); do
+    grep -q '^management: ' "$work/node.out" && break
+    sleep 0.1
+done
+url="$(sed -n 's/^management: \([^ ]*\).*/\1/p' "$work/node.out")"
+[ -n "$url" ] || { cat "$work/node.err"; echo "console-test: FAIL the node did not start"; exit 1; }
+echo "== node: $url"
+export SWITCHYARD_NODE="$url" SWITCHYARD_TOKEN="$token"
+
+"$bin" migrate db01 --to archive --window-mib 1 --max-rate 1 --min-rate 1 --no-wait
+
+# render FILE: the console's DOM after its scripts ran (and the screenshot, if asked)
+render() {
+    local profile
+    profile="$(mktemp -d)"
+    timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+        --disable-background-networking --disable-component-update --disable-sync \
+        --user-data-dir="$profile" --virtual-time-budget=3000 --window-size=1280,1000 \
+        "${@:2}" "${url}#token=${token}" >"$1" 2>>"$work/chromium.err" || true
+    rm -rf "$profile"
+}
+# row DOM: migration 1's table row, on one line
+row() { tr '\n' ' ' <"$1" | grep -o 'data-migration="1".*' | sed 's#</tr>.*##'; }
+# percent DOM: the migration row's progress, from "NN% of"
+percent() { row "$1" | grep -o '[0-9]*% of' | head -1 | tr -dc 0-9; }
+
+sleep 3
+render "$work/dom1.html" --dump-dom
+p1="$(percent "$work/dom1.html")"
+sleep 5
+render "$work/dom2.html" --dump-dom
+p2="$(percent "$work/dom2.html")"
+render /dev/null --screenshot="$out"
+
+grep -q 'data-vol="db01"' "$work/dom1.html" && pass "the volume db01 is drawn" || fail "the volume db01 is drawn"
+grep -q 'fastpool' "$work/dom1.html" && grep -q 'archive' "$work/dom2.html" \
+    && pass "its extent map shows both stores while it migrates" || fail "its extent map shows both stores"
+grep -q 'writes also to fastpool@' "$work/dom2.html" \
+    && pass "copied chunks are shown mirrored to the source" || fail "copied chunks are shown mirrored to the source"
+row "$work/dom1.html" | grep -q 'running' \
+    && pass "the migration's row shows it running" || fail "the migration's row shows it running"
+if [ -n "$p1" ] && [ -n "$p2" ] && [ "$p2" -gt "$p1" ]; then
+    pass "its progress moved between two renders ($p1% -> $p2%)"
+else
+    fail "its progress moved between two renders ('$p1' -> '$p2')"
+fi
+[ -s "$out" ] && pass "screenshot saved: $out" || fail "screenshot saved"
+
+"$bin" migrations abort 1 >/dev/null
+for _ in $(seq 100); do
+    "$bin" -o json migrations show 1 2>/dev/null | grep -q '"state": "aborted"' && break
+    sleep 0.2
+done
+render "$work/dom3.html" --dump-dom
+row "$work/dom3.html" | grep -q 'aborted' \
+    && pass "the abort shows in the console" || fail "the abort shows in the console"
+grep -q 'writes also to fastpool@' "$work/dom3.html" \
+    && fail "after the abort no chunk is mirrored" || pass "after the abort no chunk is mirrored"
+
+if [ "$failed" -gt 0 ]; then
+    echo "== node log (last 20 lines)"; tail -20 "$work/node.err"
+    echo "== chromium (last 5 lines)"; tail -5 "$work/chromium.err" 2>/dev/null || true
+fi
+echo "console-test: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
