@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::auth::Authenticator;
+use crate::change::{ChangeId, Phase};
 use crate::config::ClusterConfig;
 use crate::state::{ClusterState, Command, NodeInfo, Outcome, Role};
 use crate::store::{Event, LogStore, Published, StateMachine};
@@ -31,6 +32,17 @@ pub(crate) enum AdminRequest {
     Propose(Command),
     AddNode(NodeInfo),
     RemoveNode(NodeId),
+    /// A participant finished `phase` of change `id`: kept by the leader in memory and
+    /// committed with the change's next transition (see [`ClusterNode::ack_direct`]).
+    Ack {
+        id: ChangeId,
+        node: NodeId,
+        phase: Phase,
+        /// The change's drain retries when the phase began: a phase entered again
+        /// after a retry needs new acknowledgements.
+        round: u32,
+        at_ms: u64,
+    },
 }
 
 /// The answer to an [`AdminRequest`].
@@ -51,6 +63,9 @@ pub struct Status {
     pub table_epoch: u64,
 }
 
+/// Direct acknowledgements by (change, phase, round): node -> when.
+pub(crate) type DirectAcks = BTreeMap<(ChangeId, Phase, u32), BTreeMap<NodeId, u64>>;
+
 pub(crate) struct Inner {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
@@ -59,6 +74,9 @@ pub(crate) struct Inner {
     pub sm: StateMachine,
     pub cfg: ClusterConfig,
     pub addr: String,
+    /// Acknowledgements received directly (leader only), by change and phase: node ->
+    /// when. Only the newest change's are kept.
+    pub acks: parking_lot::Mutex<DirectAcks>,
 }
 
 /// One running member of the cluster.
@@ -138,6 +156,7 @@ impl ClusterNode {
             sm,
             cfg: cfg.clone(),
             addr: addr.clone(),
+            acks: parking_lot::Mutex::new(BTreeMap::new()),
         });
         let mut tasks = Vec::new();
         let app = crate::server::router(inner.clone());
@@ -347,6 +366,46 @@ impl ClusterNode {
     /// to make a lagging node catch up from a snapshot). Log entries still being sent
     /// to a follower are kept until that send ends, so this retries for up to
     /// `timeout`; returns whether the log was purged up to the snapshot.
+    /// Tell the leader that this node finished `phase` of change `id`, without a
+    /// consensus round: the leader keeps it in memory and commits it with the change's
+    /// next transition (an `AdvanceChange` carrying the acknowledgements). Waits at most
+    /// `timeout`; on an error the caller may fall back to proposing `AckChange`. A new
+    /// leader has none of these: participants send them again while the phase waits.
+    pub async fn ack_direct(
+        &self,
+        id: ChangeId,
+        phase: Phase,
+        round: u32,
+        at_ms: u64,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let req = AdminRequest::Ack {
+            id,
+            node: self.inner.id,
+            phase,
+            round,
+            at_ms,
+        };
+        match tokio::time::timeout(timeout, self.inner.execute(req)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(ClusterError::Uncertain(format!(
+                "no answer from the leader within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// The acknowledgements of `phase` (entered after `round` drain retries) of change
+    /// `id` this node (as leader) received directly: node -> when.
+    pub fn direct_acks(&self, id: ChangeId, phase: Phase, round: u32) -> BTreeMap<NodeId, u64> {
+        self.inner
+            .acks
+            .lock()
+            .get(&(id, phase, round))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub async fn compact(&self, timeout: Duration) -> bool {
         let raft = &self.inner.raft;
         let mut rx = raft.metrics();
@@ -614,6 +673,29 @@ impl Inner {
             }
             AdminRequest::AddNode(info) => {
                 self.add_member(info).await?;
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::Ack {
+                id,
+                node,
+                phase,
+                round,
+                at_ms,
+            } => {
+                let leader = self.raft.current_leader().await;
+                if leader != Some(self.id) {
+                    return Err(ClusterError::NotLeader {
+                        this: self.id,
+                        leader,
+                    });
+                }
+                let mut acks = self.acks.lock();
+                // Older changes are over: their acknowledgements are not needed.
+                acks.retain(|(c, _, _), _| *c >= id);
+                acks.entry((id, phase, round))
+                    .or_default()
+                    .entry(node)
+                    .or_insert(at_ms);
                 Ok(AdminReply::Done)
             }
             AdminRequest::RemoveNode(id) => {

@@ -347,6 +347,10 @@ pub enum Command {
         to: Phase,
         reason: Option<String>,
         at_ms: u64,
+        /// Acknowledgements of the current phase the leader received directly (node,
+        /// when): recorded before the transition, which may need them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        acks: Vec<(NodeId, u64)>,
     },
     /// Exclude a node that does not answer from change `id`, and fence it.
     ExcludeFromChange {
@@ -528,7 +532,22 @@ impl ClusterState {
                 to,
                 reason,
                 at_ms,
-            } => self.advance(*id, *to, reason.clone(), *at_ms)?,
+                acks,
+            } => {
+                // Record what the leader was told directly; a stale or duplicate
+                // acknowledgement is ignored (the transition checks what it needs). A
+                // refused transition leaves the record as it was.
+                let rec = self.change_mut(*id)?;
+                let before = rec.clone();
+                let phase = rec.phase();
+                for (node, at) in acks {
+                    let _ = rec.ack(*node, phase, *at);
+                }
+                if let Err(e) = self.advance(*id, *to, reason.clone(), *at_ms) {
+                    *self.change_mut(*id)? = before;
+                    return Err(e);
+                }
+            }
             Command::ExcludeFromChange {
                 id,
                 node,
@@ -741,6 +760,7 @@ mod tests {
             to,
             reason: None,
             at_ms: 0,
+            acks: Vec::new(),
         })
     }
 
@@ -754,6 +774,54 @@ mod tests {
             });
             assert_eq!(o, Outcome::Ok);
         }
+    }
+
+    #[test]
+    fn direct_acknowledgements_ride_on_the_transition() {
+        let mut s = state();
+        let mut new = s.table.clone();
+        new.volumes[0].extents[0].backend = "b/lun0".into();
+        let cs = MappingTable::diff(&s.table, &new);
+        let Outcome::ChangeBegun(id) = s.apply(&Command::BeginChange {
+            copy_data: false,
+            migration: None,
+            changeset: cs,
+            requested_by: 1,
+            at_ms: 0,
+        }) else {
+            panic!("not begun")
+        };
+        assert_eq!(advance(&mut s, id, Phase::Staged), Outcome::Ok);
+        let with = |acks: Vec<(NodeId, u64)>| Command::AdvanceChange {
+            id,
+            to: Phase::Quiescing,
+            reason: None,
+            at_ms: 9,
+            acks,
+        };
+        // One of two: refused, and the one acknowledgement is not kept either.
+        let before = s.clone();
+        assert!(
+            matches!(s.apply(&with(vec![(1, 5)])), Outcome::Refused(r) if r.contains("waiting for acknowledgements from nodes [2]"))
+        );
+        let mut b = before.clone();
+        b.applied_index = s.applied_index;
+        assert_eq!(s, b);
+        // Both (a duplicate and a non-participant ignored): the change moves on, and the
+        // timeline has each node's acknowledgement with its time.
+        assert_eq!(
+            s.apply(&with(vec![(1, 5), (2, 6), (1, 7), (3, 8)])),
+            Outcome::Ok
+        );
+        let rec = s.active().unwrap();
+        assert_eq!(rec.phase(), Phase::Quiescing);
+        let acked: Vec<(Option<NodeId>, u64)> = rec
+            .timeline
+            .iter()
+            .filter(|t| t.what.contains("acknowledged"))
+            .map(|t| (t.node, t.at_ms))
+            .collect();
+        assert_eq!(acked, vec![(Some(1), 5), (Some(2), 6)]);
     }
 
     #[test]

@@ -516,6 +516,7 @@ async fn single_node_change_log_is_validated_and_durable() {
         to,
         reason: None,
         at_ms: 2,
+        acks: Vec::new(),
     };
     let ack = |phase: Phase| Command::AckChange {
         id,

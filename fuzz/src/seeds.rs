@@ -582,6 +582,7 @@ data_dir = "raft"
         to,
         reason: None,
         at_ms,
+        acks: Vec::new(),
     };
     let ack = |phase: Phase, at_ms: u64| Command::AckChange {
         id: 1,

@@ -1,8 +1,13 @@
 //! The cluster-wide online remap (DESIGN.md, "The remap protocol"): any node accepts
 //! the admin's request and records it in the replicated change log; the leader's
 //! **driver** walks it through its phases; every data node's **participant** does its
-//! part and acknowledges. Each step is a replicated command, so a new leader resumes
-//! exactly where the old one stopped (`ChangeRecord::recovery`).
+//! part and acknowledges. Each transition is a replicated command, so a new leader
+//! resumes exactly where the old one stopped (`ChangeRecord::recovery`).
+//! Acknowledgements go to the leader directly (`ClusterNode::ack_direct`) and are
+//! committed with the transition that needs them, so no consensus round per node
+//! happens while ranges are held; a participant whose direct acknowledgement fails
+//! proposes it as `AckChange`, and sends it again while the phase waits (a new leader
+//! has not seen it).
 //!
 //! ```text
 //! phase      participant (every data node)                 driver (leader) moves on when
@@ -98,6 +103,12 @@ pub fn opts(cfg: &crate::config::Config, lease: Duration) -> RemapOpts {
 
 /// The pause before a drain is retried, times the retry number.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// How long a participant waits for the leader to use a direct acknowledgement before
+/// it sends it again.
+const ACK_RESEND: Duration = Duration::from_millis(300);
+/// How long a direct acknowledgement may take before the participant proposes it
+/// through the cluster instead.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -123,6 +134,10 @@ struct Local {
     held_since: Option<Instant>,
     /// Volumes fenced by this node (lease lost mid-change, or excluded).
     fenced: BTreeSet<String>,
+    /// The last acknowledgement sent directly to the leader: change, phase, round
+    /// (drain retries), when. Not in the replicated state until the leader moves the
+    /// change on; sent again if that takes long (the leader may have changed).
+    sent: Option<(ChangeId, Phase, u32, Instant)>,
 }
 
 /// The participant and the driver of one node.
@@ -203,15 +218,29 @@ impl Remapper {
         }
     }
 
-    async fn ack(&self, id: ChangeId, phase: Phase) {
+    /// Acknowledge `phase` of change `id`: directly to the leader (it commits the
+    /// acknowledgements with the next transition: no consensus round per node while
+    /// ranges are held), or, when that fails, as a replicated `AckChange`.
+    async fn ack(&self, id: ChangeId, phase: Phase, round: u32) {
         fail::fail_point!("remap::ack", |_| ());
-        self.propose(Command::AckChange {
-            id,
-            node: self.me,
-            phase,
-            at_ms: now_ms(),
-        })
-        .await;
+        let at_ms = now_ms();
+        match self
+            .node
+            .ack_direct(id, phase, round, at_ms, ACK_TIMEOUT)
+            .await
+        {
+            Ok(()) => self.local.lock().sent = Some((id, phase, round, Instant::now())),
+            Err(e) => {
+                tracing::debug!(change = id, %phase, "direct acknowledgement failed ({e}); proposing it");
+                self.propose(Command::AckChange {
+                    id,
+                    node: self.me,
+                    phase,
+                    at_ms,
+                })
+                .await;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- participant
@@ -265,6 +294,22 @@ impl Remapper {
             }
         }
         let acked = rec.state.acks().is_some_and(|a| a.contains(&self.me));
+        let (phase, round) = (rec.phase(), rec.retries);
+        if !acked && phase.takes_acks() {
+            let sent = self
+                .local
+                .lock()
+                .sent
+                .filter(|&(c, p, r, _)| (c, p, r) == (rec.id, phase, round))
+                .map(|s| s.3);
+            if let Some(at) = sent {
+                // Done here and told the leader; say it again if it waits too long.
+                if at.elapsed() >= ACK_RESEND {
+                    self.ack(rec.id, phase, round).await;
+                }
+                return;
+            }
+        }
         if !acked {
             // Test faults: this node dies as it reaches a phase.
             match rec.phase() {
@@ -290,7 +335,7 @@ impl Remapper {
                 self.release_holds(rec.id);
                 if !acked {
                     match self.stage(st, rec) {
-                        Ok(()) => self.ack(rec.id, Phase::Staged).await,
+                        Ok(()) => self.ack(rec.id, Phase::Staged, round).await,
                         Err(e) => {
                             tracing::error!(change = rec.id, "cannot stage: {e}");
                             self.propose(Command::AdvanceChange {
@@ -301,6 +346,7 @@ impl Remapper {
                                     self.me
                                 )),
                                 at_ms: now_ms(),
+                                acks: Vec::new(),
                             })
                             .await;
                         }
@@ -317,7 +363,7 @@ impl Remapper {
                 }
                 self.hold();
                 match self.drain().await {
-                    Ok(()) => self.ack(rec.id, Phase::Quiescing).await,
+                    Ok(()) => self.ack(rec.id, Phase::Quiescing, round).await,
                     Err(e) => {
                         tracing::warn!(
                             change = rec.id,
@@ -329,13 +375,14 @@ impl Remapper {
                             to: Phase::Staged,
                             reason: Some(format!("node {}: {e}", self.me)),
                             at_ms: now_ms(),
+                            acks: Vec::new(),
                         })
                         .await;
                     }
                 }
             }
             Phase::Switched if !acked => match self.switch(st) {
-                Ok(()) => self.ack(rec.id, Phase::Switched).await,
+                Ok(()) => self.ack(rec.id, Phase::Switched, round).await,
                 Err(e) => {
                     tracing::error!(
                         change = rec.id,
@@ -346,6 +393,7 @@ impl Remapper {
                         to: Phase::RolledBack,
                         reason: Some(format!("the switch failed on node {}: {e}", self.me)),
                         at_ms: now_ms(),
+                        acks: Vec::new(),
                     })
                     .await;
                 }
@@ -357,7 +405,7 @@ impl Remapper {
                     return;
                 }
                 self.release_holds(rec.id);
-                self.ack(rec.id, Phase::Resumed).await;
+                self.ack(rec.id, Phase::Resumed, round).await;
             }
             _ => {}
         }
@@ -713,13 +761,21 @@ impl Remapper {
             .map(|t| t.at_ms)
             .unwrap_or(0);
         let waited = Duration::from_millis(now_ms().saturating_sub(entered));
-        let missing = rec.missing_acks();
         let phase = rec.phase();
+        // Acknowledgements sent to this leader directly count, and ride on the
+        // transition that needs them.
+        let direct = self.node.direct_acks(rec.id, phase, rec.retries);
+        let missing: Vec<NodeId> = rec
+            .missing_acks()
+            .into_iter()
+            .filter(|n| !direct.contains_key(n))
+            .collect();
         let advance = |to: Phase, reason: Option<String>| Command::AdvanceChange {
             id: rec.id,
             to,
             reason,
             at_ms: now_ms(),
+            acks: direct.iter().map(|(n, at)| (*n, *at)).collect(),
         };
         match phase {
             Phase::Proposed => {
