@@ -45,7 +45,7 @@ pub use migration::{
     ChunkHome, CopyEngine, LuHome, MigrationId, MigrationProgress, MigrationRecord, MigrationSpec,
     MigrationState,
 };
-pub use node::ClusterNode;
+pub use node::{ClusterNode, ReleaseHandler};
 pub use state::{
     AluaAccess, ClusterState, Command, Health, NodeInfo, Outcome, PrHold, PrRecord, PrReg, PrState,
     PrUa, Role,

@@ -77,7 +77,16 @@ pub(crate) struct Inner {
     /// Acknowledgements received directly (leader only), by change and phase: node ->
     /// when. Only the newest change's are kept.
     pub acks: parking_lot::Mutex<DirectAcks>,
+    /// What this node does when the leader says every participant of a change has
+    /// switched (`/v1/release`): the remap participant releases its hold.
+    pub release: parking_lot::RwLock<Option<ReleaseHandler>>,
+    /// Woken when a direct acknowledgement arrives (the remap driver waits on it).
+    pub ack_arrived: tokio::sync::Notify,
 }
+
+/// Called with a change id when the leader tells this node it may release the hold of
+/// that change early (every participant has switched).
+pub type ReleaseHandler = Arc<dyn Fn(ChangeId) + Send + Sync>;
 
 /// One running member of the cluster.
 pub struct ClusterNode {
@@ -157,6 +166,8 @@ impl ClusterNode {
             cfg: cfg.clone(),
             addr: addr.clone(),
             acks: parking_lot::Mutex::new(BTreeMap::new()),
+            release: parking_lot::RwLock::new(None),
+            ack_arrived: tokio::sync::Notify::new(),
         });
         let mut tasks = Vec::new();
         let app = crate::server::router(inner.clone());
@@ -393,6 +404,38 @@ impl ClusterNode {
                 timeout.as_millis()
             ))),
         }
+    }
+
+    /// Completes when a direct acknowledgement arrives at this node (as leader).
+    pub async fn ack_arrived(&self) {
+        self.inner.ack_arrived.notified().await
+    }
+
+    /// What to do when the leader says every participant of a change has switched.
+    pub fn set_release_handler(&self, f: ReleaseHandler) {
+        *self.inner.release.write() = Some(f);
+    }
+
+    /// Tell member `node` that every participant of change `id` has switched, so it
+    /// may release its hold before the `resumed` transition is committed (this node
+    /// itself: its handler runs here). Best effort: a member that does not hear it
+    /// releases when it applies `resumed`.
+    pub async fn send_release(&self, node: NodeId, id: ChangeId, timeout: Duration) -> bool {
+        if node == self.inner.id {
+            let h = self.inner.release.read().clone();
+            if let Some(h) = h {
+                h(id);
+            }
+            return true;
+        }
+        let Some(addr) = self.inner.addr_of(node) else {
+            return false;
+        };
+        self.inner
+            .transport
+            .call::<_, bool>(node, &addr, "/v1/release", &id, timeout)
+            .await
+            .unwrap_or(false)
     }
 
     /// The acknowledgements of `phase` (entered after `round` drain retries) of change
@@ -696,6 +739,8 @@ impl Inner {
                     .or_default()
                     .entry(node)
                     .or_insert(at_ms);
+                drop(acks);
+                self.ack_arrived.notify_waiters();
                 Ok(AdminReply::Done)
             }
             AdminRequest::RemoveNode(id) => {

@@ -112,6 +112,20 @@ async fn rpc(
         },
         "status" => reply(&node.status()),
         "members" => reply(&node.members()),
+        "release" => match serde_json::from_slice::<crate::ChangeId>(&body) {
+            Ok(id) => {
+                // Only the leader may say so.
+                if node.raft.current_leader().await != Some(from) {
+                    return reply(&false);
+                }
+                let h = node.release.read().clone();
+                if let Some(h) = h {
+                    h(id);
+                }
+                reply(&true)
+            }
+            Err(e) => bad_request(e),
+        },
         _ => (StatusCode::NOT_FOUND, format!("no RPC {path}")).into_response(),
     }
 }

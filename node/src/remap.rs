@@ -15,9 +15,17 @@
 //! Staged     stage the new table beside the live one, ack  all acked -> Quiescing
 //! Quiescing  hold the affected ranges, drain them, ack     all acked -> Switched (commit)
 //!            (drain timeout: propose the retry edge)       retry edge -> Staged, at most N times, then Failed
-//! Switched   swap the staged table in (ranges still held)  all acked -> Resumed
-//! Resumed    release the hold (held I/O runs, new table)   all acked -> Done
+//! Switched   swap the staged table in (ranges still held)  all acked -> tell every node to
+//!            (release when the leader says all switched)   release (RPC), then -> Resumed
+//! Resumed    release the hold if not yet (held I/O runs,   all acked -> Done
+//!            new table)
 //! ```
+//!
+//! Once every participant has acknowledged `switched` nothing can roll the change back
+//! (only a failed switch does, before its acknowledgement), so the leader lets every
+//! node release its hold at once and commits `resumed` afterwards; a node that misses
+//! the release releases when it applies `resumed`. A hold thus spans one consensus
+//! commit (`switched`).
 //!
 //! Failures:
 //! - A node that cannot stage proposes `Failed` with its reason (nothing was held).
@@ -109,6 +117,8 @@ const ACK_RESEND: Duration = Duration::from_millis(300);
 /// How long a direct acknowledgement may take before the participant proposes it
 /// through the cluster instead.
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the leader waits for a participant to take an early release.
+const RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -138,6 +148,8 @@ struct Local {
     /// (drain retries), when. Not in the replicated state until the leader moves the
     /// change on; sent again if that takes long (the leader may have changed).
     sent: Option<(ChangeId, Phase, u32, Instant)>,
+    /// The change whose new table this node has switched to.
+    switched: Option<ChangeId>,
 }
 
 /// The participant and the driver of one node.
@@ -181,6 +193,12 @@ impl Remapper {
 
     /// Run participant and driver until `shutdown`.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        self.node.set_release_handler(Arc::new(move |id| {
+            if let Some(r) = weak.upgrade() {
+                r.released_by_leader(id);
+            }
+        }));
         let me = self.clone();
         tokio::spawn(async move {
             let mut events = me.node.subscribe();
@@ -193,6 +211,7 @@ impl Remapper {
                     ev = events.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
                         return;
                     },
+                    _ = me.node.ack_arrived() => {}
                 }
                 me.participate().await;
                 if me.node.leader() == Some(me.me) {
@@ -382,7 +401,10 @@ impl Remapper {
                 }
             }
             Phase::Switched if !acked => match self.switch(st) {
-                Ok(()) => self.ack(rec.id, Phase::Switched, round).await,
+                Ok(()) => {
+                    self.local.lock().switched = Some(rec.id);
+                    self.ack(rec.id, Phase::Switched, round).await
+                }
                 Err(e) => {
                     tracing::error!(
                         change = rec.id,
@@ -747,6 +769,34 @@ impl Remapper {
         .map_err(|e| e.to_string())?
     }
 
+    /// Leader: tell every participant of `rec` (all switched) to release its hold.
+    async fn release_early(&self, rec: &ChangeRecord) {
+        let sends: Vec<_> = rec
+            .participants
+            .iter()
+            .map(|&n| {
+                let node = self.node.clone();
+                let id = rec.id;
+                tokio::spawn(async move { node.send_release(n, id, RELEASE_TIMEOUT).await })
+            })
+            .collect();
+        for s in sends {
+            let _ = s.await;
+        }
+    }
+
+    /// Participant: the leader says every participant of change `id` has switched;
+    /// release the hold if this node has switched to it too.
+    fn released_by_leader(&self, id: ChangeId) {
+        let ours = {
+            let l = self.local.lock();
+            l.change == Some(id) && l.switched == Some(id)
+        };
+        if ours {
+            self.release_holds(id);
+        }
+    }
+
     /// The leader moves the active change on when its phase is complete.
     async fn drive(&self) {
         let st = self.node.state();
@@ -820,6 +870,11 @@ impl Remapper {
                     }
                     Phase::Switched => {
                         fail::fail_point!("remap::driver::switched", |_| std::process::abort());
+                        // Every participant has switched, so nothing can roll the change
+                        // back any more (only a failed switch does): tell them to release
+                        // their holds now, then commit `resumed` (which releases the
+                        // holds of anyone who did not hear it).
+                        self.release_early(&rec).await;
                         Phase::Resumed
                     }
                     _ => {
