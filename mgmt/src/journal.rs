@@ -25,8 +25,8 @@ pub struct Journal {
     next_change: Mutex<u64>,
     /// Bumped on every change update, so waiters can watch for a final state.
     version: watch::Sender<u64>,
-    /// Hold times of finished remaps (seconds), for the histogram.
-    hold_times: Mutex<Vec<f64>>,
+    /// Hold times of finished remaps.
+    hold_times: crate::histogram::Histogram,
 }
 
 impl Journal {
@@ -41,7 +41,7 @@ impl Journal {
             changes: Mutex::new(VecDeque::new()),
             next_change: Mutex::new(1),
             version,
-            hold_times: Mutex::new(Vec::new()),
+            hold_times: crate::histogram::Histogram::new(crate::histogram::HOLD_BUCKETS),
         }
     }
 
@@ -201,13 +201,13 @@ impl Journal {
 
     /// Record how long the change held its ranges.
     pub fn set_hold(&self, id: u64, held: Duration) {
-        self.hold_times.lock().push(held.as_secs_f64());
+        self.hold_times.observe(held);
         self.update(id, |r| r.hold_ms = Some(held.as_millis() as u64));
     }
 
     /// Record one hold time (a node's part in a cluster-wide remap) for the histogram.
     pub fn record_hold(&self, held: Duration) {
-        self.hold_times.lock().push(held.as_secs_f64());
+        self.hold_times.observe(held);
     }
 
     /// Apply `f` to change `id`; returns the updated record.
@@ -252,9 +252,9 @@ impl Journal {
         }
     }
 
-    /// Hold times of finished remaps, in seconds.
-    pub fn hold_times(&self) -> Vec<f64> {
-        self.hold_times.lock().clone()
+    /// Hold times of finished remaps.
+    pub fn hold_times(&self) -> crate::histogram::HistogramSnapshot {
+        self.hold_times.snapshot()
     }
 
     /// Number of changes by state.

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod histogram;
 pub mod journal;
 pub mod model;
 pub mod node;

@@ -476,6 +476,10 @@ pub struct MetricsSnapshot {
     pub epoch: u64,
     pub volumes: Vec<(String, IoCounters)>,
     pub backends: Vec<(String, IoCounters, bool)>,
+    /// Read and write latency per volume: (volume, "read" | "write", histogram).
+    pub volume_latency: Vec<(String, &'static str, crate::histogram::HistogramSnapshot)>,
+    /// The same per back-end LU.
+    pub backend_latency: Vec<(String, &'static str, crate::histogram::HistogramSnapshot)>,
 }
 
 /// Unix time in milliseconds.

@@ -687,11 +687,6 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Remap hold-time histogram buckets, in seconds.
-const HOLD_BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 10.0,
-];
-
 /// The Prometheus text exposition of a node.
 pub fn render_metrics(api: &dyn NodeApi) -> String {
     let m = api.metrics();
@@ -858,23 +853,28 @@ pub fn render_metrics(api: &dyn NodeApi) -> String {
         let _ = writeln!(o, "switchyard_changes{{node=\"{node}\",state=\"{s}\"}} {n}");
     }
 
-    let holds = api.journal().hold_times();
     let name = "switchyard_remap_hold_seconds";
     let _ = writeln!(o, "# HELP {name} How long remaps held their ranges (hold, drain, copy, switch).\n# TYPE {name} histogram");
-    for b in HOLD_BUCKETS {
-        let n = holds.iter().filter(|h| **h <= b).count();
-        let _ = writeln!(o, "{name}_bucket{{node=\"{node}\",le=\"{b}\"}} {n}");
+    crate::histogram::write_series(
+        &mut o,
+        name,
+        &format!("node=\"{node}\""),
+        &api.journal().hold_times(),
+    );
+    for (kind, help, series) in [
+        ("volume", "Virtual volume", &m.volume_latency),
+        ("backend", "Back-end LU", &m.backend_latency),
+    ] {
+        let name = format!("switchyard_{kind}_io_seconds");
+        let _ = writeln!(o, "# HELP {name} {help}: time to complete a read or write, as the node's volume layer sees it.\n# TYPE {name} histogram");
+        for (id, op, h) in series {
+            crate::histogram::write_series(
+                &mut o,
+                &name,
+                &format!("node=\"{node}\",{kind}=\"{}\",op=\"{op}\"", label(id)),
+                h,
+            );
+        }
     }
-    let _ = writeln!(
-        o,
-        "{name}_bucket{{node=\"{node}\",le=\"+Inf\"}} {}",
-        holds.len()
-    );
-    let _ = writeln!(
-        o,
-        "{name}_sum{{node=\"{node}\"}} {}",
-        holds.iter().sum::<f64>()
-    );
-    let _ = writeln!(o, "{name}_count{{node=\"{node}\"}} {}", holds.len());
     o
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
 use iscsi::server::ServerShared;
 use iscsi_initiator::Client;
+use mgmt::histogram::{Histogram, HistogramSnapshot, IO_BUCKETS};
 use mgmt::model::{
     BackendLuView, BackendView, ChangeRecord, ChangeState, Counters, ExportView, IoCounters,
     LunView, MetricsSnapshot, NodeStatus, NodeView, PortalView, RemapRequest, SessionView,
@@ -36,14 +37,30 @@ use crate::moves::{crossing_moves, moves, segments, Move};
 /// hold wait (10 s), so a remap gives up before held host I/O fails.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// I/O counters of one store (cheap: a few relaxed atomic adds per I/O).
-#[derive(Default)]
+/// I/O counters of one store (cheap: a few relaxed atomic adds per I/O), with read and
+/// write latency histograms.
 pub struct IoStats {
     reads: AtomicU64,
     writes: AtomicU64,
     read_bytes: AtomicU64,
     write_bytes: AtomicU64,
     errors: AtomicU64,
+    read_latency: Histogram,
+    write_latency: Histogram,
+}
+
+impl Default for IoStats {
+    fn default() -> IoStats {
+        IoStats {
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            read_latency: Histogram::new(IO_BUCKETS),
+            write_latency: Histogram::new(IO_BUCKETS),
+        }
+    }
 }
 
 impl IoStats {
@@ -60,6 +77,14 @@ impl IoStats {
             write_bytes: self.write_bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// Read and write latency: `[("read", ..), ("write", ..)]`.
+    fn latency(&self) -> [(&'static str, HistogramSnapshot); 2] {
+        [
+            ("read", self.read_latency.snapshot()),
+            ("write", self.write_latency.snapshot()),
+        ]
     }
 
     fn count<T>(&self, r: Result<T, BlockError>) -> Result<T, BlockError> {
@@ -91,14 +116,20 @@ impl BlockStore for Counted {
         self.stats
             .read_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.stats.count(self.inner.read(lba, buf))
+        let t = Instant::now();
+        let r = self.inner.read(lba, buf);
+        self.stats.read_latency.observe(t.elapsed());
+        self.stats.count(r)
     }
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .write_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.stats.count(self.inner.write(lba, data, fua))
+        let t = Instant::now();
+        let r = self.inner.write(lba, data, fua);
+        self.stats.write_latency.observe(t.elapsed());
+        self.stats.count(r)
     }
     fn flush(&self) -> Result<(), BlockError> {
         self.stats.count(self.inner.flush())
@@ -1667,6 +1698,19 @@ impl NodeApi for NodeMgmt {
                 .map(|(n, (_, s))| (n.clone(), s.snapshot()))
                 .collect(),
             backends,
+            volume_latency: i
+                .m
+                .volumes
+                .iter()
+                .flat_map(|(n, (_, s))| s.latency().map(|(op, h)| (n.clone(), op, h)))
+                .collect(),
+            backend_latency: i
+                .m
+                .backends
+                .iter()
+                .flat_map(|b| b.lus.iter())
+                .flat_map(|(id, _, s)| s.latency().map(|(op, h)| (id.clone(), op, h)))
+                .collect(),
         }
     }
 }
