@@ -615,3 +615,72 @@ async fn bad_migration_requests_are_refused_clearly() {
         vec![json!({"vstart": 0, "blocks": 16384, "backend": "array/lun0", "bstart": 0})]
     );
 }
+
+/// Two migrations of one volume at once (their windows take turns), one of them paused
+/// and resumed on the way, under writes through both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_migrations_run_at_once_one_paused_and_resumed() {
+    let rig = rig(false).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let load = checkers(&rig, &[0, 1], stop.clone(), tally.clone());
+    let half = BLOCKS / 2;
+    let work = async {
+        let a = migrate(
+            &rig,
+            0,
+            json!({"to": "array/lun1", "blocks": half, "window_mib": 1, "engine": "node", "max_rate_mib_s": 0}),
+        )
+        .await;
+        let b = migrate(
+            &rig,
+            1,
+            json!({"to": "array/lun1", "vstart": half, "at": half, "window_mib": 1, "max_rate_mib_s": 0}),
+        )
+        .await;
+        assert_ne!(a.id, b.id);
+        // Pause the first once it has started; it stays where it is.
+        wait_percent(&rig, 0, a.id, 10.0).await;
+        let c = rig.nodes[1].client();
+        let id = a.id;
+        let p = tokio::task::spawn_blocking(move || {
+            c.post::<_, MigrationView>(&format!("/api/v1/migrations/{id}/pause"), &json!({}))
+        })
+        .await
+        .unwrap()
+        .expect("pause");
+        assert_eq!(p.1.state, "paused");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let at = migration(&rig, 0, a.id).await.copied_blocks;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let still = migration(&rig, 1, a.id).await;
+        assert_eq!(
+            (still.state.as_str(), still.copied_blocks),
+            ("paused", at),
+            "{still:?}"
+        );
+        // The other one goes on meanwhile, and both finish after a resume.
+        let c = rig.nodes[0].client();
+        let r = tokio::task::spawn_blocking(move || {
+            c.post::<_, MigrationView>(&format!("/api/v1/migrations/{id}/resume"), &json!({}))
+        })
+        .await
+        .unwrap()
+        .expect("resume");
+        assert_eq!(r.1.state, "running");
+        let da = wait_state(&rig, 1, a.id, "done", 180).await;
+        let db = wait_state(&rig, 0, b.id, "done", 180).await;
+        stop.store(true, Ordering::Relaxed);
+        (da, db)
+    };
+    let (last, (da, db)) = tokio::join!(load, work);
+    report(&tally, "two migrations at once");
+    assert_eq!((da.copied_blocks, db.copied_blocks), (half, half));
+    assert_eq!(db.offloaded_blocks, half, "the second one was offloaded");
+    assert_eq!(
+        extents(&rig, 0).await,
+        vec![json!({"vstart": 0, "blocks": BLOCKS, "backend": "array/lun1", "bstart": 0})],
+        "both halves moved and merged into one extent"
+    );
+    assert_eq!(wrong_blocks(&rig, 1, &last).await, 0);
+}
