@@ -518,7 +518,11 @@ impl NodeMgmt {
                 e.0.iter().map(|p| p.to_string()).collect(),
             ));
         }
-        let affected = volume::table::affected_ranges(&old_def, &new_def);
+        // Ranges that only change path (same LBAs of the same LU) keep their data: no
+        // hold, nothing to copy.
+        let reg = &inner.m.registry;
+        let affected =
+            volume::table::affected_ranges_by(&old_def, &new_def, &|a, b| reg.same_lu(a, b));
         let copy = req.copy.unwrap_or(true);
         let mv = if copy {
             moves(&old_def, &new_def, &affected)
@@ -545,7 +549,7 @@ impl NodeMgmt {
                 )],
             ));
         }
-        let mut changeset = MappingTable::diff(&st.table, &new_table);
+        let mut changeset = MappingTable::diff_by(&st.table, &new_table, &|a, b| reg.same_lu(a, b));
         changeset.base_epoch = st.table.epoch;
         let no_quorum = |e: cluster::ClusterError| match e {
             cluster::ClusterError::Refused(why) => ApiError::conflict(
@@ -1236,7 +1240,8 @@ impl NodeApi for NodeMgmt {
             Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
         };
         let cur = self.current_table();
-        let changes = MappingTable::diff(&cur, table);
+        let reg = &self.0.m.registry;
+        let changes = MappingTable::diff_by(&cur, table, &|a, b| reg.same_lu(a, b));
         for v in &table.volumes {
             if let Some(c) = cur.volume(&v.name) {
                 if c.block_size != v.block_size {
@@ -1336,7 +1341,11 @@ impl NodeApi for NodeMgmt {
                 e.0.iter().map(|p| p.to_string()).collect(),
             ));
         }
-        let affected = volume::table::affected_ranges(&old_def, &new_def);
+        // Ranges that only change path (same LBAs of the same LU) keep their data: no
+        // hold, nothing to copy.
+        let reg = &inner.m.registry;
+        let affected =
+            volume::table::affected_ranges_by(&old_def, &new_def, &|a, b| reg.same_lu(a, b));
         let mut mv = moves(&old_def, &new_def, &affected);
         if req.copy == Some(false) {
             mv.clear();

@@ -264,10 +264,11 @@ async fn open_volumes(
             st.read_only,
         )
         .map_err(|e| format!("store {}: {e}", st.id))?;
-        registry.insert(
-            st.id.clone(),
-            mg.store_lu(&st.id, &cfg.resolve(&st.path), store),
-        );
+        let path = cfg.resolve(&st.path);
+        if let Ok(canonical) = std::fs::canonicalize(&path) {
+            registry.set_identity(st.id.clone(), format!("file:{}", canonical.display()));
+        }
+        registry.insert(st.id.clone(), mg.store_lu(&st.id, &path, store));
     }
     // Log in to every configured array once and open every LU it reports (a remap or
     // a migration may move an extent to any of them); the LUs the table uses must
@@ -322,6 +323,14 @@ async fn open_volumes(
             };
             tracing::info!(backend = %b.id, lun, blocks = store.num_blocks(), "back-end LU opened");
             let c = store.client().clone();
+            // Two back-ends (paths) reaching one array LU name the same target and
+            // report the same designator. iSCSI names are unique, so a designator two
+            // arrays happen to share (derived from the same LUN number, say) never
+            // makes two LUs look like one; without a designator an LU is only itself.
+            if let Some(naa) = store.naa_designator() {
+                let hex: String = naa.iter().map(|b| format!("{b:02x}")).collect();
+                registry.set_identity(id.clone(), format!("{} naa.{hex}", b.target));
+            }
             let store = Arc::new(store);
             mg.offload_lu(&id, store.clone());
             let store = mg.remote_lu(&b.id, &b.portal, &b.target, &id, &c, store);

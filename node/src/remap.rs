@@ -485,12 +485,16 @@ impl Remapper {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (name, ranges) in staged {
+        // A volume whose change affects no range (a split, another path to the same
+        // LU) needs no hold at all.
+        for (name, ranges) in staged.into_iter().filter(|(_, r)| !r.is_empty()) {
             if let Some(sv) = self.volumes.get(&name) {
                 l.holds.push((name, sv.live.hold(&ranges)));
             }
         }
-        l.held_since = Some(Instant::now());
+        if !l.holds.is_empty() {
+            l.held_since = Some(Instant::now());
+        }
     }
 
     /// Drain every hold, in short steps so a lost lease is noticed.
@@ -735,8 +739,9 @@ impl Remapper {
             let (Some(old), Some(newdef)) = (st.table.volume(&d.name), new.volume(&d.name)) else {
                 continue;
             };
-            let affected = volume::table::affected_ranges(old, newdef);
-            let mv = crate::moves::moves(old, newdef, &affected);
+            // Exactly the ranges every node holds (the changeset's): anything else
+            // keeps its data where it is.
+            let mv = crate::moves::moves(old, newdef, &d.affected);
             if let Some(why) = crate::moves::crossing_moves(&mv) {
                 return Err(why);
             }

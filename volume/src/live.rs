@@ -39,7 +39,7 @@ use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::range::{coalesce, covers, display_ranges, BlockRange};
-use crate::table::{affected_ranges, MappingTable, ValidationErrors, VolumeDef};
+use crate::table::{affected_ranges_by, MappingTable, ValidationErrors, VolumeDef};
 use crate::volume::{Registry, VirtualVolume};
 
 /// Fast-path slots per volume; I/O beyond this many at once takes the slow path.
@@ -568,7 +568,8 @@ impl LiveVolume {
             });
         }
         let vol = cur.successor(def, registry, epoch)?;
-        let affected = affected_ranges(cur.def(), def);
+        // Blocks that only change path (same LBAs of the same LU) need no hold.
+        let affected = affected_ranges_by(cur.def(), def, &|a, b| registry.same_lu(a, b));
         tracing::info!(volume = %self.name, epoch, affected = %display_ranges(&affected), "table staged");
         *self.staged.lock() = Some(Staged {
             vol: Arc::new(vol),
@@ -774,6 +775,46 @@ mod tests {
     use std::thread;
 
     const LONG: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_path_switch_stages_nothing_to_hold_and_switches_without_a_hold() {
+        use crate::table::{Extent, HolePolicy};
+        use blockdev::{BlockStore, MemStore};
+        let lu = Arc::new(MemStore::new(512, 64));
+        lu.write(3, &[7u8; 512], false).unwrap();
+        let mut reg = Registry::new()
+            .with("arr/lun0", lu.clone() as Arc<dyn BlockStore>)
+            .with("arr2/lun0", lu.clone() as Arc<dyn BlockStore>);
+        let def = |backend: &str| VolumeDef {
+            name: "v".into(),
+            wwn: "naa.6001405000000001".into(),
+            block_size: 512,
+            blocks: 64,
+            holes: HolePolicy::Zero,
+            extents: vec![Extent {
+                vstart: 0,
+                blocks: 64,
+                backend: backend.into(),
+                bstart: 0,
+                mirror: None,
+            }],
+        };
+        let live = LiveVolume::new(VirtualVolume::new(&def("arr/lun0"), &reg, 1).unwrap());
+        // Without identities the two ids are different LUs: everything is affected.
+        assert_eq!(
+            live.stage(&def("arr2/lun0"), &reg, 2).unwrap(),
+            vec![BlockRange::new(0, 64)]
+        );
+        assert!(live.rollback());
+        reg.set_identity("arr/lun0", "naa.600a");
+        reg.set_identity("arr2/lun0", "naa.600a");
+        assert!(live.stage(&def("arr2/lun0"), &reg, 2).unwrap().is_empty());
+        assert_eq!(live.switch().unwrap(), 2, "no hold needed");
+        let mut b = [0u8; 512];
+        live.read_tagged(3, &mut b).unwrap();
+        assert_eq!(b, [7u8; 512]);
+        assert!(!reg.same_lu("arr/lun0", "other"));
+    }
 
     #[test]
     fn fast_path_and_counts() {

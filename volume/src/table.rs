@@ -499,6 +499,17 @@ impl MappingTable {
     /// What changes from `old` to `new`, per volume, with the virtual ranges each
     /// change affects.
     pub fn diff(old: &MappingTable, new: &MappingTable) -> Changeset {
+        MappingTable::diff_by(old, new, &|a, b| a == b)
+    }
+
+    /// [`MappingTable::diff`] where `same_lu(a, b)` says whether back-end ids `a` and
+    /// `b` reach the same LU: moving an extent to another path to the same LU (same
+    /// LBAs) changes the table but affects no range (see [`affected_ranges_by`]).
+    pub fn diff_by(
+        old: &MappingTable,
+        new: &MappingTable,
+        same_lu: &dyn Fn(&str, &str) -> bool,
+    ) -> Changeset {
         let olds: BTreeMap<&str, &VolumeDef> =
             old.volumes.iter().map(|v| (v.name.as_str(), v)).collect();
         let news: BTreeMap<&str, &VolumeDef> =
@@ -508,7 +519,7 @@ impl MappingTable {
             match news.get(name) {
                 None => volumes.push(VolumeChange::Removed((*o).clone())),
                 Some(n) => {
-                    let d = VolumeDiff::between(o, n);
+                    let d = VolumeDiff::between(o, n, same_lu);
                     if !d.is_empty() {
                         volumes.push(VolumeChange::Modified(d));
                     }
@@ -787,6 +798,32 @@ enum Home<'a> {
     PastEnd,
 }
 
+/// Whether two homes hold a block at the same place: equal, or the same LBAs on
+/// back-ends that `same_lu` says are one LU.
+fn same_home(a: &Home<'_>, b: &Home<'_>, same_lu: &dyn Fn(&str, &str) -> bool) -> bool {
+    let at = |x: (&str, u64), y: (&str, u64)| x.1 == y.1 && (x.0 == y.0 || same_lu(x.0, y.0));
+    match (a, b) {
+        (
+            Home::Mapped {
+                primary: pa,
+                mirror: ma,
+            },
+            Home::Mapped {
+                primary: pb,
+                mirror: mb,
+            },
+        ) => {
+            at(*pa, *pb)
+                && match (ma, mb) {
+                    (None, None) => true,
+                    (Some(x), Some(y)) => at(*x, *y),
+                    _ => false,
+                }
+        }
+        _ => a == b,
+    }
+}
+
 /// Resolve virtual block `lba`. `sorted` is sorted by virtual start.
 fn home_of<'a>(v: &'a VolumeDef, sorted: &[&'a Extent], lba: u64) -> Home<'a> {
     if lba >= v.blocks {
@@ -815,6 +852,18 @@ fn home_of<'a>(v: &'a VolumeDef, sorted: &[&'a Extent], lba: u64) -> Home<'a> {
 /// is affected when its primary home or its mirror home differs (see
 /// [`VolumeDiff::affected`]).
 pub fn affected_ranges(old: &VolumeDef, new: &VolumeDef) -> Vec<BlockRange> {
+    affected_ranges_by(old, new, &|a, b| a == b)
+}
+
+/// [`affected_ranges`], where `same_lu(a, b)` says whether back-end ids `a` and `b`
+/// reach the same LU (two paths to one array LU): a block whose home moves to the same
+/// LBA of the same LU through another path keeps its data where it is, so it is not
+/// affected and nobody needs to hold it.
+pub fn affected_ranges_by(
+    old: &VolumeDef,
+    new: &VolumeDef,
+    same_lu: &dyn Fn(&str, &str) -> bool,
+) -> Vec<BlockRange> {
     if old.block_size != new.block_size || old.wwn != new.wwn {
         // A different LU identity or block size: everything is affected.
         return vec![BlockRange::new(0, old.blocks.max(new.blocks))];
@@ -837,7 +886,7 @@ pub fn affected_ranges(old: &VolumeDef, new: &VolumeDef) -> Vec<BlockRange> {
     let mut out = Vec::new();
     for w in bounds.windows(2) {
         let (a, b) = (w[0], w[1]);
-        if home_of(old, &os, a) != home_of(new, &ns, a) {
+        if !same_home(&home_of(old, &os, a), &home_of(new, &ns, a), same_lu) {
             out.push(BlockRange::new(a, b));
         }
     }
@@ -845,7 +894,11 @@ pub fn affected_ranges(old: &VolumeDef, new: &VolumeDef) -> Vec<BlockRange> {
 }
 
 impl VolumeDiff {
-    fn between(old: &VolumeDef, new: &VolumeDef) -> VolumeDiff {
+    fn between(
+        old: &VolumeDef,
+        new: &VolumeDef,
+        same_lu: &dyn Fn(&str, &str) -> bool,
+    ) -> VolumeDiff {
         let header = (old.header() != new.header()).then(|| HeaderChange {
             before: old.header(),
             after: new.header(),
@@ -886,7 +939,7 @@ impl VolumeDiff {
             removed,
             added,
             changed,
-            affected: affected_ranges(old, new),
+            affected: affected_ranges_by(old, new, same_lu),
         }
     }
 
@@ -1135,6 +1188,53 @@ bstart = 1048576
             holes: HolePolicy::Zero,
             extents,
         }
+    }
+
+    #[test]
+    fn another_path_to_the_same_lu_affects_nothing() {
+        // "a" and "a2" are two paths to one LU; "b" is another LU.
+        let same = |x: &str, y: &str| x == y || (x.starts_with('a') && y.starts_with('a'));
+        let old = vol("v", 300, vec![ext(0, 100, "a", 0), ext(100, 200, "b", 0)]);
+        let path = vol("v", 300, vec![ext(0, 100, "a2", 0), ext(100, 200, "b", 0)]);
+        assert!(affected_ranges_by(&old, &path, &same).is_empty());
+        assert_eq!(affected_ranges(&old, &path), vec![BlockRange::new(0, 100)]);
+        // Same LU, other blocks: the data moves.
+        let shifted = vol("v", 300, vec![ext(0, 100, "a2", 1), ext(100, 200, "b", 0)]);
+        assert_eq!(
+            affected_ranges_by(&old, &shifted, &same),
+            vec![BlockRange::new(0, 100)]
+        );
+        // Mirrors compare the same way; a mirror that comes or goes still counts.
+        let m1 = vol(
+            "v",
+            300,
+            vec![
+                mext(0, 100, "b", 500, mirror("a", 0)),
+                ext(100, 200, "b", 0),
+            ],
+        );
+        let m2 = vol(
+            "v",
+            300,
+            vec![
+                mext(0, 100, "b", 500, mirror("a2", 0)),
+                ext(100, 200, "b", 0),
+            ],
+        );
+        assert!(affected_ranges_by(&m1, &m2, &same).is_empty());
+        assert_eq!(
+            affected_ranges_by(&old, &m1, &same),
+            vec![BlockRange::new(0, 100)]
+        );
+        // The changeset still carries the new extents (the table changes), with nothing
+        // to quiesce.
+        let (mut t0, mut t1) = (MappingTable::new(1), MappingTable::new(1));
+        t0.volumes.push(old);
+        t1.volumes.push(path);
+        let cs = MappingTable::diff_by(&t0, &t1, &same);
+        assert!(!cs.is_empty());
+        assert!(cs.affected("v").is_empty());
+        assert_eq!(t0.apply(&cs).unwrap().volumes, t1.normalized().volumes);
     }
 
     #[test]

@@ -27,12 +27,31 @@ use crate::table::{
 #[derive(Clone, Default)]
 pub struct Registry {
     stores: BTreeMap<String, Arc<dyn BlockStore>>,
+    /// What each back-end LU is, where known (an array LU's NAA designator, a file's
+    /// canonical path): two ids with the same identity are two paths to one LU.
+    identities: BTreeMap<String, String>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Record what back-end `id` is (e.g. `naa.6001405...` for an array LU): ids with
+    /// the same identity reach the same LU.
+    pub fn set_identity(&mut self, id: impl Into<String>, identity: impl Into<String>) {
+        self.identities.insert(id.into(), identity.into());
+    }
+
+    /// Whether back-end ids `a` and `b` reach the same LU: the same id, or both with the
+    /// same recorded identity. Unknown identities are never the same.
+    pub fn same_lu(&self, a: &str, b: &str) -> bool {
+        a == b
+            || matches!(
+                (self.identities.get(a), self.identities.get(b)),
+                (Some(x), Some(y)) if x == y
+            )
     }
 
     /// Add (or replace) back-end `id`.
