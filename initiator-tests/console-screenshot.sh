@@ -7,6 +7,8 @@
 # console.png). Not part of the cargo tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=initiator-tests/node-lib.sh
+. initiator-tests/node-lib.sh
 out="$(realpath -m "${1:-console.png}")"
 
 if ! command -v chromium >/dev/null; then
@@ -83,15 +85,8 @@ backend = "archive"
 bstart = 0
 EOF
 chmod 600 "$work/node.toml"
-"$bin" serve --config "$work/node.toml" >"$work/node.out" 2>"$work/node.err" &
-node_pid=$!
-for _ in $(seq 100); do
-    grep -q '^management: ' "$work/node.out" && break
-    sleep 0.1
-done
-url="$(sed -n 's/^management: \([^ ]*\).*/\1/p' "$work/node.out")"
+start_node "$bin" "$work/node.toml" "$work" || exit 1
 iscsi="$(grep -m1 '^iscsi://.*/0$' "$work/node.out")"
-[ -n "$url" ] || { cat "$work/node.err"; echo "node did not start"; exit 1; }
 echo "== node: $url  ($iscsi)"
 export SWITCHYARD_NODE="$url" SWITCHYARD_TOKEN="$token"
 

@@ -8,6 +8,8 @@
 # Usage: initiator-tests/console-test.sh [OUT.png]   (default: target/console-test.png)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=initiator-tests/node-lib.sh
+. initiator-tests/node-lib.sh
 tdir="${CARGO_TARGET_DIR:-target}"
 out="$(realpath -m "${1:-$tdir/console-test.png}")"
 
@@ -77,14 +79,7 @@ backend = "fastpool"
 bstart = 0
 EOF
 chmod 600 "$work/node.toml"
-"$bin" serve --config "$work/node.toml" >"$work/node.out" 2>"$work/node.err" &
-node_pid=$!
-for _ in $(seq 300); do
-    grep -q '^management: ' "$work/node.out" && break
-    sleep 0.1
-done
-url="$(sed -n 's/^management: \([^ ]*\).*/\1/p' "$work/node.out")"
-[ -n "$url" ] || { cat "$work/node.err"; echo "console-test: FAIL the node did not start"; exit 1; }
+start_node "$bin" "$work/node.toml" "$work" || exit 1
 echo "== node: $url"
 export SWITCHYARD_NODE="$url" SWITCHYARD_TOKEN="$token"
 

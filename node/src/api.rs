@@ -416,19 +416,6 @@ impl NodeMgmt {
     }
 
     /// The cluster member, or the error for a stand-alone node.
-    fn migration_view(
-        &self,
-        c: &Arc<cluster::ClusterNode>,
-        id: u64,
-    ) -> Result<mgmt::model::MigrationView, ApiError> {
-        let st = cluster::Cluster::state(&**c);
-        st.migrations
-            .records
-            .get(&id)
-            .map(|m| crate::migrate_api::view(&st, m))
-            .ok_or_else(|| ApiError::not_found(format!("there is no migration {id}"), ""))
-    }
-
     fn member(&self) -> Result<&Arc<cluster::ClusterNode>, ApiError> {
         self.0.cluster.as_ref().ok_or_else(|| {
             ApiError::not_found(
@@ -1500,63 +1487,17 @@ impl NodeApi for NodeMgmt {
         volume: &str,
         req: mgmt::model::MigrateRequest,
     ) -> Result<mgmt::model::MigrationView, ApiError> {
-        use cluster::Cluster as _;
         let c = self.member()?;
-        let st = c.state();
-        let spec = crate::migrate_api::spec(&st, &self.0.m.registry, volume, &req)?;
-        let answer = self
-            .0
-            .rt
-            .block_on(c.propose(cluster::Command::StartMigration {
-                spec: spec.clone(),
-                requested_by: c.id(),
-                at_ms: mgmt::model::now_ms(),
-            }))
-            .map_err(|e| {
-                ApiError::new(
-                    axum_status(503),
-                    format!("the cluster did not record the migration: {e}"),
-                    "check `switchyard nodes` for the leader and unreachable members",
-                )
-            })?;
-        let id = match answer.outcome {
-            cluster::Outcome::MigrationStarted(id) => id,
-            cluster::Outcome::Refused(why) => {
-                return Err(ApiError::conflict(
-                    format!("the cluster refused the migration: {why}"),
-                    "look at `switchyard migrations` and the volume, then retry",
-                ))
-            }
-            other => {
-                return Err(ApiError::new(
-                    axum_status(500),
-                    format!("unexpected answer to StartMigration: {other:?}"),
-                    "",
-                ))
-            }
-        };
-        self.0.journal.event(
-            "info",
-            "migration",
-            format!(
-                "migration {id}: volume {volume} blocks {}+{} from {} to {}",
-                spec.vstart, spec.blocks, spec.from, spec.to
-            ),
-        );
-        self.migration_view(c, id)
+        let i = &self.0;
+        crate::migrate_api::start(c, &i.rt, &i.m.registry, &i.journal, volume, &req)
     }
 
     fn migrations(&self) -> Vec<mgmt::model::MigrationView> {
-        use cluster::Cluster as _;
-        let Some(c) = &self.0.cluster else {
-            return Vec::new();
-        };
-        let st = c.state();
-        st.migrations
-            .records
-            .values()
-            .map(|m| crate::migrate_api::view(&st, m))
-            .collect()
+        self.0
+            .cluster
+            .as_ref()
+            .map(|c| crate::migrate_api::list(c))
+            .unwrap_or_default()
     }
 
     fn migration_action(
@@ -1564,49 +1505,8 @@ impl NodeApi for NodeMgmt {
         id: u64,
         action: mgmt::model::MigrationAction,
     ) -> Result<mgmt::model::MigrationView, ApiError> {
-        use cluster::{Cluster as _, MigrationState as S};
-        use mgmt::model::MigrationAction as A;
         let c = self.member()?;
-        let st = c.state();
-        let m = st.migrations.records.get(&id).ok_or_else(|| {
-            ApiError::not_found(
-                format!("there is no migration {id}"),
-                "`switchyard migrations` lists them",
-            )
-        })?;
-        let (to, reason) = match action {
-            A::Pause => (S::Paused, Some("paused by an admin".to_string())),
-            A::Resume => (S::Running, None),
-            A::Abort => (S::Aborting, Some("aborted by an admin".to_string())),
-        };
-        if !m.state.can_become(to) && m.state != to {
-            return Err(ApiError::conflict(
-                format!("migration {id} is {}; it cannot become {to}", m.state),
-                match m.state {
-                    S::Finishing => "it is making the destination the only home; wait for it",
-                    _ => "",
-                },
-            ));
-        }
-        self.0
-            .rt
-            .block_on(c.propose(cluster::Command::SetMigrationState {
-                id,
-                state: to,
-                reason,
-                at_ms: mgmt::model::now_ms(),
-            }))
-            .map_err(|e| {
-                ApiError::new(
-                    axum_status(503),
-                    format!("the cluster did not record it: {e}"),
-                    "check `switchyard nodes` for the leader",
-                )
-            })?;
-        self.0
-            .journal
-            .event("info", "migration", format!("migration {id}: {to} (admin)"));
-        self.migration_view(c, id)
+        crate::migrate_api::act(c, &self.0.rt, &self.0.journal, id, action)
     }
 
     fn remove_node(&self, node: &str) -> Result<(), ApiError> {

@@ -1,13 +1,136 @@
 //! The management side of migrations: turning a [`MigrateRequest`] into a checked
-//! [`MigrationSpec`], and a [`MigrationRecord`] plus the table into the
-//! [`MigrationView`] the CLI, API and console show.
+//! [`MigrationSpec`] and starting it, pausing, resuming and aborting, and a
+//! [`MigrationRecord`] plus the table into the [`MigrationView`] the CLI, API and
+//! console show.
 
 use cluster::{
-    ChunkHome, ClusterState, CopyEngine, LuHome, MigrationRecord, MigrationSpec, MigrationState,
+    ChunkHome, Cluster as _, ClusterNode, ClusterState, Command, CopyEngine, LuHome,
+    MigrationRecord, MigrationSpec, MigrationState, Outcome,
 };
-use mgmt::model::{ChunkRun, MigrateRequest, MigrationView};
-use mgmt::ApiError;
+use mgmt::model::{ChunkRun, MigrateRequest, MigrationAction, MigrationView};
+use mgmt::{ApiError, Journal, StatusCode};
+use tokio::runtime::Handle;
 use volume::{BlockRange, Registry};
+
+/// The error for a proposal the cluster did not commit.
+fn not_recorded(what: &str, e: cluster::ClusterError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the cluster did not record {what}: {e}"),
+        "check `switchyard nodes` for the leader and unreachable members",
+    )
+}
+
+/// Migration `id` as this member sees it.
+fn view_of(c: &ClusterNode, id: u64) -> Result<MigrationView, ApiError> {
+    let st = c.state();
+    st.migrations
+        .records
+        .get(&id)
+        .map(|m| view(&st, m))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                format!("there is no migration {id}"),
+                "`switchyard migrations` lists them (finished ones are kept for a while)",
+            )
+        })
+}
+
+/// Check `req` and record the migration in the cluster (the leader starts copying).
+/// Blocks on `rt`: call it off the runtime.
+pub fn start(
+    c: &ClusterNode,
+    rt: &Handle,
+    registry: &Registry,
+    journal: &Journal,
+    volume: &str,
+    req: &MigrateRequest,
+) -> Result<MigrationView, ApiError> {
+    let spec = spec(&c.state(), registry, volume, req)?;
+    let answer = rt
+        .block_on(c.propose(Command::StartMigration {
+            spec: spec.clone(),
+            requested_by: c.id(),
+            at_ms: mgmt::model::now_ms(),
+        }))
+        .map_err(|e| not_recorded("the migration", e))?;
+    let id = match answer.outcome {
+        Outcome::MigrationStarted(id) => id,
+        Outcome::Refused(why) => {
+            return Err(ApiError::conflict(
+                format!("the cluster refused the migration: {why}"),
+                "look at `switchyard migrations` and the volume, then retry",
+            ))
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected answer to StartMigration: {other:?}"),
+                "",
+            ))
+        }
+    };
+    journal.event(
+        "info",
+        "migration",
+        format!(
+            "migration {id}: volume {volume} blocks {}+{} from {} to {}",
+            spec.vstart, spec.blocks, spec.from, spec.to
+        ),
+    );
+    view_of(c, id)
+}
+
+/// Every migration the cluster remembers.
+pub fn list(c: &ClusterNode) -> Vec<MigrationView> {
+    let st = c.state();
+    st.migrations
+        .records
+        .values()
+        .map(|m| view(&st, m))
+        .collect()
+}
+
+/// Pause, resume or abort migration `id`. Blocks on `rt`: call it off the runtime.
+pub fn act(
+    c: &ClusterNode,
+    rt: &Handle,
+    journal: &Journal,
+    id: u64,
+    action: MigrationAction,
+) -> Result<MigrationView, ApiError> {
+    use MigrationState as S;
+    let state = c.state();
+    let m = state.migrations.records.get(&id).ok_or_else(|| {
+        ApiError::not_found(
+            format!("there is no migration {id}"),
+            "`switchyard migrations` lists them",
+        )
+    })?;
+    let (to, reason) = match action {
+        MigrationAction::Pause => (S::Paused, Some("paused by an admin".to_string())),
+        MigrationAction::Resume => (S::Running, None),
+        MigrationAction::Abort => (S::Aborting, Some("aborted by an admin".to_string())),
+    };
+    if !m.state.can_become(to) && m.state != to {
+        return Err(ApiError::conflict(
+            format!("migration {id} is {}; it cannot become {to}", m.state),
+            match m.state {
+                S::Finishing => "it is making the destination the only home; wait for it",
+                _ => "only running or paused migrations can be paused, resumed or aborted",
+            },
+        ));
+    }
+    rt.block_on(c.propose(Command::SetMigrationState {
+        id,
+        state: to,
+        reason,
+        at_ms: mgmt::model::now_ms(),
+    }))
+    .map_err(|e| not_recorded("it", e))?;
+    journal.event("info", "migration", format!("migration {id}: {to} (admin)"));
+    view_of(c, id)
+}
 
 /// Default window: 16 MiB.
 const DEFAULT_WINDOW_MIB: u32 = 16;

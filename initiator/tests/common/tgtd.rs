@@ -101,54 +101,10 @@ impl Tgtd {
             true,
         );
         if let Some((u, p)) = chap {
-            t.adm(
-                &[
-                    "--op",
-                    "new",
-                    "--mode",
-                    "account",
-                    "--user",
-                    u,
-                    "--password",
-                    p,
-                ],
-                true,
-            );
-            t.adm(
-                &[
-                    "--op", "bind", "--mode", "account", "--tid", "1", "--user", u,
-                ],
-                true,
-            );
+            t.account(u, p, false);
         }
         if let Some((u, p)) = mutual {
-            t.adm(
-                &[
-                    "--op",
-                    "new",
-                    "--mode",
-                    "account",
-                    "--user",
-                    u,
-                    "--password",
-                    p,
-                ],
-                true,
-            );
-            t.adm(
-                &[
-                    "--op",
-                    "bind",
-                    "--mode",
-                    "account",
-                    "--tid",
-                    "1",
-                    "--user",
-                    u,
-                    "--outgoing",
-                ],
-                true,
-            );
+            t.account(u, p, true);
         }
         // The portal listens once tgtd is up; make sure it accepts.
         for _ in 0..100 {
@@ -158,6 +114,31 @@ impl Tgtd {
             std::thread::sleep(Duration::from_millis(50));
         }
         t
+    }
+
+    /// Create CHAP account `user`/`password` and bind it to target 1: for incoming CHAP,
+    /// or as the target's own (mutual CHAP) with `outgoing`.
+    fn account(&self, user: &str, password: &str, outgoing: bool) {
+        self.adm(
+            &[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                user,
+                "--password",
+                password,
+            ],
+            true,
+        );
+        let mut bind = vec![
+            "--op", "bind", "--mode", "account", "--tid", "1", "--user", user,
+        ];
+        if outgoing {
+            bind.push("--outgoing");
+        }
+        self.adm(&bind, true);
     }
 
     /// Runs tgtadm against this tgtd; `must` panics on failure.
