@@ -414,6 +414,9 @@ impl RangeHolds {
     }
 }
 
+/// How long [`LiveVolume::switch`] waits for I/O still leaving the held ranges.
+const SWITCH_SETTLE: Duration = Duration::from_millis(100);
+
 /// Why a step of a local remap failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemapError {
@@ -607,8 +610,25 @@ impl LiveVolume {
                 current,
             });
         }
-        self.holds
-            .with_quiesced(&s.affected, || self.current.store(s.vol.clone()))?;
+        // An I/O that raced the hold (it claimed a slot in a held range, then saw the
+        // hold and is backing out) counts as in flight for a moment: give such I/O a
+        // short while to leave. Nothing new can enter held ranges meanwhile, and the
+        // check itself is done under the holds' lock.
+        let settle = Instant::now() + SWITCH_SETTLE;
+        loop {
+            match self
+                .holds
+                .with_quiesced(&s.affected, || self.current.store(s.vol.clone()))
+            {
+                Err(RemapError::NotDrained { .. }) if Instant::now() < settle => {
+                    let _ = self.holds.drain(&s.affected, Duration::from_millis(5));
+                }
+                r => {
+                    r?;
+                    break;
+                }
+            }
+        }
         let epoch = s.vol.epoch();
         *staged = None;
         tracing::info!(volume = %self.name, epoch, "table switched");
