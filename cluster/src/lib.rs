@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod auth;
+pub mod catalog;
 pub mod change;
 pub mod config;
 pub mod migration;
@@ -39,6 +40,7 @@ pub mod state;
 pub mod store;
 pub mod transport;
 
+pub use catalog::{Catalog, Export, MAX_EXPORT_LUN};
 pub use change::{ChangeError, ChangeId, ChangeRecord, ChangeState, Phase, Recovery};
 pub use config::ClusterConfig;
 pub use migration::{

@@ -12,8 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use volume::{BlockRange, Changeset, MappingTable};
+use volume::{BlockRange, Changeset, MappingTable, VolumeDef};
 
+use crate::catalog::{Catalog, Export};
 use crate::change::{ChangeError, ChangeId, ChangeRecord, Phase};
 use crate::migration::{
     ChunkHome, MigrationId, MigrationProgress, MigrationSpec, MigrationState, Migrations,
@@ -267,6 +268,9 @@ pub struct ClusterState {
     /// Online migrations: the unfinished ones and the last few finished.
     #[serde(default)]
     pub migrations: Migrations,
+    /// Volume exports and zoning (`catalog.rs`).
+    #[serde(default)]
+    pub catalog: Catalog,
     /// Raft log index of the last command applied to this state.
     pub applied_index: u64,
 }
@@ -282,6 +286,7 @@ impl Default for ClusterState {
             active_change: None,
             next_change_id: 1,
             migrations: Migrations::default(),
+            catalog: Catalog::default(),
             applied_index: 0,
         }
     }
@@ -320,6 +325,33 @@ pub enum Command {
         /// ports to deliver (each node applies the ones for its own ports).
         #[serde(default)]
         attentions: Vec<PrUa>,
+    },
+    /// Add a volume to the table and export it. No quiesce is needed: nothing serves
+    /// it yet. Refused while a change is active, when the name or WWN is taken, when
+    /// its extents use blocks another volume or an unfinished migration uses, or when
+    /// an export's LUN is taken.
+    CreateVolume {
+        def: VolumeDef,
+        #[serde(default)]
+        exports: Vec<Export>,
+    },
+    /// Remove a volume from the table, with its exports (every node stops showing it)
+    /// and, when `pr_key` is given, its persistent reservation record. Refused while a
+    /// change is active or a migration of it is unfinished.
+    DeleteVolume {
+        name: String,
+        #[serde(default)]
+        pr_key: Option<String>,
+    },
+    /// Show a volume as a LUN of a target on every node that serves the target.
+    Export(Export),
+    /// Stop showing the export at (`target`, `lun`).
+    Unexport { target: String, lun: u16 },
+    /// Replace the cluster's zoning (`None`: each node's own `[zoning]`), if it is
+    /// still at `expected_version`.
+    SetZoning {
+        expected_version: u64,
+        zoning: Option<fcwwn::Masking>,
     },
     /// Begin an online remap (state `Proposed`); the reply carries its id.
     BeginChange {
@@ -468,7 +500,42 @@ impl ClusterState {
             Command::ApplyChangeset(cs) => {
                 self.no_active_change()?;
                 self.table = self.apply_checked(cs)?;
+                self.catalog.version += 1;
             }
+            Command::CreateVolume { def, exports } => self.create_volume(def, exports)?,
+            Command::DeleteVolume { name, pr_key } => {
+                self.no_active_change()?;
+                if self.table.volume(name).is_none() {
+                    return Err(format!("there is no volume {name:?}"));
+                }
+                if let Some(m) = self.migrations.active().find(|m| &m.spec.volume == name) {
+                    return Err(format!(
+                        "migration {} of volume {name} is unfinished ({:?}); abort it first",
+                        m.id, m.state
+                    ));
+                }
+                let mut t = self.table.clone();
+                t.volumes.retain(|v| &v.name != name);
+                t.epoch += 1;
+                self.table = t;
+                self.catalog.forget_volume(name);
+                if let Some(k) = pr_key {
+                    self.pr.remove(k);
+                }
+            }
+            Command::Export(e) => {
+                if self.table.volume(&e.volume).is_none() {
+                    return Err(format!("there is no volume {:?}", e.volume));
+                }
+                self.catalog.export(e)?;
+            }
+            Command::Unexport { target, lun } => {
+                self.catalog.unexport(target, *lun)?;
+            }
+            Command::SetZoning {
+                expected_version,
+                zoning,
+            } => self.catalog.set_zoning(*expected_version, zoning.clone())?,
             Command::SetPr {
                 lu,
                 expected_version,
@@ -665,6 +732,47 @@ impl ClusterState {
         self.changes
             .get_mut(&id)
             .ok_or_else(|| format!("change {id} is not in the change log"))
+    }
+
+    fn create_volume(&mut self, def: &VolumeDef, exports: &[Export]) -> Result<(), String> {
+        self.no_active_change()?;
+        if self.table.volume(&def.name).is_some() {
+            return Err(format!("volume {:?} already exists", def.name));
+        }
+        // The blocks an unfinished migration copies to are taken, though no extent
+        // maps them yet.
+        for m in self.migrations.active() {
+            let to = BlockRange::at(m.spec.to.bstart, m.spec.blocks);
+            for e in &def.extents {
+                if e.backend == m.spec.to.backend
+                    && BlockRange::at(e.bstart, e.blocks).overlaps(&to)
+                {
+                    return Err(format!(
+                        "blocks {to} of {} are the destination of migration {}",
+                        m.spec.to.backend, m.id
+                    ));
+                }
+            }
+        }
+        let mut t = self.table.clone();
+        t.volumes.push(def.clone());
+        t.epoch += 1;
+        let t = t.normalized();
+        t.validate().map_err(|e| e.to_string())?;
+        let mut catalog = self.catalog.clone();
+        for e in exports {
+            if e.volume != def.name {
+                return Err(format!(
+                    "an export of new volume {:?} names volume {:?}",
+                    def.name, e.volume
+                ));
+            }
+            catalog.export(e)?;
+        }
+        catalog.version += 1;
+        self.table = t;
+        self.catalog = catalog;
+        Ok(())
     }
 
     fn no_active_change(&self) -> Result<(), String> {
@@ -929,5 +1037,76 @@ mod tests {
         assert_eq!(s.pr["db01"].version, 2);
         let snap: scsi::PrSnapshot = (&s.pr["db01"].state).into();
         assert_eq!(PrState::from(&snap), pr);
+    }
+
+    fn refused(o: Outcome) -> String {
+        match o {
+            Outcome::Refused(r) => r,
+            o => panic!("not refused: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn volumes_are_created_exported_and_deleted() {
+        let mut s = state();
+        let mut v = vol("a/lun0");
+        v.name = "db02".into();
+        v.wwn = "naa.6001405f0e1d2c3b4a5968778695a4b4".into();
+        let ex = |lun, volume: &str| Export {
+            target: "iqn.2026-11.org.example:t".into(),
+            lun,
+            volume: volume.into(),
+        };
+        // Blocks db01 uses.
+        let r = refused(s.apply(&Command::CreateVolume {
+            def: v.clone(),
+            exports: vec![],
+        }));
+        assert!(r.contains("overlap") || r.contains("db01"), "{r}");
+        v.extents[0].bstart = 1024;
+        let before = s.clone();
+        // An export with a bad target refuses the whole command.
+        let mut bad = ex(0, "db02");
+        bad.target = "no name".into();
+        refused(s.apply(&Command::CreateVolume {
+            def: v.clone(),
+            exports: vec![bad],
+        }));
+        assert_eq!(s, before);
+        let epoch = s.table.epoch;
+        assert_eq!(
+            s.apply(&Command::CreateVolume {
+                def: v.clone(),
+                exports: vec![ex(0, "db02")],
+            }),
+            Outcome::Ok
+        );
+        assert_eq!(s.table.epoch, epoch + 1);
+        assert!(s.table.volume("db02").is_some());
+        let r = refused(s.apply(&Command::CreateVolume {
+            def: v.clone(),
+            exports: vec![],
+        }));
+        assert!(r.contains("already exists"), "{r}");
+        let r = refused(s.apply(&Command::Export(ex(0, "db01"))));
+        assert!(r.contains("already shows volume \"db02\""), "{r}");
+        assert_eq!(s.apply(&Command::Export(ex(1, "db01"))), Outcome::Ok);
+        let r = refused(s.apply(&Command::Export(ex(2, "nope"))));
+        assert!(r.contains("no volume"), "{r}");
+        s.pr.insert("k2".into(), PrRecord::default());
+        assert_eq!(
+            s.apply(&Command::DeleteVolume {
+                name: "db02".into(),
+                pr_key: Some("k2".into()),
+            }),
+            Outcome::Ok
+        );
+        assert!(s.table.volume("db02").is_none() && !s.pr.contains_key("k2"));
+        assert_eq!(s.catalog.exports().count(), 1);
+        let r = refused(s.apply(&Command::DeleteVolume {
+            name: "db02".into(),
+            pr_key: None,
+        }));
+        assert!(r.contains("no volume"), "{r}");
     }
 }

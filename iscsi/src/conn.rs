@@ -109,7 +109,7 @@ fn run_command(
     cmd: &ScsiCommand,
     data: &Bytes,
 ) -> Out {
-    let resp = sess.luns.execute(&scsi::Request {
+    let resp = sess.luns.load().execute(&scsi::Request {
         lun: decode_lun(cmd.lun),
         cdb: &cmd.cdb,
         data_out: data,
@@ -271,7 +271,7 @@ impl Conn {
         // Bounded: if the writer is stuck behind a client that stopped reading, it
         // gives up on its own (WriterParams::stall_timeout) and the channel closes.
         let _ = tokio::time::timeout(self.params.nop_timeout, self.tx.send(Out::Close)).await;
-        self.sess.luns.nexus_gone(&self.sess.nexus);
+        self.sess.luns.load().nexus_gone(&self.sess.nexus);
     }
 
     async fn send(&self, out: Out) {
@@ -660,7 +660,8 @@ impl Conn {
     /// busy), this connection sends everything to the pool for a while.
     fn execute(&mut self, cmd: ScsiCommand, data: Bytes) {
         let lun = decode_lun(cmd.lun);
-        let inline = Instant::now() >= self.inline_after && self.sess.luns.inline_ok(lun, &cmd.cdb);
+        let inline =
+            Instant::now() >= self.inline_after && self.sess.luns.load().inline_ok(lun, &cmd.cdb);
         if inline {
             // The command runs to completion right here, so no task management
             // request can see it meanwhile: it needs no task entry or abort flag
@@ -769,7 +770,7 @@ impl Conn {
                 }
             }
             F::AbortTaskSet | F::ClearTaskSet => {
-                if self.sess.luns.get(decode_lun(t.lun)).is_none() {
+                if self.sess.luns.load().get(decode_lun(t.lun)).is_none() {
                     tmf_rsp::NO_LUN
                 } else {
                     let lun = decode_lun(t.lun);
@@ -779,12 +780,12 @@ impl Conn {
             }
             F::LogicalUnitReset => {
                 let lun = decode_lun(t.lun);
-                if self.sess.luns.get(lun).is_none() {
+                if self.sess.luns.load().get(lun).is_none() {
                     tmf_rsp::NO_LUN
                 } else {
                     self.abort_where(|_, l| l == lun);
                     self.wait_tasks_gone().await;
-                    match self.sess.luns.lun_reset(lun, &self.sess.nexus) {
+                    match self.sess.luns.load().lun_reset(lun, &self.sess.nexus) {
                         Ok(()) => tmf_rsp::COMPLETE,
                         Err(()) => tmf_rsp::NO_LUN,
                     }
@@ -793,7 +794,7 @@ impl Conn {
             F::TargetWarmReset | F::TargetColdReset => {
                 self.abort_where(|_, _| true);
                 self.wait_tasks_gone().await;
-                self.sess.luns.target_reset(&self.sess.nexus);
+                self.sess.luns.load().target_reset(&self.sess.nexus);
                 if let Some(t) = &self.sess.target {
                     self.server.reset_target(&t.name, self.sess.tsih);
                 }
@@ -964,7 +965,7 @@ impl Conn {
         if response == 0 {
             // The session ends: a cluster commits its SPC-2 releases before the
             // Logout completes, so the initiator may reserve through another node next.
-            let luns = self.sess.luns.clone();
+            let luns = self.sess.luns.load_full();
             let nexus = self.sess.nexus.clone();
             let _ = tokio::task::spawn_blocking(move || luns.release_nexus_blocking(&nexus)).await;
         }

@@ -18,5 +18,5 @@ pub mod session;
 pub mod target;
 pub mod writer;
 
-pub use server::{FabricConfig, Server, SessionInfo, Stats};
+pub use server::{FabricConfig, Server, SessionInfo, Stats, TargetsUpdate};
 pub use target::{ChapConfig, LunDef, PortalDef, TargetDef};

@@ -530,7 +530,7 @@ impl Login<'_> {
             key,
             tsih,
             target: self.target.clone(),
-            luns: Arc::new(luns),
+            luns: arc_swap::ArcSwap::from_pointee(luns),
             nexus,
             window: Mutex::new(CmdWindow::new(self.cmd_sn, self.shared.config.queue_depth)),
             kill: CancellationToken::new(),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -122,10 +122,20 @@ pub struct SessionInfo {
     pub local_addr: SocketAddr,
 }
 
+/// What [`ServerShared::update_targets`] did to the live sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetsUpdate {
+    /// Sessions whose LUN map changed.
+    pub remapped: usize,
+    /// Sessions ended (target gone, or zoning no longer admits the initiator).
+    pub ended: usize,
+}
+
 /// State shared by every connection of the server.
 pub struct ServerShared {
     pub config: FabricConfig,
-    pub targets: Vec<Arc<TargetDef>>,
+    /// The targets served; replaced online by [`ServerShared::update_targets`].
+    targets: RwLock<Vec<Arc<TargetDef>>>,
     pub portals: Vec<PortalDef>,
     /// Addresses actually bound, in portal order (differs from `portals` for port 0).
     bound: Mutex<Vec<SocketAddr>>,
@@ -139,6 +149,7 @@ pub struct ServerShared {
 impl ServerShared {
     pub fn target(&self, name: &str) -> Option<Arc<TargetDef>> {
         self.targets
+            .read()
             .iter()
             .find(|t| t.name.eq_ignore_ascii_case(name))
             .cloned()
@@ -173,9 +184,72 @@ impl ServerShared {
             .cloned()
     }
 
+    /// The targets served now.
+    pub fn targets(&self) -> Vec<Arc<TargetDef>> {
+        self.targets.read().clone()
+    }
+
+    /// Serve `targets` from now on (LUNs added or removed, zoning changed). Live
+    /// sessions see the change at once: a session whose LUN map changed gets the new
+    /// map and REPORTED LUNS DATA HAS CHANGED (SPC-4 6.33); a session whose target is
+    /// gone, or whose initiator the zoning no longer admits, is ended. Commands already
+    /// running finish on the logical unit they started on.
+    pub fn update_targets(&self, targets: Vec<TargetDef>) -> TargetsUpdate {
+        let new: Vec<Arc<TargetDef>> = targets.into_iter().map(Arc::new).collect();
+        // Sessions first, then targets: `register` takes them in the same order, so a
+        // login racing this update sees either the old targets (and is updated here)
+        // or the new ones.
+        let sessions = self.sessions.lock();
+        *self.targets.write() = new.clone();
+        let mut out = TargetsUpdate::default();
+        for s in sessions.values() {
+            let Some(t) = &s.target else { continue };
+            let initiator = &s.key.initiator;
+            match new.iter().find(|n| n.name.eq_ignore_ascii_case(&t.name)) {
+                Some(n) if n.allows(initiator) => {
+                    let map = n.lun_map_for(initiator);
+                    let old = s.luns.load_full();
+                    if !map.same_luns(&old) {
+                        map.replaces(&old, &s.nexus);
+                        s.luns.store(Arc::new(map));
+                        out.remapped += 1;
+                    }
+                }
+                found => {
+                    tracing::warn!(
+                        initiator = %initiator,
+                        target = %t.name,
+                        "ending the session: {}",
+                        if found.is_some() {
+                            "the zoning no longer admits this initiator"
+                        } else {
+                            "the target is no longer served"
+                        }
+                    );
+                    s.kill.cancel();
+                    out.ended += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Register a new session; Err when a limit would be exceeded.
     pub fn register(&self, sess: Arc<Session>) -> Result<(), &'static str> {
         let mut sessions = self.sessions.lock();
+        // The targets changed while this session logged in: it gets the current map.
+        if let Some(t) = &sess.target {
+            match self.target(&t.name) {
+                None => return Err("the target is no longer served"),
+                Some(cur) if Arc::ptr_eq(&cur, t) => {}
+                Some(cur) if !cur.allows(&sess.key.initiator) => {
+                    return Err("the zoning no longer admits this initiator")
+                }
+                Some(cur) => sess
+                    .luns
+                    .store(Arc::new(cur.lun_map_for(&sess.key.initiator))),
+            }
+        }
         if sessions.len() >= self.config.max_sessions {
             return Err("too many sessions on this node");
         }
@@ -237,7 +311,7 @@ impl ServerShared {
         local: SocketAddr,
         out: &mut Vec<(String, String)>,
     ) {
-        for t in &self.targets {
+        for t in self.targets.read().iter() {
             let wanted = match what {
                 "All" => true,
                 "" => session_target.is_some_and(|n| n.eq_ignore_ascii_case(&t.name)),
@@ -279,7 +353,7 @@ impl Server {
         Server {
             shared: Arc::new(ServerShared {
                 config,
-                targets: targets.into_iter().map(Arc::new).collect(),
+                targets: RwLock::new(targets.into_iter().map(Arc::new).collect()),
                 portals,
                 bound: Mutex::new(Vec::new()),
                 stats: Arc::new(Stats::default()),

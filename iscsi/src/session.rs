@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use scsi::{LunMap, Nexus};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,9 @@ pub struct Session {
     pub tsih: u16,
     /// `None` for a discovery session.
     pub target: Option<Arc<TargetDef>>,
-    pub luns: Arc<LunMap>,
+    /// The LUNs this session sees; replaced when the target's LUNs or the zoning
+    /// change online (`ServerShared::update_targets`).
+    pub luns: ArcSwap<LunMap>,
     pub nexus: Arc<Nexus>,
     pub window: Mutex<CmdWindow>,
     /// Cancelled to end the session from outside (reinstatement, shutdown, reset).

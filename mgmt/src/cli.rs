@@ -83,10 +83,18 @@ pub enum AdminCmd {
     Targets,
     /// Back-end arrays and stores, with their LUs.
     Backends,
-    /// Virtual volumes; `volumes show NAME` prints one volume's extent map.
+    /// Virtual volumes; `volumes show NAME` prints one volume's extent map;
+    /// `volumes create|grow|export|unexport|delete` change them (cluster members).
     Volumes {
         #[command(subcommand)]
         cmd: Option<VolumesCmd>,
+    },
+    /// Zoning (initiator groups, LUN masking): `zoning` shows it; `zoning set FILE`,
+    /// `zoning group NAME --add INITIATOR`, `zoning allow|deny ...` change it on every
+    /// member; live sessions follow at once.
+    Zoning {
+        #[command(subcommand)]
+        cmd: Option<ZoningCmd>,
     },
     /// Export or validate the mapping table.
     Mapping {
@@ -190,11 +198,7 @@ pub enum MigrationsCmd {
     Abort { id: u64 },
 }
 
-#[derive(Subcommand, Debug, Clone)]
-pub enum VolumesCmd {
-    /// One volume with its extent map.
-    Show { name: String },
-}
+pub use crate::cli_catalog::{VolumesCmd, ZoningCmd};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum MappingCmd {
@@ -204,7 +208,7 @@ pub enum MappingCmd {
     Validate { file: PathBuf },
 }
 
-fn print_json<T: Serialize>(v: &T) {
+pub(crate) fn print_json<T: Serialize>(v: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
@@ -304,7 +308,7 @@ fn change_rows(cs: &[ChangeRecord]) -> String {
     )
 }
 
-fn describe_change(c: &ChangeRecord) -> String {
+pub(crate) fn describe_change(c: &ChangeRecord) -> String {
     let mut s = format!(
         "change {}: {} of volume {} — {} (epoch {} -> {}, leader {})\n",
         c.id, c.kind, c.volume, c.state, c.from_epoch, c.to_epoch, c.leader
@@ -339,7 +343,7 @@ fn describe_change(c: &ChangeRecord) -> String {
     s
 }
 
-fn describe_volume(v: &VolumeView) -> String {
+pub(crate) fn describe_volume(v: &VolumeView) -> String {
     let mut s = format!(
         "volume {}  {}  {} blocks of {} B ({})  epoch {}\n",
         v.name,
@@ -648,6 +652,8 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
                 print!("{}", describe_volume(&v));
             }
         }
+        AdminCmd::Volumes { cmd: Some(other) } => crate::cli_catalog::volumes(&c, other, json)?,
+        AdminCmd::Zoning { cmd } => crate::cli_catalog::zoning(&c, cmd.as_ref(), json)?,
         AdminCmd::Mapping {
             cmd: MappingCmd::Export,
         } => {
@@ -949,7 +955,7 @@ fn follow_migration(c: &Client, id: u64, json: bool) -> Result<(), String> {
 }
 
 /// Percent-encode a path segment (volume names are plain, but be safe).
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut o = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

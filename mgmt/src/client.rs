@@ -156,6 +156,24 @@ impl Client {
         Ok((status, v))
     }
 
+    /// PUT JSON to `path`; returns the decoded answer.
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self.answer(self.request("PUT", path).send_json(body))?;
+        resp.into_json()
+            .map_err(|e| ClientError::Protocol(format!("PUT {path}: {e}")))
+    }
+
+    /// DELETE `path`; returns the decoded answer.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.answer(self.request("DELETE", path).call())?;
+        resp.into_json()
+            .map_err(|e| ClientError::Protocol(format!("DELETE {path}: {e}")))
+    }
+
     /// DELETE `path`; returns the HTTP status.
     pub fn delete(&self, path: &str) -> Result<u16, ClientError> {
         let resp = self.answer(self.request("DELETE", path).call())?;

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+mod cli_catalog;
 pub mod client;
 pub mod histogram;
 pub mod journal;

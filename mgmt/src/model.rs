@@ -206,6 +206,53 @@ pub struct MapSegment {
     pub mirror: Option<String>,
 }
 
+/// `POST /api/v1/volumes`: create a volume (cluster members). Nothing moves: the
+/// extents name blocks of back-end LUs that no other volume uses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeRequest {
+    pub name: String,
+    /// `naa.` + 16 or 32 hex digits; default: a locally assigned NAA derived from the
+    /// name and the creation time.
+    #[serde(default)]
+    pub wwn: Option<String>,
+    /// Default: the block size of the first extent's LU (512 without extents).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    /// Size in blocks; default: where the last extent ends.
+    #[serde(default)]
+    pub blocks: Option<u64>,
+    /// What reads of unmapped blocks do (default `zero`).
+    #[serde(default)]
+    pub holes: Option<HolePolicy>,
+    #[serde(default)]
+    pub extents: Vec<Extent>,
+    /// Where to show it at once (a volume can also be exported later).
+    #[serde(default)]
+    pub exports: Vec<ExportView>,
+}
+
+/// `GET /api/v1/zoning`: the zoning (LUN masking) in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ZoningView {
+    /// `cluster` (set through the API, on every member) or `config` (this node's
+    /// `[zoning]` section; no zoning was set through the API).
+    pub source: String,
+    /// What `PUT /api/v1/zoning` must name as `expected_version`.
+    pub version: u64,
+    pub zoning: fcwwn::Masking,
+}
+
+/// `PUT /api/v1/zoning`: replace the cluster's zoning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoningRequest {
+    /// The version read from `GET /api/v1/zoning` (optimistic locking).
+    pub expected_version: u64,
+    /// The new zoning; `null`: back to each node's own `[zoning]` section.
+    pub zoning: Option<fcwwn::Masking>,
+}
+
 /// `POST /api/v1/volumes/{name}/remap`: the volume's new extent list.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

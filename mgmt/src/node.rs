@@ -10,9 +10,9 @@ use volume::MappingTable;
 
 use crate::journal::Journal;
 use crate::model::{
-    BackendView, ErrorBody, FaultRequest, MetricsSnapshot, MigrateRequest, MigrationAction,
-    MigrationView, NodeStateRequest, NodeStatus, NodeView, RemapRequest, SessionView, TargetView,
-    ValidationReport, VolumeView,
+    BackendView, CreateVolumeRequest, ErrorBody, ExportView, FaultRequest, MetricsSnapshot,
+    MigrateRequest, MigrationAction, MigrationView, NodeStateRequest, NodeStatus, NodeView,
+    RemapRequest, SessionView, TargetView, ValidationReport, VolumeView, ZoningRequest, ZoningView,
 };
 
 /// A management request that failed: an HTTP status, a message and advice.
@@ -162,6 +162,34 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> Result<MigrationView, ApiError> {
         let _ = (id, action);
         Err(not_a_member("migrations"))
+    }
+    /// Create a volume and export it where asked (cluster members). May block.
+    fn create_volume(&self, req: CreateVolumeRequest) -> Result<VolumeView, ApiError> {
+        let _ = req;
+        Err(not_a_member("online volume creation and deletion"))
+    }
+    /// Delete a volume. Refused while it is exported, unless `force` (then its exports
+    /// go first, and hosts see its LUNs disappear). May block.
+    fn delete_volume(&self, name: &str, force: bool) -> Result<(), ApiError> {
+        let _ = (name, force);
+        Err(not_a_member("online volume creation and deletion"))
+    }
+    /// Show a volume as a LUN of a target. May block.
+    fn export_volume(&self, name: &str, at: ExportView) -> Result<VolumeView, ApiError> {
+        let _ = (name, at);
+        Err(not_a_member("online exports"))
+    }
+    /// Stop showing the volume at a target's LUN. May block.
+    fn unexport_volume(&self, name: &str, at: ExportView) -> Result<VolumeView, ApiError> {
+        let _ = (name, at);
+        Err(not_a_member("online exports"))
+    }
+    /// The zoning in force.
+    fn zoning(&self) -> ZoningView;
+    /// Replace the cluster's zoning (cluster members). May block.
+    fn set_zoning(&self, req: ZoningRequest) -> Result<ZoningView, ApiError> {
+        let _ = req;
+        Err(not_a_member("zoning changes"))
     }
     /// Test fault injection; refused unless the node was started for tests.
     fn inject_fault(&self, req: FaultRequest) -> Result<(), ApiError> {

@@ -170,8 +170,14 @@ pub fn router(api: Arc<dyn NodeApi>, auth: AuthConfig, shutdown: CancellationTok
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/backends", get(backends))
-        .route("/api/v1/volumes", get(volumes))
-        .route("/api/v1/volumes/{name}", get(volume))
+        .route("/api/v1/volumes", get(volumes).post(create_volume))
+        .route("/api/v1/volumes/{name}", get(volume).delete(delete_volume))
+        .route("/api/v1/volumes/{name}/exports", post(export_volume))
+        .route(
+            "/api/v1/volumes/{name}/exports/{target}/{lun}",
+            axum::routing::delete(unexport_volume),
+        )
+        .route("/api/v1/zoning", get(zoning).put(set_zoning))
         .route("/api/v1/volumes/{name}/remap", post(remap))
         .route("/api/v1/volumes/{name}/migrate", post(migrate))
         .route("/api/v1/migrations", get(migrations))
@@ -333,6 +339,96 @@ async fn migrate(
     let api = st.api.clone();
     let v = blocking("migration", move || api.start_migration(&name, req)).await?;
     Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+async fn create_volume(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::model::VolumeView>), ApiError> {
+    require_admin(&st, role)?;
+    let req: crate::model::CreateVolumeRequest = parse_json(
+        &body,
+        "a volume: {\"name\": \"NAME\", \"extents\": [{\"vstart\": 0, \"blocks\": N, \"backend\": \"LU\", \"bstart\": 0}], \"exports\": [{\"target\": \"IQN\", \"lun\": 0}]}",
+    )?;
+    let api = st.api.clone();
+    let v = blocking("create", move || api.create_volume(req)).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    force: Option<bool>,
+}
+
+async fn delete_volume(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&st, role)?;
+    let api = st.api.clone();
+    blocking("delete", move || {
+        api.delete_volume(&name, q.force.unwrap_or(false))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn export_volume(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<crate::model::VolumeView>, ApiError> {
+    require_admin(&st, role)?;
+    let at: crate::model::ExportView =
+        parse_json(&body, "an export: {\"target\": \"IQN\", \"lun\": N}")?;
+    let api = st.api.clone();
+    blocking("export", move || api.export_volume(&name, at))
+        .await
+        .map(Json)
+}
+
+async fn unexport_volume(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path((name, target, lun)): Path<(String, String, String)>,
+) -> Result<Json<crate::model::VolumeView>, ApiError> {
+    require_admin(&st, role)?;
+    let lun: u16 = lun.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("{lun:?} is not a LUN number"),
+            "DELETE /api/v1/volumes/{name}/exports/{target}/{lun}, with lun 0..=16383",
+        )
+    })?;
+    let api = st.api.clone();
+    blocking("unexport", move || {
+        api.unexport_volume(&name, crate::model::ExportView { target, lun })
+    })
+    .await
+    .map(Json)
+}
+
+async fn zoning(State(st): State<AppState>) -> impl IntoResponse {
+    Json(st.api.zoning())
+}
+
+async fn set_zoning(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    body: Bytes,
+) -> Result<Json<crate::model::ZoningView>, ApiError> {
+    require_admin(&st, role)?;
+    let req: crate::model::ZoningRequest = parse_json(
+        &body,
+        "{\"expected_version\": N, \"zoning\": {\"groups\": [...], \"rules\": [...]}} (GET /api/v1/zoning gives the version)",
+    )?;
+    let api = st.api.clone();
+    blocking("zoning", move || api.set_zoning(req))
+        .await
+        .map(Json)
 }
 
 async fn migrations(State(st): State<AppState>) -> impl IntoResponse {

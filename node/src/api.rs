@@ -32,6 +32,7 @@ use volume::{BlockRange, LiveVolume, MappingTable, Registry};
 
 use crate::config::Config;
 use crate::moves::{crossing_moves, moves, segments, Move};
+use crate::served::{Served, ServedVolume};
 
 /// Default time a remap waits for I/O in flight in the affected ranges: well below the
 /// hold wait (10 s), so a remap gives up before held host I/O fails.
@@ -166,7 +167,7 @@ impl BlockStore for Counted {
     }
 }
 
-fn counted(store: Arc<dyn BlockStore>) -> (Arc<dyn BlockStore>, Arc<IoStats>) {
+pub(crate) fn counted(store: Arc<dyn BlockStore>) -> (Arc<dyn BlockStore>, Arc<IoStats>) {
     let stats = Arc::new(IoStats::default());
     let c: Arc<dyn BlockStore> = Arc::new(Counted {
         inner: store,
@@ -190,7 +191,7 @@ struct Backend {
 #[derive(Default)]
 pub struct Managed {
     backends: Vec<Backend>,
-    volumes: BTreeMap<String, (Arc<LiveVolume>, Arc<IoStats>)>,
+    volumes: Arc<Served>,
     registry: Registry,
     /// The remote LUs among the back-ends, for copy offload.
     offload: crate::moves::Offload,
@@ -258,25 +259,16 @@ impl Managed {
 
     /// A virtual volume; returns the store the LU serves (counted).
     pub fn volume(&mut self, live: Arc<LiveVolume>) -> Arc<dyn BlockStore> {
-        let (c, stats) = counted(live.clone());
-        self.volumes.insert(live.name().to_string(), (live, stats));
+        let sv = ServedVolume::new(live);
+        let c = sv.store.clone();
+        self.volumes.insert(sv);
         c
     }
 
-    /// The live volumes by name (what a cluster remap switches).
-    pub fn lives(&self) -> BTreeMap<String, Arc<LiveVolume>> {
-        self.volumes
-            .iter()
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// The host I/O counters of every volume.
-    pub fn volume_stats(&self) -> BTreeMap<String, Arc<IoStats>> {
-        self.volumes
-            .iter()
-            .map(|(k, (_, s))| (k.clone(), s.clone()))
-            .collect()
+    /// The served volumes (shared with the remap participant, the migration driver
+    /// and the catalog).
+    pub fn served(&self) -> Arc<Served> {
+        self.volumes.clone()
     }
 
     /// The back-end registry (a copy: the stores are shared).
@@ -291,11 +283,9 @@ impl Managed {
     }
 }
 
-struct TargetMeta {
-    def: Arc<iscsi::TargetDef>,
-    /// LUN -> (kind, backing).
-    backing: HashMap<u16, (String, String)>,
-}
+/// What the config says backs each LUN: (normalised target name, LUN) -> (kind,
+/// backing). LUNs exported online are volumes of the cluster's catalog.
+type Backing = HashMap<(String, u16), (String, String)>;
 
 struct Inner {
     name: String,
@@ -304,7 +294,7 @@ struct Inner {
     server: Arc<ServerShared>,
     portals: Vec<PortalView>,
     api_url: Option<String>,
-    targets: Vec<TargetMeta>,
+    backing: Backing,
     m: Managed,
     table: Mutex<MappingTable>,
     /// A change is running.
@@ -322,6 +312,12 @@ struct Inner {
     rt: tokio::runtime::Handle,
     /// `SWITCHYARD_TEST_FAULTS=1`: `POST /api/v1/faults` works (tests only).
     faults: bool,
+    /// A member's catalog: volumes, exports and zoning changed online.
+    catalog: Option<Arc<crate::catalog::Catalog>>,
+    /// The config's `[zoning]`, in force until the cluster sets one.
+    config_zoning: fcwwn::Masking,
+    /// The NAA OUI for WWNs this node assigns.
+    oui: u32,
 }
 
 /// The node's management view. Cheap to clone.
@@ -337,31 +333,21 @@ impl NodeMgmt {
         managed: Managed,
         api_url: Option<String>,
     ) -> NodeMgmt {
-        let mut targets = Vec::new();
-        for def in &server.targets {
-            let sect = cfg.targets.iter().find(|t| {
-                fcwwn::IscsiName::parse(&t.name)
-                    .map(|n| n.as_str() == def.name)
-                    .unwrap_or(false)
-            });
-            let mut backing = HashMap::new();
-            if let Some(t) = sect {
-                for l in &t.luns {
-                    let b = match (&l.path, &l.volume) {
-                        (_, Some(v)) => ("volume".to_string(), v.clone()),
-                        (Some(p), None) => {
-                            ("file".to_string(), cfg.resolve(p).display().to_string())
-                        }
-                        (None, None) => ("file".to_string(), String::new()),
-                    };
-                    backing.insert(l.lun, b);
-                }
+        let mut backing = HashMap::new();
+        for t in &cfg.targets {
+            let Ok(name) = fcwwn::IscsiName::parse(&t.name) else {
+                continue;
+            };
+            for l in &t.luns {
+                let b = match (&l.path, &l.volume) {
+                    (_, Some(v)) => ("volume".to_string(), v.clone()),
+                    (Some(p), None) => ("file".to_string(), cfg.resolve(p).display().to_string()),
+                    (None, None) => ("file".to_string(), String::new()),
+                };
+                backing.insert((name.as_str().to_string(), l.lun), b);
             }
-            targets.push(TargetMeta {
-                def: def.clone(),
-                backing,
-            });
         }
+        let targets = server.targets();
         let table = managed
             .mapping
             .clone()
@@ -381,7 +367,7 @@ impl NodeMgmt {
                 cfg.node.name,
                 portals.len(),
                 targets.len(),
-                managed.volumes.len(),
+                managed.volumes.all().len(),
                 table.epoch
             ),
         );
@@ -392,7 +378,7 @@ impl NodeMgmt {
             server,
             portals,
             api_url,
-            targets,
+            backing,
             m: managed,
             table: Mutex::new(table),
             busy: AtomicBool::new(false),
@@ -403,15 +389,23 @@ impl NodeMgmt {
             mirrored: Mutex::new(BTreeMap::new()),
             rt: tokio::runtime::Handle::current(),
             faults: std::env::var("SWITCHYARD_TEST_FAULTS").is_ok_and(|v| v == "1"),
+            catalog: None,
+            config_zoning: cfg.zoning.clone(),
+            oui: cfg.node.oui,
         }))
     }
 
     /// The node is a cluster member: status shows the members and the leader, and
     /// changes go through the cluster.
-    pub fn with_cluster(self, member: Arc<cluster::ClusterNode>) -> NodeMgmt {
+    pub fn with_cluster(
+        self,
+        member: Arc<cluster::ClusterNode>,
+        catalog: Option<Arc<crate::catalog::Catalog>>,
+    ) -> NodeMgmt {
         let mut inner =
             Arc::try_unwrap(self.0).unwrap_or_else(|_| panic!("with_cluster before sharing"));
         inner.cluster = Some(member);
+        inner.catalog = catalog;
         NodeMgmt(Arc::new(inner))
     }
 
@@ -640,6 +634,96 @@ impl NodeMgmt {
 
     /// Mirror the cluster's change log into this node's journal (changes requested
     /// through any node), until `shutdown`.
+    /// The member and its catalog, or the error for a stand-alone node.
+    fn catalog(&self) -> Result<(&Arc<cluster::ClusterNode>, &crate::catalog::Catalog), ApiError> {
+        match (&self.0.cluster, &self.0.catalog) {
+            (Some(c), Some(cat)) => Ok((c, cat)),
+            _ => Err(ApiError::not_found(
+                "this node is not a cluster member; volumes, exports and zoning are changed online by the cluster",
+                "add a [cluster] section (one member is enough) and restart the node",
+            )),
+        }
+    }
+
+    /// Wait (briefly) until this node's catalog has applied a committed change, so the
+    /// answer shows it; the change is committed either way.
+    fn wait_catalog(&self, done: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !done() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The zoning version this node's catalog has applied.
+    fn synced_zoning(&self) -> u64 {
+        self.0.catalog.as_ref().map_or(0, |c| c.zoning_version())
+    }
+
+    /// A volume's view once this node serves it.
+    fn served_view(&self, name: &str) -> Result<mgmt::model::VolumeView, ApiError> {
+        self.wait_catalog(|| self.0.m.volumes.contains(name));
+        if let Some(v) = self.volume(name) {
+            return Ok(v);
+        }
+        // Recorded, but not (yet) served here: the cluster's view of it.
+        let (c, _) = self.catalog()?;
+        let st = cluster::Cluster::state(&**c);
+        let def = st.table.volume(name).ok_or_else(|| {
+            ApiError::not_found(
+                format!("no volume named {name:?}"),
+                "it was deleted meanwhile",
+            )
+        })?;
+        tracing::warn!(
+            volume = name,
+            "recorded by the cluster but not served by this node (yet)"
+        );
+        Ok(VolumeView {
+            name: def.name.clone(),
+            wwn: def.wwn.clone(),
+            block_size: def.block_size,
+            blocks: def.blocks,
+            holes: def.holes,
+            epoch: st.table.epoch,
+            exports: st
+                .catalog
+                .exports_of(name)
+                .map(|e| ExportView {
+                    target: e.target,
+                    lun: e.lun,
+                })
+                .collect(),
+            map: segments(def),
+            held: Vec::new(),
+            io: Default::default(),
+        })
+    }
+
+    /// The cluster's exports (target -> LUN -> volume); empty for a single node.
+    fn catalog_exports(&self) -> BTreeMap<String, BTreeMap<u16, String>> {
+        match &self.0.cluster {
+            Some(c) => cluster::Cluster::state(&**c).catalog.exports.clone(),
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// What backs LUN `lun` of `target`: the config's entry, or a volume the cluster
+    /// exported there.
+    fn lun_backing(
+        &self,
+        exports: &BTreeMap<String, BTreeMap<u16, String>>,
+        target: &str,
+        lun: u16,
+    ) -> (String, String) {
+        if let Some(b) = self.0.backing.get(&(target.to_string(), lun)) {
+            return b.clone();
+        }
+        match exports.get(target).and_then(|l| l.get(&lun)) {
+            Some(v) => ("volume".into(), v.clone()),
+            None => Default::default(),
+        }
+    }
+
     fn spawn_change_mirror(&self, c: Arc<cluster::ClusterNode>, shutdown: CancellationToken) {
         use cluster::Cluster as _;
         let me = self.clone();
@@ -1102,15 +1186,16 @@ impl NodeApi for NodeMgmt {
     }
 
     fn targets(&self) -> Vec<TargetView> {
+        let exports = self.catalog_exports();
         self.0
-            .targets
+            .server
+            .targets()
             .iter()
             .map(|t| TargetView {
-                name: t.def.name.clone(),
-                alias: t.def.alias.clone(),
-                chap: t.def.chap.is_some(),
+                name: t.name.clone(),
+                alias: t.alias.clone(),
+                chap: t.chap.is_some(),
                 luns: t
-                    .def
                     .luns
                     .iter()
                     .map(|l| {
@@ -1119,7 +1204,7 @@ impl NodeApi for NodeMgmt {
                         for b in &c.wwn[..usize::from(c.naa_len).min(16)] {
                             wwn.push_str(&format!("{b:02x}"));
                         }
-                        let (kind, backing) = t.backing.get(&l.lun).cloned().unwrap_or_default();
+                        let (kind, backing) = self.lun_backing(&exports, &t.name, l.lun);
                         LunView {
                             lun: l.lun,
                             wwn,
@@ -1178,28 +1263,32 @@ impl NodeApi for NodeMgmt {
     }
 
     fn volumes(&self) -> Vec<VolumeView> {
+        let catalog = self.catalog_exports();
+        let served_targets = self.0.server.targets();
         self.0
             .m
             .volumes
-            .values()
-            .map(|(live, stats)| {
+            .all()
+            .into_iter()
+            .map(|(_, sv)| {
+                let (live, stats) = (&sv.live, &sv.stats);
                 let cur = live.current();
                 let def = cur.def();
-                let exports = self
-                    .0
-                    .targets
+                let mut exports = served_targets
                     .iter()
                     .flat_map(|t| {
-                        t.backing
+                        t.luns
                             .iter()
-                            .filter(|(_, (kind, b))| kind == "volume" && b == &def.name)
-                            .map(|(lun, _)| ExportView {
-                                target: t.def.name.clone(),
-                                lun: *lun,
+                            .filter(|l| {
+                                let (kind, b) = self.lun_backing(&catalog, &t.name, l.lun);
+                                kind == "volume" && b == def.name
+                            })
+                            .map(|l| ExportView {
+                                target: t.name.clone(),
+                                lun: l.lun,
                             })
                     })
                     .collect::<Vec<_>>();
-                let mut exports = exports;
                 exports.sort_by(|a, b| (&a.target, a.lun).cmp(&(&b.target, b.lun)));
                 VolumeView {
                     name: def.name.clone(),
@@ -1263,12 +1352,17 @@ impl NodeApi for NodeMgmt {
                 "run the node as a cluster member (a [cluster] section; one member is enough)",
             ));
         }
-        let (live, _) = inner.m.volumes.get(volume).cloned().ok_or_else(|| {
-            ApiError::not_found(
-                format!("no volume named {volume:?}"),
-                "GET /api/v1/volumes lists the volumes",
-            )
-        })?;
+        let live = inner
+            .m
+            .volumes
+            .get(volume)
+            .map(|sv| sv.live.clone())
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    format!("no volume named {volume:?}"),
+                    "GET /api/v1/volumes lists the volumes",
+                )
+            })?;
         if inner
             .busy
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
@@ -1547,6 +1641,84 @@ impl NodeApi for NodeMgmt {
         Ok(())
     }
 
+    fn create_volume(
+        &self,
+        req: mgmt::model::CreateVolumeRequest,
+    ) -> Result<mgmt::model::VolumeView, ApiError> {
+        let (c, cat) = self.catalog()?;
+        let i = &self.0;
+        let (def, exports) = crate::catalog_api::plan_create(c, &i.m.registry, cat, i.oui, &req)?;
+        crate::catalog_api::create(c, &i.rt, &i.journal, def, exports)?;
+        self.served_view(&req.name)
+    }
+
+    fn delete_volume(&self, name: &str, force: bool) -> Result<(), ApiError> {
+        let (c, cat) = self.catalog()?;
+        crate::catalog_api::delete(c, &self.0.rt, cat, &self.0.journal, name, force)?;
+        // Gone from this node's targets before the answer.
+        self.wait_catalog(|| !self.0.m.volumes.contains(name));
+        Ok(())
+    }
+
+    fn export_volume(
+        &self,
+        name: &str,
+        at: mgmt::model::ExportView,
+    ) -> Result<mgmt::model::VolumeView, ApiError> {
+        let (c, cat) = self.catalog()?;
+        crate::catalog_api::export(c, &self.0.rt, cat, &self.0.journal, name, &at)?;
+        self.wait_catalog(|| {
+            self.volume(name)
+                .is_some_and(|v| v.exports.iter().any(|e| e.lun == at.lun))
+        });
+        self.served_view(name)
+    }
+
+    fn unexport_volume(
+        &self,
+        name: &str,
+        at: mgmt::model::ExportView,
+    ) -> Result<mgmt::model::VolumeView, ApiError> {
+        let (c, _) = self.catalog()?;
+        crate::catalog_api::unexport(c, &self.0.rt, &self.0.journal, name, &at)?;
+        self.wait_catalog(|| {
+            self.volume(name)
+                .is_some_and(|v| !v.exports.iter().any(|e| e.lun == at.lun))
+        });
+        self.served_view(name)
+    }
+
+    fn zoning(&self) -> mgmt::model::ZoningView {
+        let cluster = self
+            .0
+            .cluster
+            .as_ref()
+            .map(|c| cluster::Cluster::state(&**c).catalog.clone());
+        match cluster {
+            Some(cat) if cat.zoning.is_some() => mgmt::model::ZoningView {
+                source: "cluster".into(),
+                version: cat.zoning_version,
+                zoning: cat.zoning.unwrap_or_default(),
+            },
+            other => mgmt::model::ZoningView {
+                source: "config".into(),
+                version: other.map_or(0, |c| c.zoning_version),
+                zoning: self.0.config_zoning.clone(),
+            },
+        }
+    }
+
+    fn set_zoning(
+        &self,
+        req: mgmt::model::ZoningRequest,
+    ) -> Result<mgmt::model::ZoningView, ApiError> {
+        let (c, _) = self.catalog()?;
+        crate::catalog_api::set_zoning(c, &self.0.rt, &self.0.journal, &req)?;
+        let want = req.expected_version + 1;
+        self.wait_catalog(|| self.synced_zoning() >= want);
+        Ok(self.zoning())
+    }
+
     fn inject_fault(&self, req: mgmt::model::FaultRequest) -> Result<(), ApiError> {
         let (true, Some(c)) = (self.0.faults, &self.0.cluster) else {
             return Err(ApiError::not_found(
@@ -1603,15 +1775,17 @@ impl NodeApi for NodeMgmt {
             volumes: i
                 .m
                 .volumes
+                .all()
                 .iter()
-                .map(|(n, (_, s))| (n.clone(), s.snapshot()))
+                .map(|(n, sv)| (n.clone(), sv.stats.snapshot()))
                 .collect(),
             backends,
             volume_latency: i
                 .m
                 .volumes
+                .all()
                 .iter()
-                .flat_map(|(n, (_, s))| s.latency().map(|(op, h)| (n.clone(), op, h)))
+                .flat_map(|(n, sv)| sv.stats.latency().map(|(op, h)| (n.clone(), op, h)))
                 .collect(),
             backend_latency: i
                 .m
@@ -1763,7 +1937,7 @@ bstart = 2048
                     tpgt: 1,
                 })
                 .collect();
-            let volume = server.shared().targets[0].luns[0].lu.store().clone();
+            let volume = server.shared().targets()[0].luns[0].lu.store().clone();
             let api = NodeMgmt::new(&cfg, server.shared().clone(), portals, managed, None);
             api.spawn_watchers(shutdown.clone());
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

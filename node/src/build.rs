@@ -34,11 +34,10 @@ pub struct Node {
     pub managed: Managed,
     /// In a cluster: the LUs whose persistent reservations the cluster keeps.
     pub clustered: Vec<Arc<crate::clustered::ClusteredLu>>,
-    /// The LUs that serve each volume (to tell them when its capacity changes).
-    pub volume_lus: std::collections::BTreeMap<String, Vec<Arc<LogicalUnit>>>,
 }
 
 /// What `build` needs to know when the node is a cluster member.
+#[derive(Clone)]
 pub struct ClusterCtx {
     pub cluster: Arc<cluster::ClusterNode>,
     /// The port group model every LU of the node shares (kept in step with the
@@ -55,8 +54,6 @@ pub struct ClusterCtx {
 pub async fn build(cfg: &Config, cl: Option<&ClusterCtx>) -> Result<Node, String> {
     let masking = Arc::new(cfg.zoning.clone());
     let mut clustered = Vec::new();
-    let mut volume_lus: std::collections::BTreeMap<String, Vec<Arc<LogicalUnit>>> =
-        Default::default();
     let mut stores: Vec<Arc<dyn BlockStore>> = Vec::new();
     let mut managed = Managed::default();
     let volumes = open_volumes(cfg, &mut managed).await?;
@@ -134,20 +131,10 @@ pub async fn build(cfg: &Config, cl: Option<&ClusterCtx>) -> Result<Node, String
                 lu = lu.with_port_groups(g.clone());
             }
             let lu = match cl {
-                // The cluster keeps the reservations, keyed by the LU's WWN: the same
-                // LU served by every node shares one record.
                 Some(c) => {
-                    let key = wwn.to_hex();
-                    let coord =
-                        crate::clustered::ClusterPr::new(c.cluster.clone(), key.clone(), c.lease);
-                    let lu = Arc::new(
-                        lu.with_pr_coordinator(coord)
-                            .map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?,
-                    );
-                    clustered.push(Arc::new(crate::clustered::ClusteredLu {
-                        key,
-                        lu: lu.clone(),
-                    }));
+                    let (lu, pr) = clustered_lu(c, lu, &wwn)
+                        .map_err(|e| format!("target {name} LUN {}: {e}", l.lun))?;
+                    clustered.push(pr);
                     lu
                 }
                 None => {
@@ -166,8 +153,8 @@ pub async fn build(cfg: &Config, cl: Option<&ClusterCtx>) -> Result<Node, String
                 }
             };
             stores.push(store);
-            if let Some(v) = &l.volume {
-                volume_lus.entry(v.clone()).or_default().push(lu.clone());
+            if let Some(sv) = l.volume.as_ref().and_then(|v| managed.served().get(v)) {
+                sv.lus.lock().push(lu.clone());
             }
             luns.push(LunDef { lun: l.lun, lu });
         }
@@ -208,8 +195,44 @@ pub async fn build(cfg: &Config, cl: Option<&ClusterCtx>) -> Result<Node, String
         stores,
         managed,
         clustered,
-        volume_lus,
     })
+}
+
+/// Put a logical unit under the cluster's persistent reservations, keyed by its WWN:
+/// the same LU served by every node shares one record.
+pub fn clustered_lu(
+    c: &ClusterCtx,
+    lu: LogicalUnit,
+    wwn: &Wwn,
+) -> Result<(Arc<LogicalUnit>, Arc<crate::clustered::ClusteredLu>), String> {
+    let key = wwn.to_hex();
+    let coord = crate::clustered::ClusterPr::new(c.cluster.clone(), key.clone(), c.lease);
+    let lu = Arc::new(lu.with_pr_coordinator(coord).map_err(|e| e.to_string())?);
+    let pr = Arc::new(crate::clustered::ClusteredLu {
+        key,
+        lu: lu.clone(),
+    });
+    Ok((lu, pr))
+}
+
+/// The logical unit of a volume exported online (a cluster member's catalog): the
+/// volume's WWN, the cluster's port groups and persistent reservations.
+pub fn volume_lu(
+    c: &ClusterCtx,
+    store: Arc<dyn BlockStore>,
+    wwn: &Wwn,
+) -> Result<(Arc<LogicalUnit>, Arc<crate::clustered::ClusteredLu>), String> {
+    let mut naa = [0u8; 16];
+    naa[..wwn.as_bytes().len()].copy_from_slice(wwn.as_bytes());
+    let cfg = LuConfig {
+        wwn: naa,
+        naa_len: wwn.as_bytes().len() as u8,
+        serial: wwn.to_hex(),
+        thin: store.capabilities().unmap,
+        ..LuConfig::default()
+    };
+    let lu = LogicalUnit::new(cfg, store).with_port_groups(c.groups.clone());
+    clustered_lu(c, lu, wwn)
 }
 
 fn open_store(cfg: &Config, l: &LunSection) -> Result<Arc<dyn BlockStore>, String> {
@@ -412,7 +435,7 @@ pub fn derive_wwn(oui: u32, target: &str, lun: u16) -> Result<Wwn, String> {
         .map_err(|e| format!("cannot derive a WWN for {target} LUN {lun}: {e}"))
 }
 
-fn fnv1a(b: &[u8]) -> u64 {
+pub(crate) fn fnv1a(b: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &x in b {
         h ^= u64::from(x);

@@ -215,25 +215,22 @@ pub fn spawn_follower(
     node: Arc<ClusterNode>,
     lease: Duration,
     groups: Arc<PortGroups>,
-    prs: Vec<Arc<ClusteredLu>>,
+    lus: PrLus,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let me = node.id();
     // Persistent reservations other nodes commit are installed synchronously as the
     // entry is applied, so a node that reports the index applied enforces them.
-    let lus = Arc::new(prs);
     {
         let lus = lus.clone();
         node.set_applier(Arc::new(move |st: &ClusterState, ev: &Event| {
-            apply_pr_event(me, &lus, st, ev)
+            apply_pr_event(me, &lus.read(), st, ev)
         }));
     }
     // Changes applied before the applier was installed.
     let st = node.state();
-    for l in lus.iter() {
-        if let Some(r) = st.pr.get(&l.key) {
-            l.apply_remote(r.version, &r.state, &[]);
-        }
+    for l in lus.read().iter() {
+        l.catch_up(&st);
     }
     let mut events = node.subscribe();
     tokio::spawn(async move {
@@ -447,7 +444,19 @@ pub struct ClusteredLu {
     pub lu: Arc<scsi::LogicalUnit>,
 }
 
+/// The node's clustered LUs, shared by the PR applier and the catalog (which adds the
+/// LUs of volumes exported online).
+pub type PrLus = Arc<parking_lot::RwLock<Vec<Arc<ClusteredLu>>>>;
+
 impl ClusteredLu {
+    /// Install the record the replicated state holds now (at start, or when the LU
+    /// is created after the record).
+    pub fn catch_up(&self, st: &ClusterState) {
+        if let Some(r) = st.pr.get(&self.key) {
+            self.apply_remote(r.version, &r.state, &[]);
+        }
+    }
+
     /// Install a PR change another node committed (version `version`), raising the unit
     /// attentions it names for this node's ports.
     pub fn apply_remote(&self, version: u64, state: &cluster::PrState, uas: &[cluster::PrUa]) {

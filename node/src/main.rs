@@ -4,15 +4,19 @@
 
 mod api;
 mod build;
+mod catalog;
+mod catalog_api;
 mod clustered;
 mod config;
 mod migrate;
 mod migrate_api;
 mod moves;
 mod remap;
+mod served;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -242,35 +246,46 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
         };
         let mut node = build::build(&cfg, cl.as_ref().map(|(c, _)| c)).await?;
         let managed = std::mem::take(&mut node.managed);
+        let prs: clustered::PrLus = Arc::new(parking_lot::RwLock::new(std::mem::take(
+            &mut node.clustered,
+        )));
+        // A member serves what the cluster's catalog says: volumes created, exported
+        // and zoned online (through any member), beside its config's LUNs.
+        let catalog = cl.as_ref().map(|(c, _)| {
+            let cat = catalog::Catalog::new(
+                c.clone(),
+                managed.served(),
+                managed.registry(),
+                prs.clone(),
+                node.targets.clone(),
+                catalog::statics(&cfg),
+                Arc::new(cfg.zoning.clone()),
+            );
+            let st = cluster::Cluster::state(&*c.cluster);
+            cat.sync(&st);
+            node.targets = cat.targets(&st);
+            cat
+        });
         // The remap participant and driver: ready before the first login.
         let remapper = cl.as_ref().map(|(c, lease)| {
-            let mut lus = std::mem::take(&mut node.volume_lus);
-            let volumes = managed
-                .lives()
-                .into_iter()
-                .map(|(name, live)| {
-                    let lus = lus.remove(&name).unwrap_or_default();
-                    (name, remap::ServedVolume { live, lus })
-                })
-                .collect();
             remap::Remapper::new(
                 c.cluster.clone(),
-                volumes,
+                managed.served(),
                 managed.registry(),
                 managed.offload(),
                 remap::opts(&cfg, *lease),
                 None,
+                catalog.clone(),
             )
         });
         // The migration driver (works while this node leads).
         let migrator = cl.as_ref().map(|(c, _)| {
-            migrate::Migrator::new(
-                c.cluster.clone(),
-                managed.registry(),
-                managed.volume_stats(),
-            )
+            migrate::Migrator::new(c.cluster.clone(), managed.registry(), managed.served())
         });
         let server = iscsi::Server::new(node.fabric.clone(), node.targets, node.portals);
+        if let Some(c) = &catalog {
+            c.set_server(server.shared().clone());
+        }
         let listeners = server.bind().await.map_err(|e| e.to_string())?;
         let mut portals = Vec::new();
         for (l, p) in listeners.iter().zip(server.shared().portals.iter()) {
@@ -280,25 +295,22 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
                 tpgt: p.tpgt,
             });
             tracing::info!(portal = %addr, tpgt = p.tpgt, "listening");
-            for t in &server.shared().targets {
+            for t in &server.shared().targets() {
                 for lun in &t.luns {
                     println!("iscsi://{addr}/{}/{}", t.name, lun.lun);
                 }
             }
         }
         let shutdown = CancellationToken::new();
-        let member = cl.as_ref().map(|(c, _)| c.cluster.clone());
-        let api_task = match start_api(
-            &cfg,
-            &server,
-            portals,
-            managed,
-            member,
-            remapper.clone(),
-            &shutdown,
-        )
-        .await
-        {
+        let member = match (&cl, &remapper, &catalog) {
+            (Some((c, _)), Some(r), Some(cat)) => Some(Member {
+                node: c.cluster.clone(),
+                remapper: r.clone(),
+                catalog: cat.clone(),
+            }),
+            _ => None,
+        };
+        let api_task = match start_api(&cfg, &server, portals, managed, member, &shutdown).await {
             Ok(t) => t,
             Err(e) if api_required => return Err(e),
             Err(e) => {
@@ -313,7 +325,7 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
                 c.cluster.clone(),
                 *lease,
                 c.groups.clone(),
-                std::mem::take(&mut node.clustered),
+                prs.clone(),
                 shutdown.clone(),
             )
         });
@@ -375,13 +387,19 @@ async fn stop_member(member: std::sync::Arc<cluster::ClusterNode>) {
 }
 
 /// Start the management API if `[management]` is configured; prints its URL.
+/// A cluster member's pieces the management API works with.
+struct Member {
+    node: Arc<cluster::ClusterNode>,
+    remapper: Arc<remap::Remapper>,
+    catalog: Arc<catalog::Catalog>,
+}
+
 async fn start_api(
     cfg: &Config,
     server: &iscsi::Server,
     portals: Vec<mgmt::model::PortalView>,
     managed: api::Managed,
-    member: Option<std::sync::Arc<cluster::ClusterNode>>,
-    remapper: Option<std::sync::Arc<remap::Remapper>>,
+    member: Option<Member>,
     shutdown: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     let Some(m) = &cfg.management else {
@@ -403,12 +421,14 @@ async fn start_api(
         Some(url.clone()),
     );
     let node = match member {
-        Some(m) => node.with_cluster(m),
+        Some(m) => {
+            let node = node.with_cluster(m.node, Some(m.catalog));
+            m.remapper
+                .set_journal(mgmt::NodeApi::journal(&node).clone());
+            node
+        }
         None => node,
     };
-    if let Some(r) = remapper {
-        r.set_journal(mgmt::NodeApi::journal(&node).clone());
-    }
     node.spawn_watchers(shutdown.clone());
     let mode = if auth.is_open() {
         " (read-only: no tokens configured)"

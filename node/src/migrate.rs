@@ -32,8 +32,6 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use volume::{BlockRange, MappingTable, Registry, VolumeDef};
 
-use crate::api::IoStats;
-
 /// Failed window attempts in a row before a migration pauses.
 pub const MAX_WINDOW_FAILURES: u32 = 3;
 /// How long the driver waits after a failed window before the next attempt.
@@ -66,7 +64,7 @@ pub struct Migrator {
     node: Arc<ClusterNode>,
     me: NodeId,
     registry: Registry,
-    stats: BTreeMap<String, Arc<IoStats>>,
+    served: Arc<crate::served::Served>,
     pace: Mutex<BTreeMap<MigrationId, Pace>>,
     last: Mutex<MigrationId>,
 }
@@ -75,14 +73,14 @@ impl Migrator {
     pub fn new(
         node: Arc<ClusterNode>,
         registry: Registry,
-        stats: BTreeMap<String, Arc<IoStats>>,
+        served: Arc<crate::served::Served>,
     ) -> Arc<Migrator> {
         let me = node.id();
         Arc::new(Migrator {
             node,
             me,
             registry,
-            stats,
+            served,
             pace: Mutex::new(BTreeMap::new()),
             last: Mutex::new(0),
         })
@@ -223,7 +221,7 @@ impl Migrator {
         def: &VolumeDef,
         run: BlockRange,
     ) {
-        let ops = self.stats.get(&m.spec.volume).map_or(0, |s| s.ops());
+        let ops = self.served.get(&m.spec.volume).map_or(0, |s| s.stats.ops());
         let now = Instant::now();
         let (due, busy) = {
             let mut p = self.pace.lock();
@@ -268,7 +266,7 @@ impl Migrator {
                     m.id,
                     Pace {
                         next_at,
-                        host_ops: self.stats.get(&m.spec.volume).map_or(0, |s| s.ops()),
+                        host_ops: self.served.get(&m.spec.volume).map_or(0, |s| s.stats.ops()),
                     },
                 );
                 tracing::info!(

@@ -57,6 +57,8 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use volume::{BlockRange, HoldGuard, LiveVolume, MappingTable, Registry, VolumeChange};
 
+use crate::served::{Served, ServedVolume};
+
 /// Remap timing.
 #[derive(Debug, Clone)]
 pub struct RemapOpts {
@@ -128,11 +130,6 @@ fn now_ms() -> u64 {
 }
 
 /// A volume this node serves, with what must learn about a size change.
-pub struct ServedVolume {
-    pub live: Arc<LiveVolume>,
-    pub lus: Vec<Arc<scsi::LogicalUnit>>,
-}
-
 /// What this node is doing for the active change.
 #[derive(Default)]
 struct Local {
@@ -156,22 +153,25 @@ struct Local {
 pub struct Remapper {
     node: Arc<ClusterNode>,
     me: NodeId,
-    volumes: BTreeMap<String, ServedVolume>,
+    volumes: Arc<Served>,
     registry: Registry,
     offload: crate::moves::Offload,
     opts: RemapOpts,
     local: Mutex<Local>,
     journal: Mutex<Option<Arc<mgmt::Journal>>>,
+    /// Volumes, exports and zoning created online (kept in line between changes).
+    catalog: Option<Arc<crate::catalog::Catalog>>,
 }
 
 impl Remapper {
     pub fn new(
         node: Arc<ClusterNode>,
-        volumes: BTreeMap<String, ServedVolume>,
+        volumes: Arc<Served>,
         registry: Registry,
         offload: crate::moves::Offload,
         opts: RemapOpts,
         journal: Option<Arc<mgmt::Journal>>,
+        catalog: Option<Arc<crate::catalog::Catalog>>,
     ) -> Arc<Remapper> {
         let me = node.id();
         Arc::new(Remapper {
@@ -183,6 +183,7 @@ impl Remapper {
             opts,
             local: Mutex::new(Local::default()),
             journal: Mutex::new(journal),
+            catalog,
         })
     }
 
@@ -291,6 +292,9 @@ impl Remapper {
                     self.finish(&st, rec.as_ref());
                 }
                 self.catch_up(&st, me_fenced);
+                if let (Some(c), None) = (&self.catalog, st.active_change) {
+                    c.sync(&st);
+                }
             }
         }
     }
@@ -439,7 +443,7 @@ impl Remapper {
         &'a self,
         rec: &ChangeRecord,
         table: &'a MappingTable,
-    ) -> Vec<(&'a ServedVolume, &'a volume::VolumeDef)> {
+    ) -> Vec<(Arc<ServedVolume>, &'a volume::VolumeDef)> {
         rec.changeset
             .volumes
             .iter()
@@ -563,9 +567,7 @@ impl Remapper {
                 .switch()
                 .map_err(|e| format!("volume {name}: {e}"))?;
             if sv.live.current().num_blocks() != before {
-                for lu in &sv.lus {
-                    lu.capacity_changed();
-                }
+                sv.capacity_changed();
             }
         }
         Ok(())
@@ -653,8 +655,8 @@ impl Remapper {
     /// that was excluded, fenced, or restarted mid-change). Its ranges are held (or it
     /// is fenced), so no I/O runs on the old table meanwhile.
     fn catch_up_volumes(&self, st: &ClusterState) -> Result<(), String> {
-        for (name, sv) in &self.volumes {
-            let Some(def) = st.table.volume(name) else {
+        for (name, sv) in self.volumes.all() {
+            let Some(def) = st.table.volume(&name) else {
                 continue;
             };
             let live = sv.live.current();
@@ -673,9 +675,7 @@ impl Remapper {
                 .switch()
                 .map_err(|e| format!("volume {name}: {e}"))?;
             if def.blocks != before {
-                for lu in &sv.lus {
-                    lu.capacity_changed();
-                }
+                sv.capacity_changed();
             }
             tracing::info!(volume = %name, epoch = st.table.epoch, "caught up with the cluster's table");
         }

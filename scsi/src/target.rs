@@ -146,6 +146,31 @@ impl LunMap {
         }
     }
 
+    /// Does `other` route every LUN to the same logical unit as this map?
+    pub fn same_luns(&self, other: &LunMap) -> bool {
+        self.luns.len() == other.luns.len()
+            && self
+                .luns
+                .iter()
+                .zip(other.luns.iter())
+                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
+    }
+
+    /// This map replaces `old` on the live session of `nexus` (LUNs were added or
+    /// removed online): every logical unit of the new map raises REPORTED LUNS DATA
+    /// HAS CHANGED for this nexus (SPC-4 6.33), and the logical units that left the
+    /// map forget the nexus (as when its session ends).
+    pub fn replaces(&self, old: &LunMap, nexus: &Nexus) {
+        for lu in self.luns.values() {
+            lu.nexus(nexus.id).push(Sense::reported_luns_changed());
+        }
+        for (lun, lu) in &old.luns {
+            if !self.luns.get(lun).is_some_and(|n| Arc::ptr_eq(n, lu)) {
+                lu.nexus_gone(nexus.id);
+            }
+        }
+    }
+
     /// The session of this nexus ended: its reservations and unit attentions go.
     pub fn nexus_gone(&self, nexus: &Nexus) {
         for lu in self.luns.values() {

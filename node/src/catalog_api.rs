@@ -1,0 +1,395 @@
+//! The management side of the cluster's catalog: creating and deleting volumes,
+//! exporting them as LUNs, and the zoning. Each request is checked here against the
+//! replicated state and this node's back-ends and targets, so an admin gets a precise
+//! error and nothing changes; then it is one replicated command, which every member
+//! applies (`catalog.rs`).
+
+use cluster::{Cluster as _, ClusterNode, Command, Export, Outcome};
+use fcwwn::Wwn;
+use mgmt::model::{CreateVolumeRequest, ExportView, ZoningRequest};
+use mgmt::{ApiError, Journal, StatusCode};
+use tokio::runtime::Handle;
+use volume::{HolePolicy, Registry, VolumeDef};
+
+use crate::catalog::Catalog;
+
+/// Longest volume name.
+const MAX_NAME: usize = 64;
+
+/// Propose `cmd`; a refusal is a conflict with the cluster's reason.
+fn commit(c: &ClusterNode, rt: &Handle, what: &str, cmd: Command) -> Result<(), ApiError> {
+    let answer = rt.block_on(c.propose(cmd)).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the cluster did not record {what}: {e}"),
+            "check `switchyard nodes` for the leader and unreachable members",
+        )
+    })?;
+    match answer.outcome {
+        Outcome::Refused(why) => Err(ApiError::conflict(
+            format!("the cluster refused {what}: {why}"),
+            "nothing was changed",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            format!("{name:?} is not a valid volume name"),
+            format!("use 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+/// A target name as this node serves it, or a precise error.
+fn served_target(catalog: &Catalog, target: &str) -> Result<String, ApiError> {
+    let norm = fcwwn::IscsiName::parse(target)
+        .map_err(|e| {
+            ApiError::bad_request(
+                format!("target {target:?}: {e}"),
+                "name a target of `switchyard targets`",
+            )
+        })?
+        .as_str()
+        .to_string();
+    if !catalog.serves_target(&norm) {
+        return Err(ApiError::not_found(
+            format!("this node serves no target named {norm}"),
+            "`switchyard targets` lists them; targets come from each node's config",
+        ));
+    }
+    Ok(norm)
+}
+
+/// Check that LUN `lun` of `target` is free on this node and in the cluster.
+fn free_lun(
+    catalog: &Catalog,
+    st: &cluster::ClusterState,
+    target: &str,
+    lun: u16,
+) -> Result<(), ApiError> {
+    if lun > cluster::MAX_EXPORT_LUN {
+        return Err(ApiError::bad_request(
+            format!("LUN {lun} is out of range"),
+            format!("use 0..={}", cluster::MAX_EXPORT_LUN),
+        ));
+    }
+    if catalog.lun_taken(st, target, lun) {
+        return Err(ApiError::conflict(
+            format!("LUN {lun} of {target} is in use"),
+            "`switchyard targets` shows the LUNs in use; pick a free one",
+        ));
+    }
+    Ok(())
+}
+
+/// A locally assigned NAA (type 6) for a new volume: unique per name and moment.
+fn new_wwn(oui: u32, name: &str) -> Result<String, ApiError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h = crate::build::fnv1a(format!("volume/{name}/{nanos}").as_bytes());
+    let w = Wwn::naa6_from(oui & 0xff_ffff, h >> 28, h.rotate_left(17)).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot assign a WWN: {e}"),
+            "give one with \"wwn\"",
+        )
+    })?;
+    Ok(format!("naa.{}", w.to_hex()))
+}
+
+/// Check a create request and turn it into the volume and its exports.
+pub fn plan_create(
+    c: &ClusterNode,
+    registry: &Registry,
+    catalog: &Catalog,
+    oui: u32,
+    req: &CreateVolumeRequest,
+) -> Result<(VolumeDef, Vec<Export>), ApiError> {
+    check_name(&req.name)?;
+    let st = c.state();
+    if st.table.volume(&req.name).is_some() {
+        return Err(ApiError::conflict(
+            format!("volume {:?} already exists", req.name),
+            "pick another name, or delete the volume first",
+        ));
+    }
+    if req.extents.iter().any(|e| e.mirror.is_some()) {
+        return Err(ApiError::bad_request(
+            "a new volume's extents cannot have mirrors",
+            "mirrors are made by migrations (`switchyard migrate`)",
+        ));
+    }
+    let end = req.extents.iter().map(|e| e.vstart + e.blocks).max();
+    let blocks = match (req.blocks, end) {
+        (Some(b), _) => b,
+        (None, Some(e)) => e,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "a volume needs a size",
+                "give \"blocks\" or at least one extent",
+            ))
+        }
+    };
+    let cat = registry.catalog();
+    let block_size = req.block_size.unwrap_or_else(|| {
+        req.extents
+            .first()
+            .and_then(|e| cat.get(&e.backend))
+            .map_or(512, |b| b.block_size)
+    });
+    let wwn = match &req.wwn {
+        Some(w) => {
+            let parsed = w.parse::<Wwn>().map_err(|e| {
+                ApiError::bad_request(
+                    format!("wwn {w:?}: {e}"),
+                    "use naa. followed by 16 or 32 hex digits",
+                )
+            })?;
+            format!("naa.{}", parsed.to_hex())
+        }
+        None => new_wwn(oui, &req.name)?,
+    };
+    let def = VolumeDef {
+        name: req.name.clone(),
+        wwn,
+        block_size,
+        blocks,
+        holes: req.holes.unwrap_or(HolePolicy::Zero),
+        extents: req.extents.clone(),
+    };
+    let mut table = st.table.clone();
+    table.volumes.push(def.clone());
+    if let Err(e) = table.validate_with(&cat) {
+        return Err(ApiError::invalid(
+            format!("volume {} does not fit", req.name),
+            e.0.iter().map(|p| p.to_string()).collect(),
+        ));
+    }
+    let mut exports = Vec::new();
+    for x in &req.exports {
+        let target = served_target(catalog, &x.target)?;
+        free_lun(catalog, &st, &target, x.lun)?;
+        if exports
+            .iter()
+            .any(|e: &Export| e.target == target && e.lun == x.lun)
+        {
+            return Err(ApiError::bad_request(
+                format!("LUN {} of {target} is named twice", x.lun),
+                "give each export once",
+            ));
+        }
+        exports.push(Export {
+            target,
+            lun: x.lun,
+            volume: req.name.clone(),
+        });
+    }
+    Ok((def, exports))
+}
+
+/// Create a volume (checked by [`plan_create`]).
+pub fn create(
+    c: &ClusterNode,
+    rt: &Handle,
+    journal: &Journal,
+    def: VolumeDef,
+    exports: Vec<Export>,
+) -> Result<(), ApiError> {
+    let name = def.name.clone();
+    let shown: Vec<String> = exports
+        .iter()
+        .map(|e| format!("{} LUN {}", e.target, e.lun))
+        .collect();
+    commit(
+        c,
+        rt,
+        &format!("volume {name}"),
+        Command::CreateVolume { def, exports },
+    )?;
+    journal.event(
+        "info",
+        "volume",
+        if shown.is_empty() {
+            format!("volume {name} created (admin)")
+        } else {
+            format!(
+                "volume {name} created, exported as {} (admin)",
+                shown.join(", ")
+            )
+        },
+    );
+    Ok(())
+}
+
+/// Delete a volume: refused while this node's config shows it, and while it is
+/// exported unless `force`.
+pub fn delete(
+    c: &ClusterNode,
+    rt: &Handle,
+    catalog: &Catalog,
+    journal: &Journal,
+    name: &str,
+    force: bool,
+) -> Result<(), ApiError> {
+    let st = c.state();
+    let def = st.table.volume(name).ok_or_else(|| {
+        ApiError::not_found(
+            format!("no volume named {name:?}"),
+            "`switchyard volumes` lists them",
+        )
+    })?;
+    if let Some(s) = catalog.statically_exported(name) {
+        return Err(ApiError::conflict(
+            format!(
+                "LUN {} of {} in this node's config shows volume {name}",
+                s.lun, s.target
+            ),
+            "remove that [[target.lun]] from the config of every node that has it, restart them, then delete",
+        ));
+    }
+    let exports: Vec<String> = st
+        .catalog
+        .exports_of(name)
+        .map(|e| format!("{} LUN {}", e.target, e.lun))
+        .collect();
+    if !exports.is_empty() && !force {
+        return Err(ApiError::conflict(
+            format!("volume {name} is exported as {}", exports.join(", ")),
+            "unexport it first (`switchyard volumes unexport`), or delete with --force: hosts then see the LUN disappear",
+        ));
+    }
+    let pr_key = def.wwn.parse::<Wwn>().ok().map(|w| w.to_hex());
+    commit(
+        c,
+        rt,
+        &format!("the deletion of volume {name}"),
+        Command::DeleteVolume {
+            name: name.to_string(),
+            pr_key,
+        },
+    )?;
+    journal.event(
+        "info",
+        "volume",
+        format!("volume {name} deleted (admin); its data stays on the back-end LUs"),
+    );
+    Ok(())
+}
+
+/// Export volume `name` as `at`.
+pub fn export(
+    c: &ClusterNode,
+    rt: &Handle,
+    catalog: &Catalog,
+    journal: &Journal,
+    name: &str,
+    at: &ExportView,
+) -> Result<(), ApiError> {
+    let st = c.state();
+    if st.table.volume(name).is_none() {
+        return Err(ApiError::not_found(
+            format!("no volume named {name:?}"),
+            "`switchyard volumes` lists them",
+        ));
+    }
+    let target = served_target(catalog, &at.target)?;
+    free_lun(catalog, &st, &target, at.lun)?;
+    commit(
+        c,
+        rt,
+        "the export",
+        Command::Export(Export {
+            target: target.clone(),
+            lun: at.lun,
+            volume: name.to_string(),
+        }),
+    )?;
+    journal.event(
+        "info",
+        "volume",
+        format!("volume {name} exported as {target} LUN {} (admin)", at.lun),
+    );
+    Ok(())
+}
+
+/// Stop showing volume `name` at `at`.
+pub fn unexport(
+    c: &ClusterNode,
+    rt: &Handle,
+    journal: &Journal,
+    name: &str,
+    at: &ExportView,
+) -> Result<(), ApiError> {
+    let st = c.state();
+    let target = fcwwn::IscsiName::parse(&at.target)
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_else(|_| at.target.clone());
+    let shown = st.catalog.exports.get(&target).and_then(|l| l.get(&at.lun));
+    if shown.map(String::as_str) != Some(name) {
+        return Err(ApiError::not_found(
+            format!("volume {name} is not exported as {target} LUN {}", at.lun),
+            "`switchyard volumes show NAME` lists its exports (a LUN of a node's config is removed in that config)",
+        ));
+    }
+    commit(
+        c,
+        rt,
+        "the unexport",
+        Command::Unexport {
+            target: target.clone(),
+            lun: at.lun,
+        },
+    )?;
+    journal.event(
+        "info",
+        "volume",
+        format!(
+            "volume {name} no longer exported as {target} LUN {} (admin)",
+            at.lun
+        ),
+    );
+    Ok(())
+}
+
+/// Replace the cluster's zoning.
+pub fn set_zoning(
+    c: &ClusterNode,
+    rt: &Handle,
+    journal: &Journal,
+    req: &ZoningRequest,
+) -> Result<(), ApiError> {
+    commit(
+        c,
+        rt,
+        "the zoning",
+        Command::SetZoning {
+            expected_version: req.expected_version,
+            zoning: req.zoning.clone(),
+        },
+    )?;
+    journal.event(
+        "info",
+        "zoning",
+        match &req.zoning {
+            Some(z) => format!(
+                "zoning replaced (admin): {} group(s), {} rule(s)",
+                z.groups().len(),
+                z.rules().len()
+            ),
+            None => "zoning reset to each node's [zoning] (admin)".to_string(),
+        },
+    );
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! What a cluster serves, changed online through the `switchyard` CLI: a volume is
+//! created and exported through one member and appears on both (a live session gets
+//! REPORTED LUNS DATA HAS CHANGED), is written through one member and read through the
+//! other, grown, remapped by a migration and shown; the zoning closes the target to a
+//! logged-in initiator (its session ends) and masks LUNs; bad admin input gets a
+//! precise error and changes nothing; a forced delete takes the LUN away.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration_tests::cluster_rig::*;
+use integration_tests::*;
+
+const BS: usize = 512;
+/// 16 MiB array LUs: vol1 takes all of LUN 0, the new volume lives on LUN 1.
+const BLOCKS: u64 = 32768;
+
+/// Run the CLI against member `i`; (success, stdout + stderr).
+fn cli(rig: &ClusterRig, i: usize, args: &[&str]) -> (bool, String) {
+    let out = Command::new(switchyard_bin())
+        .args([
+            "--node",
+            &format!("http://127.0.0.1:{}", rig.nodes[i].api),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn cli_ok(rig: &ClusterRig, i: usize, args: &[&str]) -> String {
+    let (ok, text) = cli(rig, i, args);
+    assert!(ok, "switchyard {args:?} failed:\n{text}");
+    text
+}
+
+fn cli_err(rig: &ClusterRig, i: usize, args: &[&str], want: &str) -> String {
+    let (ok, text) = cli(rig, i, args);
+    assert!(!ok, "switchyard {args:?} succeeded:\n{text}");
+    assert!(
+        text.contains(want),
+        "switchyard {args:?}: the error does not say {want:?}:\n{text}"
+    );
+    text
+}
+
+async fn login(
+    rig: &ClusterRig,
+    node: usize,
+    name: &str,
+    isid: u8,
+) -> Result<Initiator, LoginFailure> {
+    let mut i = Initiator::connect(rig.nodes[node].portal_addr()).await;
+    i.login(&LoginOpts {
+        initiator: Some(format!("iqn.2026-11.org.test:{name}")),
+        target: Some(CLUSTER_TARGET.into()),
+        isid: Some([0x80, 0, 0, 0, 8, isid]),
+        ..Default::default()
+    })
+    .await
+    .map(|_| i)
+}
+
+/// REPORT LUNS: the LUN numbers.
+async fn report_luns(i: &mut Initiator) -> Vec<u16> {
+    let r = i
+        .scsi(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[], 256)
+        .await;
+    assert_eq!(r.status, 0, "REPORT LUNS: {r:?}");
+    let n = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize / 8;
+    (0..n)
+        .map(|k| u16::from_be_bytes([r.data[8 + 8 * k], r.data[9 + 8 * k]]) & 0x3fff)
+        .collect()
+}
+
+/// READ CAPACITY (16): the number of blocks.
+async fn capacity(i: &mut Initiator, lun: u16) -> u64 {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9e;
+    cdb[1] = 0x10;
+    cdb[13] = 32;
+    let (r, _) = past_ua(i, lun, &cdb, &[], 32).await;
+    assert_eq!(r.status, 0, "READ CAPACITY: {r:?}");
+    u64::from_be_bytes(r.data[0..8].try_into().unwrap()) + 1
+}
+
+/// Run `cdb` until it is not a unit attention (at most 5 tries); the result and the
+/// (ASC, ASCQ) of the unit attentions seen.
+async fn past_ua(
+    i: &mut Initiator,
+    lun: u16,
+    cdb: &[u8],
+    data: &[u8],
+    len: u32,
+) -> (ScsiResult, Vec<(u8, u8)>) {
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let r = i.scsi(lun, cdb, data, len).await;
+        if r.status == 2 && r.sense_key() == 6 {
+            seen.push((r.sense[12], r.sense[13]));
+            continue;
+        }
+        return (r, seen);
+    }
+    panic!("unit attentions never end: {seen:?}");
+}
+
+/// Wait until `f` holds (the other member applies committed changes a moment later).
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_and_zoning_change_online_through_the_cli() {
+    let rig = ClusterRig::start(RigOpts {
+        blocks: BLOCKS,
+        ..RigOpts::default()
+    })
+    .await;
+    let tgt = CLUSTER_TARGET;
+
+    // A host logged in through member 1 before anything changes: LUN 0 only.
+    let mut early = login(&rig, 1, "early", 1).await.expect("login");
+    early.clear_ua(0).await;
+    assert_eq!(report_luns(&mut early).await, [0]);
+
+    // Bad input: precise errors, nothing changes.
+    cli_err(
+        &rig,
+        0,
+        &[
+            "volumes",
+            "create",
+            "bad",
+            "--on",
+            "array/lun0",
+            "--size",
+            "1MiB",
+        ],
+        "used twice",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "volumes",
+            "create",
+            "big",
+            "--on",
+            "array/lun1",
+            "--size",
+            "32MiB",
+        ],
+        "array/lun1",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "volumes",
+            "create",
+            "x",
+            "--on",
+            "array/lun9",
+            "--size",
+            "1MiB",
+        ],
+        "no back-end LU \"array/lun9\"",
+    );
+    cli_err(
+        &rig,
+        0,
+        &["volumes", "create", "bad name", "--size", "1MiB"],
+        "not a valid volume name",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "volumes", "create", "w", "--size", "1MiB", "--wwn", "naa.12",
+        ],
+        "wwn",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "volumes",
+            "create",
+            "db",
+            "--on",
+            "array/lun1",
+            "--size",
+            "4MiB",
+            "--export",
+            &format!("{tgt}:0"),
+        ],
+        "LUN 0 of",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "volumes",
+            "create",
+            "db",
+            "--on",
+            "array/lun1",
+            "--size",
+            "4MiB",
+            "--export",
+            "iqn.2026-11.org.nowhere:x:1",
+        ],
+        "serves no target",
+    );
+    cli_err(
+        &rig,
+        0,
+        &["volumes", "export", "nope", "--target", tgt, "--lun", "3"],
+        "no volume named \"nope\"",
+    );
+    cli_err(
+        &rig,
+        0,
+        &["volumes", "delete", "vol1"],
+        "in this node's config",
+    );
+    cli_err(
+        &rig,
+        0,
+        &["zoning", "group", "esx", "--add", "21:00:00:24:ff:4b:9c"],
+        "21:00:00:24:ff:4b:9c",
+    );
+    let vols = cli_ok(&rig, 1, &["volumes"]);
+    assert!(!vols.contains("bad") && !vols.contains("big"), "{vols}");
+    // The API refuses a malformed WWN in a zoning document (not only the CLI).
+    let c = rig.nodes[0].client();
+    let r = tokio::task::spawn_blocking(move || {
+        c.put::<_, serde_json::Value>(
+            "/api/v1/zoning",
+            &serde_json::json!({"expected_version": 0, "zoning": {
+                "groups": [{"name": "g", "members": ["21:00:00:24:ff:4b:9c"]}], "rules": []}}),
+        )
+    })
+    .await
+    .unwrap();
+    let e = r.expect_err("a malformed WWN was accepted").to_string();
+    assert!(e.contains("21:00:00:24:ff:4b:9c"), "{e}");
+    assert!(cli_ok(&rig, 1, &["zoning"]).contains("config"));
+
+    // Create through member 0, exported as LUN 1.
+    let out = cli_ok(
+        &rig,
+        0,
+        &[
+            "volumes",
+            "create",
+            "db",
+            "--on",
+            "array/lun1",
+            "--size",
+            "4MiB",
+            "--export",
+            &format!("{tgt}:1"),
+        ],
+    );
+    assert!(out.contains(&format!("served as {tgt} LUN 1")), "{out}");
+    // The live session on member 1 is told, and sees the new LUN.
+    let (r, uas) = past_ua(&mut early, 0, &[0, 0, 0, 0, 0, 0], &[], 0).await;
+    assert_eq!(r.status, 0);
+    eventually("member 1 shows LUN 1", || {
+        let c = rig.nodes[1].client();
+        async move {
+            tokio::task::spawn_blocking(move || c.get_text("/api/v1/targets"))
+                .await
+                .unwrap()
+                .is_ok_and(|t| t.contains("\"db\""))
+        }
+    })
+    .await;
+    let (r, more) = past_ua(&mut early, 0, &[0, 0, 0, 0, 0, 0], &[], 0).await;
+    assert_eq!(r.status, 0);
+    let uas: Vec<(u8, u8)> = uas.into_iter().chain(more).collect();
+    assert!(
+        uas.contains(&(0x3f, 0x0e)),
+        "no REPORTED LUNS DATA HAS CHANGED: {uas:?}"
+    );
+    assert_eq!(report_luns(&mut early).await, [0, 1]);
+    assert_eq!(capacity(&mut early, 1).await, 8192);
+
+    // Written through member 1, read through member 0.
+    let data: Vec<u8> = (0..64).flat_map(|b| pattern(7, b, BS)).collect();
+    let (w, _) = past_ua(&mut early, 1, &cdb10(0x2a, 0, 64), &data, 0).await;
+    assert_eq!(w.status, 0, "write: {w:?}");
+    let mut other = login(&rig, 0, "other", 2).await.expect("login");
+    other.clear_ua(0).await;
+    let (r, _) = past_ua(&mut other, 1, &cdb10(0x28, 0, 64), &[], (64 * BS) as u32).await;
+    assert_eq!(r.status, 0);
+    assert!(
+        r.data == data,
+        "the data written through member 1 differs through member 0"
+    );
+
+    // Grow (a remap) through member 1: 6 MiB, the new blocks further on LUN 1.
+    let out = cli_ok(
+        &rig,
+        1,
+        &[
+            "volumes",
+            "grow",
+            "db",
+            "--size",
+            "6MiB",
+            "--on",
+            "array/lun1",
+            "--bstart",
+            "8192",
+        ],
+    );
+    assert!(out.contains("done"), "{out}");
+    let (_, uas) = past_ua(&mut early, 1, &[0, 0, 0, 0, 0, 0], &[], 0).await;
+    assert!(
+        uas.contains(&(0x2a, 0x09)),
+        "no CAPACITY DATA HAS CHANGED: {uas:?}"
+    );
+    assert_eq!(capacity(&mut early, 1).await, 12288);
+
+    // Migrate its first extent further along LUN 1, through member 0, then show.
+    let out = cli_ok(
+        &rig,
+        0,
+        &[
+            "migrate",
+            "db",
+            "--to",
+            "array/lun1",
+            "--at",
+            "16384",
+            "--vstart",
+            "0",
+            "--blocks",
+            "8192",
+        ],
+    );
+    assert!(out.contains("done") || out.contains("100%"), "{out}");
+    let out = cli_ok(&rig, 1, &["volumes", "show", "db"]);
+    assert!(
+        out.contains("[16384, 24576)"),
+        "the map does not show the migrated extent:\n{out}"
+    );
+    let (r, _) = past_ua(&mut early, 1, &cdb10(0x28, 0, 64), &[], (64 * BS) as u32).await;
+    assert!(
+        r.status == 0 && r.data == data,
+        "data lost by the migration"
+    );
+
+    // Zoning: close the target to everyone but "other" (LUN 1 only). The early
+    // session is ended; it may not log in again; "other" sees only LUN 1.
+    cli_ok(
+        &rig,
+        0,
+        &[
+            "zoning",
+            "allow",
+            "--target",
+            tgt,
+            "--initiator",
+            "iqn.2026-11.org.test:other",
+            "--luns",
+            "1",
+        ],
+    );
+    let z = cli_ok(&rig, 1, &["zoning"]);
+    assert!(
+        z.contains("iqn.2026-11.org.test:other") && z.contains("cluster"),
+        "{z}"
+    );
+    eventually("the early session is ended", || {
+        let c = rig.nodes[1].client();
+        async move {
+            tokio::task::spawn_blocking(move || c.get_text("/api/v1/sessions"))
+                .await
+                .unwrap()
+                .is_ok_and(|t| !t.contains("org.test:early"))
+        }
+    })
+    .await;
+    let refused = login(&rig, 1, "early", 3).await;
+    assert!(refused.is_err(), "a zoned-out initiator logged in");
+    let mut masked = login(&rig, 1, "other", 4).await.expect("login");
+    masked.clear_ua(1).await;
+    assert_eq!(report_luns(&mut masked).await, [1]);
+    cli_ok(&rig, 1, &["zoning", "clear"]);
+    let z = cli_ok(&rig, 0, &["zoning"]);
+    assert!(z.contains("config"), "{z}");
+
+    // Delete: refused while exported; --force takes the LUN away from live sessions.
+    cli_err(&rig, 1, &["volumes", "delete", "db"], "exported as");
+    cli_ok(&rig, 1, &["volumes", "delete", "db", "--force"]);
+    eventually("member 0 no longer shows db", || {
+        let c = rig.nodes[0].client();
+        async move {
+            tokio::task::spawn_blocking(move || c.get_text("/api/v1/volumes"))
+                .await
+                .unwrap()
+                .is_ok_and(|t| !t.contains("\"db\""))
+        }
+    })
+    .await;
+    let (r, _) = past_ua(&mut other, 0, &[0, 0, 0, 0, 0, 0], &[], 0).await;
+    assert_eq!(r.status, 0);
+    assert_eq!(report_luns(&mut other).await, [0]);
+    let r = other.scsi(1, &cdb10(0x28, 0, 1), &[], BS as u32).await;
+    assert_eq!(
+        (r.status, r.sense_key()),
+        (2, 5),
+        "LUN 1 still answers: {r:?}"
+    );
+    // vol1 is untouched.
+    let (r, _) = past_ua(&mut other, 0, &cdb10(0x28, 0, 1), &[], BS as u32).await;
+    assert_eq!(r.status, 0);
+}
