@@ -8,7 +8,8 @@
 //! `b` (masked) or `c` (another target's LU) as source or destination is COPY ABORTED,
 //! COPY TARGET DEVICE NOT REACHABLE, and no data moves. PERSISTENT RESERVE OUT
 //! REGISTER AND MOVE to an initiator port the ACL does not admit, or to a relative
-//! target port that does not exist, is in an `#[ignore]`d test (a known gap).
+//! target port that does not exist, is INVALID FIELD IN PARAMETER LIST; a move to an
+//! admitted initiator port on an existing port works.
 
 use std::sync::Arc;
 
@@ -282,8 +283,6 @@ fn move_params(key: u64, sa_key: u64, relative_port: u16, port: &str) -> Vec<u8>
 }
 
 #[tokio::test]
-#[ignore = "known gap (SECURITY.md): REGISTER AND MOVE does not check the destination \
-            against the ACL or the target's ports (scsi/src/pr_move.rs)"]
 async fn register_and_move_only_to_admitted_initiators_and_existing_ports() {
     let rig = start().await;
     let mut host = rig.session(HOST, TARGET, 1).await;
@@ -324,7 +323,11 @@ async fn register_and_move_only_to_admitted_initiators_and_existing_ports() {
             assert_eq!(r.sense_key(), 0x05, "{case}: ILLEGAL REQUEST");
         }
     }
+    // The admitted host's other initiator port, on the target's port 1: moved.
+    let p = move_params(0x11, 0x22, 1, &own_other_isid);
+    let r = host.scsi(0, &prout(7, 1, p.len()), &p, 0).await;
     rig.stop().await;
+    assert_eq!(r.status, 0, "a move to an admitted port was refused: {r:?}");
     assert!(
         moved.is_empty(),
         "reservation moved, must be refused: {moved:?}"

@@ -3,10 +3,8 @@
 //! initiator never would: other CHAP_A algorithms, a response computed with another
 //! identifier, malformed or mis-sized CHAP_R and CHAP_C values, CHAP keys out of
 //! order, a reflected challenge; and checks that the target refuses each one (status
-//! class 2) and never completes the login.
-//!
-//! The cases the target gets wrong today are in `#[ignore]`d tests at the end (see
-//! SECURITY.md, "Known gaps"); run them with `--ignored`.
+//! class 2) and never completes the login. Mutual challenges must be 16..=1024 bytes
+//! and come as a pair (CHAP_I with CHAP_C).
 
 use integration_tests::*;
 use iscsi::{ChapConfig, FabricConfig};
@@ -382,11 +380,9 @@ async fn mutual_chap_with_the_initiators_secret_is_refused() {
     t.stop().await;
 }
 
-// ---- Known gaps: these assert RFC behaviour the target does not have yet. ----
+// ---- Mutual challenge bounds and pairing (RFC 7143 §12.1.3). ----
 
 #[tokio::test]
-#[ignore = "known gap (SECURITY.md): iscsi/src/login.rs accepts mutual CHAP_C of 8..=15 \
-            and more than 1024 bytes, and CHAP_I or CHAP_C alone"]
 async fn mutual_chap_challenge_bounds_and_pairing() {
     let t = target(true).await;
     let long = base64(&vec![2u8; MAX_BINARY_LEN + 1]);

@@ -5,8 +5,8 @@
 //! memory must stay flat (the last sample no more than 32 MiB or half above the sample
 //! taken a quarter of the way in). It prints the figures.
 //!
-//! The worker processes are this test binary again, running the ignored `load_worker`
-//! test with SECURITY_LOAD_* set. Needs `cargo build -p switchyard` first.
+//! The worker processes are `tests/bin/load_worker.rs` (a binary of this package).
+//! Needs `cargo build -p switchyard` first.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,9 +16,6 @@ use integration_tests::*;
 const TARGET_NAME: &str = "iqn.2026-11.org.switchyard:load";
 const PROCS: u32 = 4;
 const SESSIONS_PER_PROC: u32 = 16;
-const BS: usize = 512;
-/// Blocks each session owns (8 per command, 16 commands' worth).
-const REGION: u64 = 128;
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -53,11 +50,9 @@ async fn sixty_four_sessions_from_four_processes_no_errors_memory_flat() {
     let pid = node.0.id();
     wait_port(port).await;
 
-    let exe = std::env::current_exe().unwrap();
     let workers: Vec<_> = (0..PROCS)
         .map(|p| {
-            Command::new(&exe)
-                .args(["--exact", "load_worker", "--ignored", "--nocapture"])
+            Command::new(env!("CARGO_BIN_EXE_load_worker"))
                 .env("SECURITY_LOAD_PORT", port.to_string())
                 .env("SECURITY_LOAD_PROC", p.to_string())
                 .env("SECURITY_LOAD_SECS", secs.to_string())
@@ -118,71 +113,4 @@ async fn sixty_four_sessions_from_four_processes_no_errors_memory_flat() {
         "node memory grew: {samples:?}"
     );
     node.stop();
-}
-
-/// One worker process: SESSIONS_PER_PROC sessions, each writing and verifying its own
-/// region until the deadline. Prints `LOADWORKER ios=N errors=E idle_sessions=S`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by sixty_four_sessions_from_four_processes_no_errors_memory_flat"]
-async fn load_worker() {
-    let Ok(port) = std::env::var("SECURITY_LOAD_PORT") else {
-        return;
-    };
-    let proc_no: u32 = std::env::var("SECURITY_LOAD_PROC")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let secs: u64 = std::env::var("SECURITY_LOAD_SECS")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for s in 0..SESSIONS_PER_PROC {
-        tasks.push(tokio::spawn(async move {
-            let n = proc_no * SESSIONS_PER_PROC + s;
-            let mut i = Initiator::connect(addr).await;
-            i.login(&LoginOpts {
-                target: Some(TARGET_NAME.into()),
-                isid: Some([0x80, 0, 0, 0, proc_no as u8, s as u8]),
-                ..Default::default()
-            })
-            .await
-            .expect("login");
-            i.clear_ua(0).await;
-            let base = u64::from(n) * REGION;
-            let (mut ios, mut errors, mut round) = (0u64, 0u64, 0u32);
-            // At least one round per session, however late it logged in.
-            loop {
-                let lba = base + u64::from(round % 16) * 8;
-                let mut data = Vec::new();
-                for b in 0..8 {
-                    data.extend(pattern(n * 1000 + round, lba + b, BS));
-                }
-                let w = i.write10(0, lba as u32, &data, BS).await;
-                let r = i.read10(0, lba as u32, 8, BS).await;
-                ios += 2;
-                if w.status != 0 || r.status != 0 || r.data != data {
-                    errors += 1;
-                }
-                round += 1;
-                if Instant::now() >= deadline {
-                    break;
-                }
-            }
-            i.logout().await;
-            (ios, errors)
-        }));
-    }
-    let (mut ios, mut errors, mut idle) = (0, 0, 0);
-    for t in tasks {
-        let (a, b) = t.await.unwrap();
-        ios += a;
-        errors += b;
-        if a == 0 {
-            idle += 1;
-        }
-    }
-    println!("LOADWORKER ios={ios} errors={errors} idle_sessions={idle}");
 }

@@ -319,8 +319,6 @@ async fn api_needs_tokens_and_the_log_holds_no_secret() {
 }
 
 #[test]
-#[ignore = "known gap (SECURITY.md): node/src/config.rs passes toml's error text on, which \
-            quotes the offending line, secret included"]
 fn config_parse_errors_do_not_quote_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");

@@ -24,6 +24,8 @@ pub const CHALLENGE_LEN: usize = 16;
 /// Shortest challenge we accept from an initiator for mutual CHAP. Shorter
 /// challenges make precomputed response tables practical.
 pub const MIN_PEER_CHALLENGE_LEN: usize = 16;
+/// Longest challenge we accept (RFC 7143 §12.1.3 caps CHAP_C at 1024 bytes).
+pub const MAX_PEER_CHALLENGE_LEN: usize = 1024;
 /// Shortest secret RFC 7143 §12.1.3 allows without IPsec (96 bits).
 pub const MIN_SECRET_LEN: usize = 12;
 /// Length of an MD5 response.
@@ -282,7 +284,7 @@ impl ChapServer {
         self.challenge.verify(&secrets.initiator_secret, chap_r)?;
         let mut response = TextPairs::new();
         if let Some((id, challenge)) = mutual {
-            if challenge.len() < MIN_PEER_CHALLENGE_LEN {
+            if !(MIN_PEER_CHALLENGE_LEN..=MAX_PEER_CHALLENGE_LEN).contains(&challenge.len()) {
                 return Err(ChapError::ChallengeLength(challenge.len()));
             }
             // RFC 7143 §12.1.3: refuse a challenge equal to the one we sent.

@@ -429,8 +429,13 @@ impl Login<'_> {
                     let Ok(cchal) = chap::decode_binary(cc) else {
                         return Err(status::AUTH_FAILED);
                     };
-                    // Refuse a reflected challenge and a shared secret (§12.1.3).
-                    if cchal == *challenge || tsecret == &cfg.secret || cchal.len() < 8 {
+                    // Refuse a reflected challenge and a shared secret (§12.1.3), and
+                    // a challenge shorter than the hash or longer than 1024 bytes.
+                    if cchal == *challenge
+                        || tsecret == &cfg.secret
+                        || cchal.len() < chap::MIN_PEER_CHALLENGE_LEN
+                        || cchal.len() > chap::MAX_PEER_CHALLENGE_LEN
+                    {
                         return Err(status::AUTH_FAILED);
                     }
                     let r = chap::response(cid, tsecret.as_bytes(), &cchal);
@@ -442,7 +447,10 @@ impl Login<'_> {
                     // We require mutual authentication but the initiator did not ask.
                     return Err(status::AUTH_FAILED);
                 }
-                _ => {}
+                (None, None, None) => {}
+                // Half a mutual challenge (CHAP_I without CHAP_C or the reverse) is a
+                // protocol error, never a one-way login.
+                _ => return Err(status::INITIATOR_ERROR),
             }
             self.auth = Auth::Done;
         } else if get("CHAP_R").is_some() || get("CHAP_N").is_some() {
@@ -496,7 +504,7 @@ impl Login<'_> {
         self.tsih = tsih;
         let initiator_port = format!("{},i,{}", self.initiator, isid_hex(&req.isid));
         let luns = match &self.target {
-            Some(t) => t.lun_map_for(&self.initiator),
+            Some(t) => t.lun_map_for(&self.initiator, &self.shared.relative_ports()),
             None => scsi::LunMap::new(Arc::new(scsi::TargetInfo {
                 name: String::new(),
                 port_name: String::new(),

@@ -184,6 +184,19 @@ impl ServerShared {
             .cloned()
     }
 
+    /// The relative target port identifiers of the portals (0 in a portal's
+    /// definition: its position plus one).
+    pub fn relative_ports(&self) -> Arc<[u16]> {
+        self.portals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p.relative_port {
+                0 => i as u16 + 1,
+                r => r,
+            })
+            .collect()
+    }
+
     /// The targets served now.
     pub fn targets(&self) -> Vec<Arc<TargetDef>> {
         self.targets.read().clone()
@@ -207,7 +220,7 @@ impl ServerShared {
             let initiator = &s.key.initiator;
             match new.iter().find(|n| n.name.eq_ignore_ascii_case(&t.name)) {
                 Some(n) if n.allows(initiator) => {
-                    let map = n.lun_map_for(initiator);
+                    let map = n.lun_map_for(initiator, &self.relative_ports());
                     let old = s.luns.load_full();
                     if !map.same_luns(&old) {
                         map.replaces(&old, &s.nexus);
@@ -245,9 +258,9 @@ impl ServerShared {
                 Some(cur) if !cur.allows(&sess.key.initiator) => {
                     return Err("the zoning no longer admits this initiator")
                 }
-                Some(cur) => sess
-                    .luns
-                    .store(Arc::new(cur.lun_map_for(&sess.key.initiator))),
+                Some(cur) => sess.luns.store(Arc::new(
+                    cur.lun_map_for(&sess.key.initiator, &self.relative_ports()),
+                )),
             }
         }
         if sessions.len() >= self.config.max_sessions {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fcwwn::{InitiatorId, LunSet, Masking};
-use scsi::{LogicalUnit, LunMap, TargetInfo};
+use scsi::{LogicalUnit, LunMap, PortAccess, PortRefusal, TargetInfo};
 
 /// CHAP secrets for one target (RFC 7143 §12.1.3). `mutual` adds the target's own
 /// name and secret, which the initiator checks.
@@ -64,8 +64,10 @@ impl TargetDef {
         self.access(initiator).is_some()
     }
 
-    /// The LUN map one initiator sees (LUN masking applied).
-    pub fn lun_map_for(&self, initiator: &str) -> LunMap {
+    /// The LUN map one initiator sees (LUN masking applied). `ports` are the
+    /// relative target port identifiers of the fabric's portals: with the logical
+    /// units' port groups, the ports a command may name.
+    pub fn lun_map_for(&self, initiator: &str, ports: &Arc<[u16]>) -> LunMap {
         let visible = self.access(initiator).unwrap_or_else(LunSet::none);
         let mut map = LunMap::new(self.info.clone());
         for l in &self.luns {
@@ -73,7 +75,54 @@ impl TargetDef {
                 map.insert(u64::from(l.lun), l.lu.clone());
             }
         }
-        map
+        map.with_access(Arc::new(TargetAccess {
+            name: self.name.clone(),
+            masking: self.masking.clone(),
+            luns: self.luns.iter().map(|l| (l.lun, l.lu.clone())).collect(),
+            ports: ports.clone(),
+        }))
+    }
+}
+
+/// One target's zoning and ports, for commands that name other initiator ports
+/// (REGISTER AND MOVE).
+#[derive(Debug)]
+struct TargetAccess {
+    name: String,
+    masking: Arc<Masking>,
+    luns: Vec<(u16, Arc<LogicalUnit>)>,
+    ports: Arc<[u16]>,
+}
+
+impl PortAccess for TargetAccess {
+    fn check(&self, initiator: &str, port: u16, lu: &LogicalUnit) -> Result<(), PortRefusal> {
+        let lun = self
+            .luns
+            .iter()
+            .find(|(_, l)| std::ptr::eq(Arc::as_ptr(l), lu))
+            .map(|(n, _)| *n);
+        let admitted = match (InitiatorId::parse(initiator), lun) {
+            (Ok(id), Some(lun)) => self
+                .masking
+                .access(&id, &self.name)
+                .is_some_and(|s| s.contains(lun)),
+            (Err(_), Some(_)) => !self.masking.is_restricted(&self.name),
+            (_, None) => false,
+        };
+        if !admitted {
+            return Err(PortRefusal::Initiator);
+        }
+        let in_groups = lu
+            .port_groups()
+            .snapshot()
+            .groups
+            .iter()
+            .any(|g| g.ports.contains(&port));
+        if self.ports.contains(&port) || in_groups {
+            Ok(())
+        } else {
+            Err(PortRefusal::Port)
+        }
     }
 }
 

@@ -48,7 +48,7 @@ pub const MAX_CLUSTER_PORTALS: usize = 15;
 
 /// `[management]`: where the API listens and who may use it. Without tokens the API
 /// must listen on loopback, reads are open and changes are refused.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagementSection {
     /// `ip:port`, e.g. `127.0.0.1:8080`.
@@ -259,7 +259,7 @@ pub fn alua_state(s: &str) -> Result<scsi::AluaState, String> {
     })
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChapSection {
     pub username: String,
@@ -267,6 +267,34 @@ pub struct ChapSection {
     /// Mutual CHAP: the name and secret the target answers with.
     pub mutual_username: Option<String>,
     pub mutual_secret: Option<String>,
+}
+
+/// What a secret prints as in debug output.
+const REDACTED: &str = "(redacted)";
+
+impl std::fmt::Debug for ChapSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSection")
+            .field("username", &self.username)
+            .field("secret", &REDACTED)
+            .field("mutual_username", &self.mutual_username)
+            .field(
+                "mutual_secret",
+                &self.mutual_secret.as_ref().map(|_| REDACTED),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ManagementSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementSection")
+            .field("listen", &self.listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| REDACTED))
+            .field("read_token", &self.read_token.as_ref().map(|_| REDACTED))
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -324,6 +352,28 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A TOML error without the quoted source line (it may hold a secret): where it is,
+/// and the message with the string values of that line blanked out.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let mut msg = e.message().trim().to_string();
+    for quote in ['"', '\''] {
+        for (k, value) in line.split(quote).enumerate() {
+            if k % 2 == 1 && !value.is_empty() {
+                msg = msg.replace(value, "…");
+            }
+        }
+    }
+    format!("line {line_no}, column {column}: {msg}")
+}
+
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -360,7 +410,8 @@ impl Config {
 
     /// Parse and validate TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(toml_error(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -697,5 +748,33 @@ size = "64MiB"
         );
         let e = Config::parse(&t).unwrap_err();
         assert!(e.to_string().contains("must differ"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_parse_errors() {
+        let text = "[node]\nname = \"n\"\n[[portal]]\nlisten = \"127.0.0.1:3260\"\n\
+            [management]\nlisten = \"127.0.0.1:8080\"\nadmin_token = \"admin-token-0123456789\"\n\
+            [[target]]\nname = \"iqn.2026-11.org.example:t\"\n\
+            [target.chap]\nusername = \"u\"\nsecret = \"chap-secret-12\"\n\
+            mutual_username = \"t\"\nmutual_secret = \"mutual-secr-16\"\n\
+            [[target.lun]]\nlun = 0\npath = \"l.img\"\nsize = \"1MiB\"\n";
+        let c = Config::parse(text).unwrap();
+        let dbg = format!("{c:?}");
+        for s in ["admin-token-0123456789", "chap-secret-12", "mutual-secr-16"] {
+            assert!(!dbg.contains(s), "{s} in {dbg}");
+        }
+        // A typo, trailing junk, a wrong type: the error names the place, not the value.
+        for broken in [
+            text.replace("\nsecret =", "\nsecert ="),
+            text.replace("\"chap-secret-12\"", "\"chap-secret-12\" junk"),
+            text.replace("\"mutual-secr-16\"", "'mutual-secr-16' 1"),
+        ] {
+            let e = Config::parse(&broken).unwrap_err().to_string();
+            assert!(e.contains("line "), "{e}");
+            assert!(
+                !e.contains("chap-secret-12") && !e.contains("mutual-secr-16"),
+                "{e}"
+            );
+        }
     }
 }

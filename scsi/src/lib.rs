@@ -79,7 +79,7 @@ pub use pr_store::{
     Spc2Holder,
 };
 pub use sense::{FieldPointer, IoKind, Sense, SenseKey};
-pub use target::LunMap;
+pub use target::{LunMap, PortAccess, PortRefusal};
 
 /// One I_T nexus (initiator port + target port).
 #[derive(Debug, Clone, PartialEq, Eq)]

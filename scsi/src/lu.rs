@@ -596,7 +596,9 @@ impl LogicalUnit {
             param_len,
         } = cdb
         {
-            return with_len(self.persistent_reserve_out(req, action, scope, pr_type, param_len));
+            return with_len(
+                self.persistent_reserve_out(ctx, req, action, scope, pr_type, param_len),
+            );
         }
         if let Cdb::ExtendedCopy { param_len } = cdb {
             return with_len(crate::xcopy::extended_copy(self, ctx.map, req, param_len));
@@ -607,11 +609,33 @@ impl LogicalUnit {
         })
     }
 
+    /// REGISTER AND MOVE names another initiator port and a relative target port: the
+    /// fabric's zoning must let that initiator reach this logical unit, and the port
+    /// must exist (SPC-4 6.16.4; else INVALID FIELD IN PARAMETER LIST, at the
+    /// TransportID or at the RELATIVE TARGET PORT IDENTIFIER).
+    fn check_move_target(&self, ctx: &Ctx<'_>, p: &ProutParams) -> Result<(), Sense> {
+        let (Some(mv), Some(access)) = (&p.mv, ctx.map.access()) else {
+            return Ok(());
+        };
+        let name = mv
+            .nexus
+            .initiator
+            .split(",i,")
+            .next()
+            .unwrap_or(&mv.nexus.initiator);
+        match access.check(name, mv.nexus.relative_port, self) {
+            Ok(()) => Ok(()),
+            Err(crate::PortRefusal::Initiator) => Err(Sense::invalid_field_in_param_list(24, None)),
+            Err(crate::PortRefusal::Port) => Err(Sense::invalid_field_in_param_list(18, None)),
+        }
+    }
+
     /// PERSISTENT RESERVE OUT (SPC-4 6.16): RESERVATION CONFLICT is a status, not
     /// sense data, so it does not go through `dispatch`. The unit attentions the
     /// transition raises go to the I_T nexuses of the ports they name.
     fn persistent_reserve_out(
         &self,
+        ctx: &Ctx<'_>,
         req: &Request<'_>,
         action: PrOut,
         scope: u8,
@@ -620,6 +644,7 @@ impl LogicalUnit {
     ) -> Response {
         let who = ItNexus::of(req.nexus);
         let out = ProutParams::parse(action, param_len, req.data_out, self.ptpl_c())
+            .and_then(|p| self.check_move_target(ctx, &p).map(|()| p))
             .map_err(PrError::from)
             .and_then(|p| match &self.pr_coordinator {
                 Some(c) => self.commit_out(c.as_ref(), &who, action, scope, pr_type, &p),

@@ -12,11 +12,34 @@ use crate::lu::{truncate, Ctx, LogicalUnit};
 use crate::sense::Sense;
 use crate::{inquiry, spc, Nexus, Request, Response, TargetInfo};
 
+/// Why a command may not name another initiator port (see [`PortAccess`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRefusal {
+    /// The zoning / LUN masking does not let that initiator reach the logical unit.
+    Initiator,
+    /// The target has no port with that relative target port identifier.
+    Port,
+}
+
+/// The fabric's access rules, for commands that name another initiator port
+/// (PERSISTENT RESERVE OUT REGISTER AND MOVE): may initiator `initiator` (its name,
+/// without the ISID) reach `lu` through relative target port `relative_port`?
+pub trait PortAccess: Send + Sync + std::fmt::Debug {
+    fn check(
+        &self,
+        initiator: &str,
+        relative_port: u16,
+        lu: &LogicalUnit,
+    ) -> Result<(), PortRefusal>;
+}
+
 /// The LUNs one target exposes to one initiator.
 #[derive(Debug)]
 pub struct LunMap {
     target: Arc<TargetInfo>,
     luns: BTreeMap<u64, Arc<LogicalUnit>>,
+    /// The fabric's access rules; `None`: every initiator port may be named.
+    access: Option<Arc<dyn PortAccess>>,
 }
 
 impl LunMap {
@@ -24,7 +47,19 @@ impl LunMap {
         LunMap {
             target,
             luns: BTreeMap::new(),
+            access: None,
         }
+    }
+
+    /// Check commands that name other initiator ports against `access`.
+    pub fn with_access(mut self, access: Arc<dyn PortAccess>) -> LunMap {
+        self.access = Some(access);
+        self
+    }
+
+    /// The fabric's access rules, if any.
+    pub(crate) fn access(&self) -> Option<&Arc<dyn PortAccess>> {
+        self.access.as_ref()
     }
 
     /// Adds (or replaces) a LUN. Silent: a map is often built per session over shared
