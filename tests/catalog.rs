@@ -409,6 +409,15 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
     let z = cli_ok(&rig, 0, &["zoning"]);
     assert!(z.contains("config"), "{z}");
 
+    // The configuration as a document, kept for the import below.
+    let exported = cli_ok(&rig, 0, &["config", "export"]);
+    assert!(
+        exported.contains("name = \"db\"") && exported.contains("[[exports]]"),
+        "{exported}"
+    );
+    let doc = rig.dir.path().join("cluster-config.toml");
+    std::fs::write(&doc, &exported).unwrap();
+
     // Delete: refused while exported; --force takes the LUN away from live sessions.
     cli_err(&rig, 1, &["volumes", "delete", "db"], "exported as");
     cli_ok(&rig, 1, &["volumes", "delete", "db", "--force"]);
@@ -434,4 +443,153 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
     // vol1 is untouched.
     let (r, _) = past_ua(&mut other, 0, &cdb10(0x28, 0, 1), &[], BS as u32).await;
     assert_eq!(r.status, 0);
+
+    // Importing the document brings db back, on the same blocks: its data is there.
+    let doc = doc.to_str().unwrap();
+    let plan = cli_ok(&rig, 1, &["config", "import", doc, "--dry-run"]);
+    assert!(plan.contains("would create volume db"), "{plan}");
+    assert!(
+        !cli_ok(&rig, 1, &["volumes"]).contains("db "),
+        "a dry run changed something"
+    );
+    cli_ok(&rig, 1, &["config", "import", doc]);
+    assert!(cli_ok(&rig, 0, &["config", "import", doc]).contains("nothing to do"));
+    let (r, _) = past_ua(&mut other, 1, &cdb10(0x28, 0, 64), &[], (64 * BS) as u32).await;
+    assert!(
+        r.status == 0 && r.data == data,
+        "db after the import: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_array_added_online_serves_a_new_volume_on_every_member() {
+    let rig = ClusterRig::start(RigOpts::default()).await;
+    // A second array, started after the cluster.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("array3.toml");
+    let iqn = "iqn.2026-11.org.switchyard:array3";
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nname = \"array3\"\ndata_dir = \"{}\"\n[[portal]]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[target]]\nname = \"{iqn}\"\n[[target.lun]]\nlun = 0\npath = \"l0.img\"\nsize = \"8MiB\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _array3 = NodeProcess::spawn(&cfg, None);
+    wait_port(port).await;
+    let portal = format!("127.0.0.1:{port}");
+
+    // A wrong target name is found by the login check; nothing is recorded.
+    cli_err(
+        &rig,
+        0,
+        &[
+            "backends",
+            "add",
+            "arr3",
+            "--portal",
+            &portal,
+            "--target",
+            "iqn.2026-11.org.switchyard:nope",
+        ],
+        "cannot log in",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "backends", "add", "array", "--portal", &portal, "--target", iqn,
+        ],
+        "exists already",
+    );
+    cli_err(
+        &rig,
+        0,
+        &[
+            "backends", "add", "a/b", "--portal", &portal, "--target", iqn,
+        ],
+        "not a valid back-end id",
+    );
+    assert!(!cli_ok(&rig, 1, &["backends"]).contains("arr3"));
+
+    let out = cli_ok(
+        &rig,
+        0,
+        &[
+            "backends", "add", "arr3", "--portal", &portal, "--target", iqn,
+        ],
+    );
+    assert!(out.contains("arr3/lun0"), "{out}");
+    eventually("member 1 logs in to arr3", || {
+        let c = rig.nodes[1].client();
+        async move {
+            tokio::task::spawn_blocking(move || c.get_text("/api/v1/backends"))
+                .await
+                .unwrap()
+                .is_ok_and(|t| t.contains("arr3/lun0"))
+        }
+    })
+    .await;
+    cli_ok(
+        &rig,
+        1,
+        &[
+            "volumes",
+            "create",
+            "v3",
+            "--on",
+            "arr3/lun0",
+            "--size",
+            "8MiB",
+            "--export",
+            &format!("{CLUSTER_TARGET}:2"),
+        ],
+    );
+    let mut host = login(&rig, 0, "h3", 5).await.expect("login");
+    host.clear_ua(0).await;
+    eventually("member 0 shows LUN 2", || {
+        let c = rig.nodes[0].client();
+        async move {
+            tokio::task::spawn_blocking(move || c.get_text("/api/v1/volumes/v3"))
+                .await
+                .unwrap()
+                .is_ok_and(|t| t.contains("\"lun\":2"))
+        }
+    })
+    .await;
+    let data: Vec<u8> = (0..16).flat_map(|b| pattern(3, 100 + b, BS)).collect();
+    let (w, _) = past_ua(&mut host, 2, &cdb10(0x2a, 100, 16), &data, 0).await;
+    assert_eq!(w.status, 0, "write: {w:?}");
+    let mut other = login(&rig, 1, "h4", 6).await.expect("login");
+    other.clear_ua(0).await;
+    let (r, _) = past_ua(&mut other, 2, &cdb10(0x28, 100, 16), &[], (16 * BS) as u32).await;
+    assert!(r.status == 0 && r.data == data, "through member 1: {r:?}");
+
+    // Removal is refused while a volume uses the array, allowed once it is gone.
+    cli_err(
+        &rig,
+        0,
+        &["backends", "remove", "arr3"],
+        "v3 uses arr3/lun0",
+    );
+    cli_err(&rig, 0, &["backends", "remove", "array"], "config");
+    cli_ok(&rig, 0, &["volumes", "delete", "v3", "--force"]);
+    cli_ok(&rig, 1, &["backends", "remove", "arr3"]);
+    eventually("both members let go of arr3", || {
+        let (a, b) = (rig.nodes[0].client(), rig.nodes[1].client());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                [a, b].iter().all(|c| {
+                    c.get_text("/api/v1/backends")
+                        .is_ok_and(|t| !t.contains("arr3"))
+                })
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
 }

@@ -24,6 +24,55 @@ pub struct Export {
 /// The highest LUN number an export may use (flat space addressing, SAM-5 4.7.7).
 pub const MAX_EXPORT_LUN: u16 = 16383;
 
+/// A back-end array added online: every data member logs in to it and opens its LUs
+/// (named `<id>/lun<N>`, like a config's `[[backend]]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub id: String,
+    /// `ip:port` of the array's portal.
+    pub portal: String,
+    /// The array's target name.
+    pub target: String,
+    /// CHAP user name and secret towards the array.
+    #[serde(default)]
+    pub chap: Option<(String, String)>,
+    /// Sessions per member (default 1).
+    #[serde(default = "one")]
+    pub sessions: usize,
+    /// Commands in flight per session (default 32).
+    #[serde(default = "thirty_two")]
+    pub queue_depth: usize,
+    /// Per-command timeout, seconds (default 15).
+    #[serde(default = "fifteen")]
+    pub timeout_secs: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn thirty_two() -> usize {
+    32
+}
+fn fifteen() -> u64 {
+    15
+}
+
+impl std::fmt::Debug for BackendSpec {
+    // The CHAP secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSpec")
+            .field("id", &self.id)
+            .field("portal", &self.portal)
+            .field("target", &self.target)
+            .field("chap_user", &self.chap.as_ref().map(|c| &c.0))
+            .field("sessions", &self.sessions)
+            .field("queue_depth", &self.queue_depth)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
 /// Exports and zoning, as the cluster agrees on them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -36,6 +85,9 @@ pub struct Catalog {
     pub zoning: Option<Masking>,
     /// Bumped by every zoning change (what `SetZoning` compares against).
     pub zoning_version: u64,
+    /// Back-end arrays added online, by id.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendSpec>,
 }
 
 impl Catalog {
@@ -106,6 +158,34 @@ impl Catalog {
         }
         self.exports.retain(|_, luns| !luns.is_empty());
         self.version += 1;
+    }
+
+    /// Record a back-end array (checked: a fresh id without `/`, at most 8 sessions).
+    pub fn add_backend(&mut self, b: &BackendSpec) -> Result<(), String> {
+        if b.id.is_empty() || b.id.contains('/') || b.id.len() > 64 {
+            return Err(format!(
+                "back-end id {:?} must be 1 to 64 characters without '/'",
+                b.id
+            ));
+        }
+        if self.backends.contains_key(&b.id) {
+            return Err(format!("back-end {:?} exists already", b.id));
+        }
+        if b.sessions == 0 || b.sessions > 8 || b.queue_depth == 0 || b.queue_depth > 256 {
+            return Err("sessions must be 1..=8 and queue_depth 1..=256".into());
+        }
+        self.backends.insert(b.id.clone(), b.clone());
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Forget a back-end array added online.
+    pub fn remove_backend(&mut self, id: &str) -> Result<(), String> {
+        self.backends
+            .remove(id)
+            .ok_or_else(|| format!("no back-end {id:?} was added online"))?;
+        self.version += 1;
+        Ok(())
     }
 
     /// Replace the zoning, if it is still at `expected_version`.

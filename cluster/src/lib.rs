@@ -40,7 +40,7 @@ pub mod state;
 pub mod store;
 pub mod transport;
 
-pub use catalog::{Catalog, Export, MAX_EXPORT_LUN};
+pub use catalog::{BackendSpec, Catalog, Export, MAX_EXPORT_LUN};
 pub use change::{ChangeError, ChangeId, ChangeRecord, ChangeState, Phase, Recovery};
 pub use config::ClusterConfig;
 pub use migration::{

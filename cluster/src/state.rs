@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use volume::{BlockRange, Changeset, MappingTable, VolumeDef};
 
-use crate::catalog::{Catalog, Export};
+use crate::catalog::{BackendSpec, Catalog, Export};
 use crate::change::{ChangeError, ChangeId, ChangeRecord, Phase};
 use crate::migration::{
     ChunkHome, MigrationId, MigrationProgress, MigrationSpec, MigrationState, Migrations,
@@ -347,6 +347,10 @@ pub enum Command {
     Export(Export),
     /// Stop showing the export at (`target`, `lun`).
     Unexport { target: String, lun: u16 },
+    /// Add a back-end array every data member logs in to.
+    AddBackend(BackendSpec),
+    /// Forget a back-end array added online; refused while the table uses its LUs.
+    RemoveBackend { id: String },
     /// Replace the cluster's zoning (`None`: each node's own `[zoning]`), if it is
     /// still at `expected_version`.
     SetZoning {
@@ -536,6 +540,33 @@ impl ClusterState {
                 expected_version,
                 zoning,
             } => self.catalog.set_zoning(*expected_version, zoning.clone())?,
+            Command::AddBackend(b) => self.catalog.add_backend(b)?,
+            Command::RemoveBackend { id } => {
+                let prefix = format!("{id}/");
+                for v in &self.table.volumes {
+                    for e in &v.extents {
+                        let homes =
+                            std::iter::once(&e.backend).chain(e.mirror.iter().map(|m| &m.backend));
+                        if let Some(b) = homes.into_iter().find(|b| b.starts_with(&prefix)) {
+                            return Err(format!(
+                                "volume {} uses {b}; move its blocks elsewhere first",
+                                v.name
+                            ));
+                        }
+                    }
+                }
+                if let Some(m) = self
+                    .migrations
+                    .active()
+                    .find(|m| m.spec.to.backend.starts_with(&prefix))
+                {
+                    return Err(format!(
+                        "migration {} copies to {}",
+                        m.id, m.spec.to.backend
+                    ));
+                }
+                self.catalog.remove_backend(id)?;
+            }
             Command::SetPr {
                 lu,
                 expected_version,

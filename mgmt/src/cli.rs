@@ -81,8 +81,12 @@ pub enum AdminCmd {
     Sessions,
     /// Targets and their LUNs.
     Targets,
-    /// Back-end arrays and stores, with their LUs.
-    Backends,
+    /// Back-end arrays and stores, with their LUs; `backends add|remove` change the
+    /// arrays (cluster members).
+    Backends {
+        #[command(subcommand)]
+        cmd: Option<BackendsCmd>,
+    },
     /// Virtual volumes; `volumes show NAME` prints one volume's extent map;
     /// `volumes create|grow|export|unexport|delete` change them (cluster members).
     Volumes {
@@ -95,6 +99,12 @@ pub enum AdminCmd {
     Zoning {
         #[command(subcommand)]
         cmd: Option<ZoningCmd>,
+    },
+    /// What was configured online (arrays, volumes, exports, zoning) as one TOML
+    /// document: `config export`, `config import FILE [--dry-run] [--prune]`.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
     },
     /// Export or validate the mapping table.
     Mapping {
@@ -198,7 +208,8 @@ pub enum MigrationsCmd {
     Abort { id: u64 },
 }
 
-pub use crate::cli_catalog::{VolumesCmd, ZoningCmd};
+pub use crate::cli_catalog::{BackendsCmd, VolumesCmd, ZoningCmd};
+pub use crate::cli_config::ConfigCmd;
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum MappingCmd {
@@ -573,7 +584,8 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
                 );
             }
         }
-        AdminCmd::Backends => {
+        AdminCmd::Backends { cmd: Some(cmd) } => crate::cli_catalog::backends(&c, cmd, json)?,
+        AdminCmd::Backends { cmd: None } => {
             let b: Vec<BackendView> = c.get("/api/v1/backends").map_err(e)?;
             if json {
                 print_json(&b);
@@ -654,6 +666,7 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
         }
         AdminCmd::Volumes { cmd: Some(other) } => crate::cli_catalog::volumes(&c, other, json)?,
         AdminCmd::Zoning { cmd } => crate::cli_catalog::zoning(&c, cmd.as_ref(), json)?,
+        AdminCmd::Config { cmd } => crate::cli_config::run(&c, cmd, json)?,
         AdminCmd::Mapping {
             cmd: MappingCmd::Export,
         } => {

@@ -85,6 +85,86 @@ pub enum VolumesCmd {
     },
 }
 
+/// `backends` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum BackendsCmd {
+    /// Add an array: this node logs in to check it, then every data member logs in
+    /// and opens its LUs (`ID/lun<N>`).
+    Add {
+        id: String,
+        /// `ip:port` of the array's portal.
+        #[arg(long)]
+        portal: String,
+        /// The array's target name.
+        #[arg(long)]
+        target: String,
+        /// CHAP user name towards the array.
+        #[arg(long, requires = "chap_secret")]
+        chap_user: Option<String>,
+        /// CHAP secret (better from the environment than the command line).
+        #[arg(
+            long,
+            env = "SWITCHYARD_BACKEND_CHAP_SECRET",
+            hide_env_values = true,
+            requires = "chap_user"
+        )]
+        chap_secret: Option<String>,
+        /// Sessions per member (default 1).
+        #[arg(long)]
+        sessions: Option<usize>,
+        /// Commands in flight per session (default 32).
+        #[arg(long)]
+        queue_depth: Option<usize>,
+    },
+    /// Remove an array added online (refused while a volume uses one of its LUs).
+    Remove { id: String },
+}
+
+/// Run a `backends add|remove`.
+pub fn backends(c: &Client, cmd: &BackendsCmd, json: bool) -> Result<(), String> {
+    let e = |e: ClientError| e.to_string();
+    match cmd {
+        BackendsCmd::Add {
+            id,
+            portal,
+            target,
+            chap_user,
+            chap_secret,
+            sessions,
+            queue_depth,
+        } => {
+            let req = crate::model::AddBackendRequest {
+                id: id.clone(),
+                portal: portal.clone(),
+                target: target.clone(),
+                chap_username: chap_user.clone(),
+                chap_secret: chap_secret.clone(),
+                sessions: *sessions,
+                queue_depth: *queue_depth,
+                timeout_secs: None,
+            };
+            let (_, b): (u16, crate::model::BackendView) =
+                c.post("/api/v1/backends", &req).map_err(e)?;
+            if json {
+                crate::cli::print_json(&b);
+            } else {
+                println!("back-end {} ({}): {} LU(s)", b.id, b.state, b.lus.len());
+                for l in &b.lus {
+                    println!("  {}  {} blocks of {} B", l.id, l.blocks, l.block_size);
+                }
+            }
+        }
+        BackendsCmd::Remove { id } => {
+            c.delete(&format!("/api/v1/backends/{}", seg(id)))
+                .map_err(e)?;
+            if !json {
+                println!("back-end {id} removed");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `zoning` subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ZoningCmd {

@@ -16,6 +16,7 @@
 
 pub mod cli;
 mod cli_catalog;
+mod cli_config;
 pub mod client;
 pub mod histogram;
 pub mod journal;

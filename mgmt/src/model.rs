@@ -142,6 +142,44 @@ pub struct BackendView {
     pub lus: Vec<BackendLuView>,
 }
 
+/// `POST /api/v1/backends`: add a back-end array (cluster members: every data member
+/// logs in to it).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AddBackendRequest {
+    /// Its LUs are named `<id>/lun<N>`.
+    pub id: String,
+    /// `ip:port` of the array's portal.
+    pub portal: String,
+    /// The array's target name.
+    pub target: String,
+    #[serde(default)]
+    pub chap_username: Option<String>,
+    #[serde(default)]
+    pub chap_secret: Option<String>,
+    /// Sessions per member (default 1).
+    #[serde(default)]
+    pub sessions: Option<usize>,
+    /// Commands in flight per session (default 32).
+    #[serde(default)]
+    pub queue_depth: Option<usize>,
+    /// Per-command timeout, seconds (default 15).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for AddBackendRequest {
+    // The CHAP secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddBackendRequest")
+            .field("id", &self.id)
+            .field("portal", &self.portal)
+            .field("target", &self.target)
+            .field("chap_username", &self.chap_username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One LU of a back-end, as the mapping table names it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendLuView {
@@ -230,6 +268,69 @@ pub struct CreateVolumeRequest {
     /// Where to show it at once (a volume can also be exported later).
     #[serde(default)]
     pub exports: Vec<ExportView>,
+}
+
+/// `GET /api/v1/config`: what an admin configured online, as one document
+/// (`switchyard config export` writes it as TOML; `config import` applies one).
+/// CHAP secrets of back-ends are never exported; an import file may carry them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDoc {
+    /// Back-end arrays added online (a node's own `[[backend]]`s are not listed).
+    #[serde(default)]
+    pub backends: Vec<BackendDoc>,
+    /// The volumes (the mapping table).
+    #[serde(default = "empty_table")]
+    pub mapping: volume::MappingTable,
+    /// Volumes shown as LUNs of targets (online exports; a node's own
+    /// `[[target.lun]] volume = …` entries are not listed).
+    #[serde(default)]
+    pub exports: Vec<ExportDoc>,
+    /// The cluster's zoning; absent: each node's own `[zoning]`.
+    #[serde(default)]
+    pub zoning: Option<fcwwn::Masking>,
+}
+
+fn empty_table() -> volume::MappingTable {
+    volume::MappingTable::new(0)
+}
+
+/// A back-end array in a [`ConfigDoc`].
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDoc {
+    pub id: String,
+    pub portal: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_username: Option<String>,
+    /// Only in import files: never exported.
+    #[serde(default, skip_serializing)]
+    pub chap_secret: Option<String>,
+    pub sessions: usize,
+    pub queue_depth: usize,
+    pub timeout_secs: u64,
+}
+
+impl std::fmt::Debug for BackendDoc {
+    // The CHAP secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendDoc")
+            .field("id", &self.id)
+            .field("portal", &self.portal)
+            .field("target", &self.target)
+            .field("chap_username", &self.chap_username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An export in a [`ConfigDoc`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct ExportDoc {
+    pub target: String,
+    pub lun: u16,
+    pub volume: String,
 }
 
 /// `GET /api/v1/zoning`: the zoning (LUN masking) in force.

@@ -10,9 +10,10 @@ use volume::MappingTable;
 
 use crate::journal::Journal;
 use crate::model::{
-    BackendView, CreateVolumeRequest, ErrorBody, ExportView, FaultRequest, MetricsSnapshot,
-    MigrateRequest, MigrationAction, MigrationView, NodeStateRequest, NodeStatus, NodeView,
-    RemapRequest, SessionView, TargetView, ValidationReport, VolumeView, ZoningRequest, ZoningView,
+    AddBackendRequest, BackendView, CreateVolumeRequest, ErrorBody, ExportView, FaultRequest,
+    MetricsSnapshot, MigrateRequest, MigrationAction, MigrationView, NodeStateRequest, NodeStatus,
+    NodeView, RemapRequest, SessionView, TargetView, ValidationReport, VolumeView, ZoningRequest,
+    ZoningView,
 };
 
 /// A management request that failed: an HTTP status, a message and advice.
@@ -183,6 +184,28 @@ pub trait NodeApi: Send + Sync + 'static {
     fn unexport_volume(&self, name: &str, at: ExportView) -> Result<VolumeView, ApiError> {
         let _ = (name, at);
         Err(not_a_member("online exports"))
+    }
+    /// Add a back-end array: checked by logging in to it, then every data member
+    /// logs in and opens its LUs. May block.
+    fn add_backend(&self, req: AddBackendRequest) -> Result<BackendView, ApiError> {
+        let _ = req;
+        Err(not_a_member("back-end arrays added online"))
+    }
+    /// Remove a back-end array added online (refused while a volume uses it). May
+    /// block.
+    fn remove_backend(&self, id: &str) -> Result<(), ApiError> {
+        let _ = id;
+        Err(not_a_member("back-end arrays added online"))
+    }
+    /// What was configured online, as one document (export/import).
+    fn config_doc(&self) -> crate::model::ConfigDoc {
+        let z = self.zoning();
+        crate::model::ConfigDoc {
+            backends: Vec::new(),
+            mapping: self.mapping(),
+            exports: Vec::new(),
+            zoning: (z.source == "cluster").then_some(z.zoning),
+        }
     }
     /// The zoning in force.
     fn zoning(&self) -> ZoningView;

@@ -169,7 +169,11 @@ pub fn router(api: Arc<dyn NodeApi>, auth: AuthConfig, shutdown: CancellationTok
         .route("/api/v1/faults", post(faults))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/targets", get(targets))
-        .route("/api/v1/backends", get(backends))
+        .route("/api/v1/backends", get(backends).post(add_backend))
+        .route(
+            "/api/v1/backends/{id}",
+            axum::routing::delete(remove_backend),
+        )
         .route("/api/v1/volumes", get(volumes).post(create_volume))
         .route("/api/v1/volumes/{name}", get(volume).delete(delete_volume))
         .route("/api/v1/volumes/{name}/exports", post(export_volume))
@@ -178,6 +182,7 @@ pub fn router(api: Arc<dyn NodeApi>, auth: AuthConfig, shutdown: CancellationTok
             axum::routing::delete(unexport_volume),
         )
         .route("/api/v1/zoning", get(zoning).put(set_zoning))
+        .route("/api/v1/config", get(config_doc))
         .route("/api/v1/volumes/{name}/remap", post(remap))
         .route("/api/v1/volumes/{name}/migrate", post(migrate))
         .route("/api/v1/migrations", get(migrations))
@@ -409,6 +414,53 @@ async fn unexport_volume(
     })
     .await
     .map(Json)
+}
+
+async fn add_backend(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::model::BackendView>), ApiError> {
+    require_admin(&st, role)?;
+    let req: crate::model::AddBackendRequest = parse_json(
+        &body,
+        "an array: {\"id\": \"ID\", \"portal\": \"IP:PORT\", \"target\": \"IQN\", \"chap_username\": ..., \"chap_secret\": ...}",
+    )?;
+    let api = st.api.clone();
+    let v = blocking("add back-end", move || api.add_backend(req)).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn remove_backend(
+    State(st): State<AppState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&st, role)?;
+    let api = st.api.clone();
+    blocking("remove back-end", move || api.remove_backend(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn config_doc(
+    State(st): State<AppState>,
+    Query(q): Query<FormatQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let doc = st.api.config_doc();
+    if wants_toml(q.format.as_deref(), &headers) {
+        match toml::to_string(&doc) {
+            Ok(text) => ([(header::CONTENT_TYPE, "application/toml")], text).into_response(),
+            Err(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot write the configuration as TOML: {e}"),
+                "ask for JSON (?format=json)",
+            )
+            .into_response(),
+        }
+    } else {
+        Json(doc).into_response()
+    }
 }
 
 async fn zoning(State(st): State<AppState>) -> impl IntoResponse {

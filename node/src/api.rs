@@ -187,10 +187,11 @@ struct Backend {
 }
 
 /// What `build` hands to management: the back-end LUs and volumes (counted), the
-/// registry and the mapping table.
-#[derive(Default)]
+/// registry and the mapping table. Clones share the back-ends, volumes and registry.
+#[derive(Clone, Default)]
 pub struct Managed {
-    backends: Vec<Backend>,
+    /// Shared by every clone: back-ends added online join it.
+    backends: Arc<Mutex<Vec<Backend>>>,
     volumes: Arc<Served>,
     registry: Registry,
     /// The remote LUs among the back-ends, for copy offload.
@@ -200,8 +201,24 @@ pub struct Managed {
 
 impl Managed {
     /// Remember remote LU `id` for copy offload (EXTENDED COPY on its array).
-    pub fn offload_lu(&mut self, id: &str, store: Arc<iscsi_initiator::RemoteStore>) {
+    pub fn offload_lu(&self, id: &str, store: Arc<iscsi_initiator::RemoteStore>) {
         self.offload.insert(id, store);
+    }
+
+    /// Forget back-end array `id` (added online, now removed): its LUs leave the
+    /// registry, the view and the offload map; its sessions close once unused.
+    pub fn remove_backend(&self, id: &str) {
+        let gone = {
+            let mut b = self.backends.lock();
+            let pos = b.iter().position(|x| x.id == id);
+            pos.map(|i| b.remove(i))
+        };
+        if let Some(b) = gone {
+            for (lu, _, _) in &b.lus {
+                self.registry.remove(lu);
+                self.offload.remove(lu);
+            }
+        }
     }
 
     /// The remote LUs, for copy offload.
@@ -211,13 +228,13 @@ impl Managed {
 
     /// A local store LU; returns the store to put in the registry (counted).
     pub fn store_lu(
-        &mut self,
+        &self,
         id: &str,
         path: &Path,
         store: Arc<dyn BlockStore>,
     ) -> Arc<dyn BlockStore> {
         let (c, stats) = counted(store);
-        self.backends.push(Backend {
+        self.backends.lock().push(Backend {
             id: id.to_string(),
             client: None,
             address: path.display().to_string(),
@@ -229,7 +246,7 @@ impl Managed {
 
     /// An LU of a remote array; returns the store to put in the registry (counted).
     pub fn remote_lu(
-        &mut self,
+        &self,
         backend: &str,
         portal: &str,
         target: &str,
@@ -238,22 +255,21 @@ impl Managed {
         store: Arc<dyn BlockStore>,
     ) -> Arc<dyn BlockStore> {
         let (c, stats) = counted(store);
-        let i = match self.backends.iter().position(|b| b.id == backend) {
+        let mut backends = self.backends.lock();
+        let i = match backends.iter().position(|b| b.id == backend) {
             Some(i) => i,
             None => {
-                self.backends.push(Backend {
+                backends.push(Backend {
                     id: backend.to_string(),
                     client: Some(client.clone()),
                     address: portal.to_string(),
                     target: Some(target.to_string()),
                     lus: Vec::new(),
                 });
-                self.backends.len() - 1
+                backends.len() - 1
             }
         };
-        self.backends[i]
-            .lus
-            .push((lu_id.to_string(), c.clone(), stats));
+        backends[i].lus.push((lu_id.to_string(), c.clone(), stats));
         c
     }
 
@@ -1129,6 +1145,7 @@ impl NodeApi for NodeMgmt {
         let i = &self.0;
         let degraded =
             i.m.backends
+                .lock()
                 .iter()
                 .any(|b| NodeMgmt::backend_state(b) == "reconnecting");
         let epoch = self.current_table().epoch;
@@ -1234,6 +1251,7 @@ impl NodeApi for NodeMgmt {
         self.0
             .m
             .backends
+            .lock()
             .iter()
             .map(|b| {
                 let state = NodeMgmt::backend_state(b).to_string();
@@ -1649,6 +1667,14 @@ impl NodeApi for NodeMgmt {
         let i = &self.0;
         let (def, exports) = crate::catalog_api::plan_create(c, &i.m.registry, cat, i.oui, &req)?;
         crate::catalog_api::create(c, &i.rt, &i.journal, def, exports)?;
+        // Served, with its exports, on this node before the answer.
+        self.wait_catalog(|| {
+            self.volume(&req.name).is_some_and(|v| {
+                req.exports
+                    .iter()
+                    .all(|x| v.exports.iter().any(|e| e.lun == x.lun))
+            })
+        });
         self.served_view(&req.name)
     }
 
@@ -1686,6 +1712,71 @@ impl NodeApi for NodeMgmt {
                 .is_some_and(|v| !v.exports.iter().any(|e| e.lun == at.lun))
         });
         self.served_view(name)
+    }
+
+    fn add_backend(&self, req: mgmt::model::AddBackendRequest) -> Result<BackendView, ApiError> {
+        let (c, cat) = self.catalog()?;
+        crate::catalog_api::add_backend(c, &self.0.rt, cat, &self.0.journal, &req)?;
+        self.wait_catalog(|| cat.has_backend(&req.id));
+        // Recorded; this node may still be logging in (its log says why if it cannot).
+        Ok(self
+            .backends()
+            .into_iter()
+            .find(|b| b.id == req.id)
+            .unwrap_or(BackendView {
+                id: req.id.clone(),
+                kind: "array".into(),
+                address: req.portal.clone(),
+                target: Some(req.target.clone()),
+                state: "logging in".into(),
+                logins: 0,
+                lus: Vec::new(),
+            }))
+    }
+
+    fn remove_backend(&self, id: &str) -> Result<(), ApiError> {
+        let (c, cat) = self.catalog()?;
+        crate::catalog_api::remove_backend(c, &self.0.rt, cat, &self.0.journal, id)?;
+        self.wait_catalog(|| !cat.has_backend(id));
+        Ok(())
+    }
+
+    fn config_doc(&self) -> mgmt::model::ConfigDoc {
+        let z = self.zoning();
+        let mut doc = mgmt::model::ConfigDoc {
+            backends: Vec::new(),
+            mapping: self.mapping(),
+            exports: Vec::new(),
+            zoning: (z.source == "cluster").then_some(z.zoning),
+        };
+        if let Some(c) = &self.0.cluster {
+            let st = cluster::Cluster::state(&**c);
+            doc.exports = st
+                .catalog
+                .exports()
+                .map(|e| mgmt::model::ExportDoc {
+                    target: e.target,
+                    lun: e.lun,
+                    volume: e.volume,
+                })
+                .collect();
+            doc.backends = st
+                .catalog
+                .backends
+                .values()
+                .map(|b| mgmt::model::BackendDoc {
+                    id: b.id.clone(),
+                    portal: b.portal.clone(),
+                    target: b.target.clone(),
+                    chap_username: b.chap.as_ref().map(|c| c.0.clone()),
+                    chap_secret: None,
+                    sessions: b.sessions,
+                    queue_depth: b.queue_depth,
+                    timeout_secs: b.timeout_secs,
+                })
+                .collect();
+        }
+        doc
     }
 
     fn zoning(&self) -> mgmt::model::ZoningView {
@@ -1752,6 +1843,7 @@ impl NodeApi for NodeMgmt {
         let stats = &i.server.stats;
         let backends: Vec<(String, IoCounters, bool)> =
             i.m.backends
+                .lock()
                 .iter()
                 .flat_map(|b| {
                     let up = NodeMgmt::backend_state(b) != "reconnecting";
@@ -1790,6 +1882,7 @@ impl NodeApi for NodeMgmt {
             backend_latency: i
                 .m
                 .backends
+                .lock()
                 .iter()
                 .flat_map(|b| b.lus.iter())
                 .flat_map(|(id, _, s)| s.latency().map(|(op, h)| (id.clone(), op, h)))

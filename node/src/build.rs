@@ -278,7 +278,7 @@ async fn open_volumes(
     let Some(table) = &cfg.mapping else {
         return Ok(out);
     };
-    let mut registry = Registry::new();
+    let registry = Registry::new();
     for st in &cfg.stores {
         let store = open_file(
             &cfg.resolve(&st.path),
@@ -309,14 +309,45 @@ async fn open_volumes(
     }
     for b in &cfg.backends {
         let needed = used.get(b.id.as_str()).cloned().unwrap_or_default();
-        let client = match connect_backend(cfg, b).await {
-            Ok(c) => c,
+        match open_backend(&cfg.node.name, b, &needed, mg, &registry).await {
+            Ok(_) => {}
             Err(e) if needed.is_empty() => {
                 tracing::warn!(backend = %b.id, "{e}; no volume uses it yet, so the node starts without it");
-                continue;
             }
             Err(e) => return Err(e),
-        };
+        }
+    }
+    table
+        .validate_with(&registry.catalog())
+        .map_err(|e| format!("[mapping] does not fit the back-ends: {e}"))?;
+    for def in &table.volumes {
+        let vv = VirtualVolume::new(def, &registry, table.epoch)
+            .map_err(|e| format!("volume {}: {e}", def.name))?;
+        let wwn = def
+            .wwn
+            .parse::<Wwn>()
+            .map_err(|e| format!("volume {}: wwn: {e}", def.name))?;
+        let live: Arc<dyn BlockStore> = mg.volume(Arc::new(LiveVolume::new(vv)));
+        out.insert(def.name.clone(), (live, Some(wwn)));
+    }
+    mg.set_mapping(table.clone(), registry);
+    Ok(out)
+}
+
+/// Log in to array `b` and open every LU it reports (and the `needed` LUNs, which
+/// must open): each goes into `registry` as `<id>/lun<N>`, and into the management
+/// view and the copy offload map. Returns how many LUs opened. Used at start and for
+/// arrays added online.
+pub async fn open_backend(
+    node_name: &str,
+    b: &BackendSection,
+    needed: &std::collections::BTreeSet<u64>,
+    mg: &Managed,
+    registry: &Registry,
+) -> Result<usize, String> {
+    let mut opened = 0;
+    {
+        let client = connect_backend(node_name, b).await?;
         let timeout = Duration::from_secs(b.timeout_secs);
         let mut luns = report_luns(&client, timeout).await.unwrap_or_else(|e| {
             tracing::warn!(backend = %b.id, "REPORT LUNS: {e}; opening only the LUs the table uses");
@@ -358,23 +389,10 @@ async fn open_volumes(
             mg.offload_lu(&id, store.clone());
             let store = mg.remote_lu(&b.id, &b.portal, &b.target, &id, &c, store);
             registry.insert(id, store);
+            opened += 1;
         }
     }
-    table
-        .validate_with(&registry.catalog())
-        .map_err(|e| format!("[mapping] does not fit the back-ends: {e}"))?;
-    for def in &table.volumes {
-        let vv = VirtualVolume::new(def, &registry, table.epoch)
-            .map_err(|e| format!("volume {}: {e}", def.name))?;
-        let wwn = def
-            .wwn
-            .parse::<Wwn>()
-            .map_err(|e| format!("volume {}: wwn: {e}", def.name))?;
-        let live: Arc<dyn BlockStore> = mg.volume(Arc::new(LiveVolume::new(vv)));
-        out.insert(def.name.clone(), (live, Some(wwn)));
-    }
-    mg.set_mapping(table.clone(), registry);
-    Ok(out)
+    Ok(opened)
 }
 
 /// REPORT LUNS (SPC-4 6.33) on the array: the LUN numbers it reports.
@@ -398,12 +416,15 @@ async fn report_luns(client: &Client, timeout: Duration) -> Result<Vec<u64>, Str
         .collect())
 }
 
-async fn connect_backend(cfg: &Config, b: &BackendSection) -> Result<Client, String> {
-    let portal = b.portal.parse::<SocketAddr>().expect("validated");
+pub(crate) async fn connect_backend(node_name: &str, b: &BackendSection) -> Result<Client, String> {
+    let portal = b
+        .portal
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("backend {}: portal {:?}: {e}", b.id, b.portal))?;
     let initiator = b.initiator_name.clone().unwrap_or_else(|| {
         format!(
             "iqn.2026-11.org.switchyard:{}",
-            cfg.node.name.to_ascii_lowercase()
+            node_name.to_ascii_lowercase()
         )
     });
     let mut ic = InitiatorConfig::new(portal, initiator, b.target.clone());

@@ -35,10 +35,31 @@ pub struct StaticExport {
     pub volume: String,
 }
 
+/// Back-end arrays added online, as this node has them.
+#[derive(Default)]
+struct Arrays {
+    /// Logged in, LUs in the registry.
+    online: BTreeSet<String>,
+    /// A login is under way.
+    connecting: BTreeSet<String>,
+    /// The last failed attempt (retried after `ARRAY_RETRY`).
+    failed: BTreeMap<String, std::time::Instant>,
+}
+
+/// How long after a failed login to an array added online the node tries again.
+const ARRAY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Catalog {
     ctx: ClusterCtx,
     served: Arc<Served>,
     registry: Registry,
+    /// The node's back-ends, volumes and offload map (shared with the API).
+    managed: crate::api::Managed,
+    node_name: String,
+    /// Back-end ids of the node's config (an array added online with one of these
+    /// ids is not opened here).
+    config_backends: BTreeSet<String>,
+    arrays: Arc<Mutex<Arrays>>,
     prs: PrLus,
     /// The targets as the config builds them (static LUNs, the config's zoning).
     base: Vec<TargetDef>,
@@ -57,21 +78,23 @@ pub struct Catalog {
 impl Catalog {
     pub fn new(
         ctx: ClusterCtx,
-        served: Arc<Served>,
-        registry: Registry,
+        managed: crate::api::Managed,
+        cfg: &crate::config::Config,
         prs: PrLus,
         base: Vec<TargetDef>,
-        statics: Vec<StaticExport>,
-        config_zoning: Arc<Masking>,
     ) -> Arc<Catalog> {
         Arc::new(Catalog {
             ctx,
-            served,
-            registry,
+            served: managed.served(),
+            registry: managed.registry(),
+            managed,
+            node_name: cfg.node.name.clone(),
+            config_backends: cfg.backends.iter().map(|b| b.id.clone()).collect(),
+            arrays: Default::default(),
+            statics: statics(cfg),
+            config_zoning: Arc::new(cfg.zoning.clone()),
             prs,
             base,
-            statics,
-            config_zoning,
             server: OnceLock::new(),
             synced: Mutex::new(None),
             zoning_version: Default::default(),
@@ -155,7 +178,8 @@ impl Catalog {
 
     /// Bring volumes and targets in line with `st`. Call only while no change is
     /// active (see the module docs).
-    pub fn sync(&self, st: &ClusterState) {
+    pub fn sync(self: &Arc<Self>, st: &ClusterState) {
+        self.sync_arrays(st);
         let key = (st.catalog.version, st.table.epoch);
         if *self.synced.lock() == Some(key) {
             return;
@@ -219,6 +243,76 @@ impl Catalog {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Log in to arrays added online (in the background; a failed login is retried
+    /// every `ARRAY_RETRY`), and let go of the ones removed.
+    fn sync_arrays(self: &Arc<Self>, st: &ClusterState) {
+        let mut a = self.arrays.lock();
+        let gone: Vec<String> = a
+            .online
+            .iter()
+            .filter(|id| !st.catalog.backends.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            a.online.remove(&id);
+            self.managed.remove_backend(&id);
+            tracing::info!(backend = %id, "back-end array removed by the cluster: logged out");
+        }
+        for (id, spec) in &st.catalog.backends {
+            if self.config_backends.contains(id)
+                || a.online.contains(id)
+                || a.connecting.contains(id)
+                || a.failed.get(id).is_some_and(|t| t.elapsed() < ARRAY_RETRY)
+            {
+                continue;
+            }
+            a.connecting.insert(id.clone());
+            let me = self.clone();
+            let section = section_of(spec);
+            tokio::spawn(async move {
+                let r = crate::build::open_backend(
+                    &me.node_name,
+                    &section,
+                    &BTreeSet::new(),
+                    &me.managed,
+                    &me.registry,
+                )
+                .await;
+                let mut a = me.arrays.lock();
+                a.connecting.remove(&section.id);
+                match r {
+                    Ok(n) => {
+                        tracing::info!(backend = %section.id, lus = n, "logged in to a back-end array the cluster added");
+                        a.failed.remove(&section.id);
+                        a.online.insert(section.id.clone());
+                        // Volumes waiting for it can be assembled now.
+                        *me.synced.lock() = None;
+                    }
+                    Err(e) => {
+                        tracing::error!(backend = %section.id, "{e}; retrying in {} s", ARRAY_RETRY.as_secs());
+                        a.failed
+                            .insert(section.id.clone(), std::time::Instant::now());
+                    }
+                }
+            });
+        }
+    }
+
+    /// Is back-end `id` one this node can use (config, or added online and logged in)?
+    pub fn has_backend(&self, id: &str) -> bool {
+        self.config_backends.contains(id) || self.arrays.lock().online.contains(id)
+    }
+
+    /// Is back-end `id` defined in this node's config?
+    pub fn configured_backend(&self, id: &str) -> bool {
+        self.config_backends.contains(id)
+    }
+
+    /// The node's name (its default initiator name derives from it).
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
     /// Is LUN `lun` of `target` used, by this node's config or by an export?
     pub fn lun_taken(&self, st: &ClusterState, target: &str, lun: u16) -> bool {
         self.base
@@ -240,6 +334,26 @@ impl Catalog {
     /// Does this node serve a target of this (normalised) name?
     pub fn serves_target(&self, target: &str) -> bool {
         self.base.iter().any(|t| t.name == target)
+    }
+}
+
+/// A config back-end section for an array added online.
+pub fn section_of(spec: &cluster::BackendSpec) -> crate::config::BackendSection {
+    crate::config::BackendSection {
+        id: spec.id.clone(),
+        portal: spec.portal.clone(),
+        target: spec.target.clone(),
+        initiator_name: None,
+        chap: spec.chap.as_ref().map(|(u, s)| crate::config::ChapSection {
+            username: u.clone(),
+            secret: s.clone(),
+            mutual_username: None,
+            mutual_secret: None,
+        }),
+        sessions: spec.sessions,
+        queue_depth: spec.queue_depth,
+        timeout_secs: spec.timeout_secs,
+        digests: false,
     }
 }
 

@@ -393,3 +393,139 @@ pub fn set_zoning(
     );
     Ok(())
 }
+
+/// Check an array to add (by logging in to it from this node) and record it.
+pub fn add_backend(
+    c: &ClusterNode,
+    rt: &Handle,
+    catalog: &Catalog,
+    journal: &Journal,
+    req: &mgmt::model::AddBackendRequest,
+) -> Result<(), ApiError> {
+    let st = c.state();
+    let id = req.id.as_str();
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+    {
+        return Err(ApiError::bad_request(
+            format!("{id:?} is not a valid back-end id"),
+            "use 1 to 64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if catalog.configured_backend(id) || st.catalog.backends.contains_key(id) {
+        return Err(ApiError::conflict(
+            format!("back-end {id} exists already"),
+            "`switchyard backends` lists them; pick another id",
+        ));
+    }
+    if req.portal.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::bad_request(
+            format!("portal {:?} is not ip:port", req.portal),
+            "e.g. 192.0.2.10:3260",
+        ));
+    }
+    fcwwn::IscsiName::parse(&req.target).map_err(|e| {
+        ApiError::bad_request(
+            format!("target {:?}: {e}", req.target),
+            "give the array's iSCSI target name",
+        )
+    })?;
+    let chap = match (&req.chap_username, &req.chap_secret) {
+        (Some(u), Some(s)) => Some((u.clone(), s.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give both chap_username and chap_secret, or neither",
+                "",
+            ))
+        }
+    };
+    let spec = cluster::BackendSpec {
+        id: id.to_string(),
+        portal: req.portal.clone(),
+        target: req.target.clone(),
+        chap,
+        sessions: req.sessions.unwrap_or(1),
+        queue_depth: req.queue_depth.unwrap_or(32),
+        timeout_secs: req.timeout_secs.unwrap_or(15),
+    };
+    if !(1..=8).contains(&spec.sessions) || !(1..=256).contains(&spec.queue_depth) {
+        return Err(ApiError::bad_request(
+            "sessions must be 1..=8 and queue_depth 1..=256",
+            "",
+        ));
+    }
+    // Log in once from here, so a wrong portal, name or secret is reported now.
+    let section = crate::catalog::section_of(&spec);
+    let probe = rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            crate::build::connect_backend(catalog.node_name(), &section),
+        )
+        .await
+    });
+    match probe {
+        Ok(Ok(client)) => drop(client),
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                e,
+                "nothing was recorded; check the portal, the target name, the CHAP account and the array's ACL for this node's initiator name",
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no login to {} at {} within 10 s", req.target, req.portal),
+                "nothing was recorded; check that the portal is reachable",
+            ))
+        }
+    }
+    commit(c, rt, &format!("back-end {id}"), Command::AddBackend(spec))?;
+    journal.event(
+        "info",
+        "backend",
+        format!(
+            "back-end array {id} added (admin): {} at {}",
+            req.target, req.portal
+        ),
+    );
+    Ok(())
+}
+
+/// Remove an array added online.
+pub fn remove_backend(
+    c: &ClusterNode,
+    rt: &Handle,
+    catalog: &Catalog,
+    journal: &Journal,
+    id: &str,
+) -> Result<(), ApiError> {
+    if catalog.configured_backend(id) {
+        return Err(ApiError::conflict(
+            format!("back-end {id} is defined in this node's config"),
+            "remove its [[backend]] from the configs and restart the nodes",
+        ));
+    }
+    if !c.state().catalog.backends.contains_key(id) {
+        return Err(ApiError::not_found(
+            format!("no back-end {id:?} was added online"),
+            "`switchyard backends` lists them",
+        ));
+    }
+    commit(
+        c,
+        rt,
+        &format!("the removal of back-end {id}"),
+        Command::RemoveBackend { id: id.to_string() },
+    )?;
+    journal.event(
+        "info",
+        "backend",
+        format!("back-end array {id} removed (admin)"),
+    );
+    Ok(())
+}

@@ -254,12 +254,10 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
         let catalog = cl.as_ref().map(|(c, _)| {
             let cat = catalog::Catalog::new(
                 c.clone(),
-                managed.served(),
-                managed.registry(),
+                managed.clone(),
+                &cfg,
                 prs.clone(),
                 node.targets.clone(),
-                catalog::statics(&cfg),
-                Arc::new(cfg.zoning.clone()),
             );
             let st = cluster::Cluster::state(&*c.cluster);
             cat.sync(&st);

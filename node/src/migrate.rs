@@ -419,7 +419,7 @@ impl Migrator {
     /// UNMAP the range on A (B is the only home now). Best effort: returns a note for
     /// the record when it could not.
     async fn release_source(&self, m: &MigrationRecord) -> Option<String> {
-        let Some(store) = self.registry.get(&m.spec.from.backend).cloned() else {
+        let Some(store) = self.registry.get(&m.spec.from.backend) else {
             return Some(format!(
                 "back-end {} is not open on the leader; its blocks were not released",
                 m.spec.from.backend

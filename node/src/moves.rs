@@ -20,23 +20,31 @@ pub(crate) static OFFLOADED_COPY_BYTES: AtomicU64 = AtomicU64::new(0);
 /// their array with EXTENDED COPY.
 #[derive(Clone, Default)]
 pub struct Offload {
-    remote: BTreeMap<String, Arc<RemoteStore>>,
+    /// Shared by every clone (back-ends added online join it).
+    remote: Arc<parking_lot::RwLock<BTreeMap<String, Arc<RemoteStore>>>>,
 }
 
 impl Offload {
-    pub fn insert(&mut self, id: &str, store: Arc<RemoteStore>) {
-        self.remote.insert(id.to_string(), store);
+    pub fn insert(&self, id: &str, store: Arc<RemoteStore>) {
+        self.remote.write().insert(id.to_string(), store);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.remote.write().remove(id);
     }
 
     /// Ask the array to copy `m` (both LUs on it); `None`: it cannot, copy through
     /// the node. An error is a failed copy.
     fn try_copy(&self, m: &Move, bs: u32) -> Option<Result<(), BlockError>> {
         let (s, so) = m.src.as_ref()?;
-        let (src, dst) = (self.remote.get(s)?, self.remote.get(&m.dst.0)?);
+        let (src, dst) = {
+            let r = self.remote.read();
+            (r.get(s)?.clone(), r.get(&m.dst.0)?.clone())
+        };
         if s == &m.dst.0 && ranges_overlap(*so, m.blocks, m.dst.1, m.blocks) {
             return None;
         }
-        match src.extended_copy_to_blocking(dst, *so, m.dst.1, m.blocks) {
+        match src.extended_copy_to_blocking(&dst, *so, m.dst.1, m.blocks) {
             Ok(OffloadOutcome::Copied { lists }) => {
                 OFFLOADED_COPY_BYTES.fetch_add(m.blocks * u64::from(bs), Ordering::Relaxed);
                 tracing::debug!(from = %s, to = %m.dst.0, blocks = m.blocks, lists, "copied by the array (EXTENDED COPY)");
@@ -165,10 +173,7 @@ pub(crate) fn crossing_moves(mv: &[Move]) -> Option<String> {
     None
 }
 
-fn store<'a>(
-    reg: &'a Registry,
-    id: &str,
-) -> Result<&'a std::sync::Arc<dyn BlockStore>, BlockError> {
+fn store(reg: &Registry, id: &str) -> Result<std::sync::Arc<dyn BlockStore>, BlockError> {
     reg.get(id).ok_or_else(|| {
         BlockError::Io(std::io::Error::other(format!(
             "back-end {id} is not open on this node"

@@ -802,7 +802,7 @@ mod tests {
         use blockdev::{BlockStore, MemStore};
         let lu = Arc::new(MemStore::new(512, 64));
         lu.write(3, &[7u8; 512], false).unwrap();
-        let mut reg = Registry::new()
+        let reg = Registry::new()
             .with("arr/lun0", lu.clone() as Arc<dyn BlockStore>)
             .with("arr2/lun0", lu.clone() as Arc<dyn BlockStore>);
         let def = |backend: &str| VolumeDef {

@@ -15,7 +15,7 @@ use std::io;
 use std::sync::Arc;
 
 use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::range::BlockRange;
 use crate::table::{
@@ -23,9 +23,15 @@ use crate::table::{
     ValidationErrors, VolumeDef,
 };
 
-/// The back-end LUs a node can reach, by id.
+/// The back-end LUs a node can reach, by id. Clones share one registry, so a back-end
+/// added at run time (an array an admin adds online) is seen by every holder.
 #[derive(Clone, Default)]
 pub struct Registry {
+    inner: Arc<RwLock<RegistryInner>>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
     stores: BTreeMap<String, Arc<dyn BlockStore>>,
     /// What each back-end LU is, where known (an array LU's NAA designator, a file's
     /// canonical path): two ids with the same identity are two paths to one LU.
@@ -40,39 +46,57 @@ impl Registry {
 
     /// Record what back-end `id` is (e.g. `naa.6001405...` for an array LU): ids with
     /// the same identity reach the same LU.
-    pub fn set_identity(&mut self, id: impl Into<String>, identity: impl Into<String>) {
-        self.identities.insert(id.into(), identity.into());
+    pub fn set_identity(&self, id: impl Into<String>, identity: impl Into<String>) {
+        self.inner
+            .write()
+            .identities
+            .insert(id.into(), identity.into());
     }
 
     /// Whether back-end ids `a` and `b` reach the same LU: the same id, or both with the
     /// same recorded identity. Unknown identities are never the same.
     pub fn same_lu(&self, a: &str, b: &str) -> bool {
+        let r = self.inner.read();
         a == b
             || matches!(
-                (self.identities.get(a), self.identities.get(b)),
+                (r.identities.get(a), r.identities.get(b)),
                 (Some(x), Some(y)) if x == y
             )
     }
 
     /// Add (or replace) back-end `id`.
-    pub fn insert(&mut self, id: impl Into<String>, store: Arc<dyn BlockStore>) {
-        self.stores.insert(id.into(), store);
+    pub fn insert(&self, id: impl Into<String>, store: Arc<dyn BlockStore>) {
+        self.inner.write().stores.insert(id.into(), store);
+    }
+
+    /// Remove back-end `id` (and its identity).
+    pub fn remove(&self, id: &str) -> Option<Arc<dyn BlockStore>> {
+        let mut w = self.inner.write();
+        w.identities.remove(id);
+        w.stores.remove(id)
     }
 
     /// Builder form of [`Registry::insert`].
-    pub fn with(mut self, id: impl Into<String>, store: Arc<dyn BlockStore>) -> Registry {
+    pub fn with(self, id: impl Into<String>, store: Arc<dyn BlockStore>) -> Registry {
         self.insert(id, store);
         self
     }
 
     /// Back-end `id`.
-    pub fn get(&self, id: &str) -> Option<&Arc<dyn BlockStore>> {
-        self.stores.get(id)
+    pub fn get(&self, id: &str) -> Option<Arc<dyn BlockStore>> {
+        self.inner.read().stores.get(id).cloned()
+    }
+
+    /// The ids of every back-end.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.read().stores.keys().cloned().collect()
     }
 
     /// Block size and capacity of every back-end, for [`MappingTable::validate_with`].
     pub fn catalog(&self) -> BackendCatalog {
-        self.stores
+        self.inner
+            .read()
+            .stores
             .iter()
             .map(|(id, s)| {
                 (
@@ -283,7 +307,7 @@ impl VirtualVolume {
         let mut backends: Vec<Backend> = Vec::new();
         let mut home = |e: &Extent, role: HomeRole, id: &str, bstart: u64| {
             // Validated above; still an error, not a panic, should it not hold.
-            let store = registry.get(id).cloned().ok_or_else(|| {
+            let store = registry.get(id).ok_or_else(|| {
                 ValidationErrors(vec![TableError::UnknownBackend {
                     volume: def.name.clone(),
                     vstart: e.vstart,
