@@ -4,7 +4,9 @@
 # file stores migrates db01 from one store to the other (slowly, 1 MiB windows at
 # 1 MiB/s) while Chromium renders the console twice. Checks that the volume's extent
 # map and the migration's row appear, that the progress moves between the two renders,
-# that copied chunks show as mirrored, and that an abort shows up; saves a screenshot.
+# that copied chunks show as mirrored, that the pause and resume buttons steer the
+# migration (clicked in a live page over the DevTools protocol), and that an abort
+# shows up; saves a screenshot.
 # Usage: initiator-tests/console-test.sh [OUT.png]   (default: target/console-test.png)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,11 +54,11 @@ data_dir = "raft"
 [[store]]
 id = "fastpool"
 path = "fast.img"
-size = "64MiB"
+size = "128MiB"
 [[store]]
 id = "archive"
 path = "archive.img"
-size = "64MiB"
+size = "128MiB"
 [[target]]
 name = "iqn.2026-11.org.switchyard:console"
 [[target.lun]]
@@ -71,10 +73,10 @@ epoch = 1
 name = "db01"
 wwn = "naa.6001405f0e1d2c3b4a5968778695a4b3"
 block_size = 512
-blocks = 65536
+blocks = 131072
 [[mapping.volumes.extents]]
 vstart = 0
-blocks = 65536
+blocks = 131072
 backend = "fastpool"
 bstart = 0
 EOF
@@ -121,6 +123,33 @@ else
     fail "its progress moved between two renders ('$p1' -> '$p2')"
 fi
 [ -s "$out" ] && pass "screenshot saved: $out" || fail "screenshot saved"
+grep -q 'data-migrate="db01"' "$work/dom1.html" && grep -q '<option>archive</option>' "$work/dom1.html" \
+    && pass "the volume offers a migration to the other store" || fail "the volume offers a migration to the other store"
+
+# Steer the migration from the console as an admin does: a live Chromium page, its
+# buttons clicked through the DevTools protocol (initiator-tests/cdp.py).
+cdp_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+cdp_profile="$(mktemp -d)"
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --user-data-dir="$cdp_profile" --remote-debugging-port="$cdp_port" --window-size=1280,1000 \
+    "${url}#token=${token}" 2>>"$work/chromium.err" &
+cdp_pid=$!
+# state: migration 1's state now (`migrations show` would follow a running one to its end)
+state() { "$bin" -o json migrations 2>/dev/null | python3 -c 'import json,sys; print([m["state"] for m in json.load(sys.stdin) if m["id"] == 1][0])' 2>/dev/null || true; }
+click() { # click ACTION: wait for migration 1's ACTION button, click it
+    local sel="button[data-mig=\"1\"][data-act=\"$1\"]"
+    python3 initiator-tests/cdp.py "$cdp_port" "document.querySelector('$sel') !== null" --until-true 20 >/dev/null \
+        && python3 initiator-tests/cdp.py "$cdp_port" "document.querySelector('$sel').click(), true" >/dev/null
+}
+wait_state() { for _ in $(seq 100); do [ "$(state)" = "$1" ] && return 0; sleep 0.2; done; return 1; }
+click pause && wait_state paused \
+    && pass "the console's pause button pauses the migration" || fail "the console's pause button pauses the migration (state $(state))"
+click resume && wait_state running \
+    && pass "the console's resume button resumes it" || fail "the console's resume button resumes it (state $(state))"
+kill "$cdp_pid" 2>/dev/null || true
+wait "$cdp_pid" 2>/dev/null || true
+rm -rf "$cdp_profile" 2>/dev/null || true
 
 "$bin" migrations abort 1 >/dev/null
 for _ in $(seq 100); do
