@@ -214,6 +214,22 @@ fn changes(url: &str, token: Option<&str>) -> Vec<(&'static str, u16)> {
             "POST migration pause",
             post(&c(), "/api/v1/migrations/1/pause"),
         ),
+        ("POST volumes", post(&c(), "/api/v1/volumes")),
+        ("DELETE volume", status_of(c().delete("/api/v1/volumes/v1"))),
+        ("POST exports", post(&c(), "/api/v1/volumes/v1/exports")),
+        (
+            "DELETE export",
+            status_of(c().delete("/api/v1/volumes/v1/exports/iqn.2026-11.org.x:t/0")),
+        ),
+        ("POST backends", post(&c(), "/api/v1/backends")),
+        ("DELETE backend", status_of(c().delete("/api/v1/backends/b"))),
+        (
+            "PUT zoning",
+            status_of(
+                c().put::<_, serde_json::Value>("/api/v1/zoning", &serde_json::json!({}))
+                    .map(|_| 200),
+            ),
+        ),
     ]
 }
 
