@@ -273,8 +273,15 @@ fn admin_seeds_drive_the_cluster_state_machine() {
             applied += 1;
         }
     }
-    assert_eq!(applied, 16, "every seed command but the stale one applies");
-    assert_eq!(st.table.epoch, 2, "the remap went through its phases");
+    assert_eq!(
+        applied, 23,
+        "every seed command applies but the stale table and the removal of an array in use"
+    );
+    // The remap went through its phases (epoch 2); a volume was created and deleted.
+    assert_eq!(st.table.epoch, 4);
+    assert!(st.table.volume("v2").is_none() && st.catalog.backends.is_empty());
+    assert_eq!(st.catalog.exports().count(), 0);
+    assert_eq!(st.catalog.zoning, Some(fcwwn::Masking::open()));
     assert!(st.active().is_none());
     let m = &st.migrations.records[&1];
     assert_eq!(

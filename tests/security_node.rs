@@ -222,7 +222,10 @@ fn changes(url: &str, token: Option<&str>) -> Vec<(&'static str, u16)> {
             status_of(c().delete("/api/v1/volumes/v1/exports/iqn.2026-11.org.x:t/0")),
         ),
         ("POST backends", post(&c(), "/api/v1/backends")),
-        ("DELETE backend", status_of(c().delete("/api/v1/backends/b"))),
+        (
+            "DELETE backend",
+            status_of(c().delete("/api/v1/backends/b")),
+        ),
         (
             "PUT zoning",
             status_of(

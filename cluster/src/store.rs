@@ -105,6 +105,21 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8], sync_dir: bool) -> std::io
     Ok(())
 }
 
+/// Run file I/O (writes and fsyncs) on the blocking pool: an fsync takes milliseconds,
+/// and a runtime thread blocked on it would stall the iSCSI sessions and back-end
+/// I/O that share the runtime (host latency during remaps).
+async fn on_disk<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| std::io::Error::other(format!("storage task: {e}")))?,
+        // Outside a runtime (tests driving the store by hand): inline.
+        Err(_) => f(),
+    }
+}
+
 fn read_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
@@ -215,10 +230,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
-        let mut g = self.inner.lock();
-        write_atomic(&g.dir, "vote.json", &json(vote), true)
+        let dir = self.inner.lock().dir.clone();
+        let bytes = json(vote);
+        on_disk(move || write_atomic(&dir, "vote.json", &bytes, true))
+            .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        g.vote = Some(*vote);
+        self.inner.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -227,11 +244,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        let mut g = self.inner.lock();
+        let dir = self.inner.lock().dir.clone();
+        let bytes = json(&committed);
         // Advisory (Raft can recompute it), so no directory sync.
-        write_atomic(&g.dir, "committed.json", &json(&committed), false)
+        on_disk(move || write_atomic(&dir, "committed.json", &bytes, false))
+            .await
             .map_err(|e| StorageIOError::write(&e))?;
-        g.committed = committed;
+        self.inner.lock().committed = committed;
         Ok(())
     }
 
@@ -244,19 +263,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut g = self.inner.lock();
-        let mut result = Ok(());
-        for e in entries {
-            if let Err(err) =
-                write_atomic(&g.log_dir, &entry_name(e.log_id.index), &json(&e), false)
-            {
-                result = Err(err);
-                break;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let log_dir = self.inner.lock().log_dir.clone();
+        let files: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (entry_name(e.log_id.index), json(e)))
+            .collect();
+        let result = on_disk(move || {
+            for (name, bytes) in &files {
+                write_atomic(&log_dir, name, bytes, false)?;
             }
-            g.entries.insert(e.log_id.index, e);
-        }
+            File::open(&log_dir).and_then(|d| d.sync_all())
+        })
+        .await;
         if result.is_ok() {
-            result = File::open(&g.log_dir).and_then(|d| d.sync_all());
+            let mut g = self.inner.lock();
+            for e in entries {
+                g.entries.insert(e.log_id.index, e);
+            }
         }
         let err = result.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(result);
@@ -267,28 +291,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let mut g = self.inner.lock();
-        let doomed: Vec<u64> = g.entries.range(log_id.index..).map(|(i, _)| *i).collect();
-        for i in doomed {
-            g.entries.remove(&i);
-            let _ = fs::remove_file(g.log_dir.join(entry_name(i)));
-        }
-        File::open(&g.log_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let (log_dir, doomed) = {
+            let mut g = self.inner.lock();
+            let doomed: Vec<u64> = g.entries.range(log_id.index..).map(|(i, _)| *i).collect();
+            for i in &doomed {
+                g.entries.remove(i);
+            }
+            (g.log_dir.clone(), doomed)
+        };
+        on_disk(move || {
+            for i in doomed {
+                let _ = fs::remove_file(log_dir.join(entry_name(i)));
+            }
+            File::open(&log_dir).and_then(|d| d.sync_all())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let mut g = self.inner.lock();
-        write_atomic(&g.dir, "purged.json", &json(&log_id), true)
+        let (dir, log_dir) = {
+            let g = self.inner.lock();
+            (g.dir.clone(), g.log_dir.clone())
+        };
+        let bytes = json(&log_id);
+        on_disk(move || write_atomic(&dir, "purged.json", &bytes, true))
+            .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        g.last_purged = Some(log_id);
-        let doomed: Vec<u64> = g.entries.range(..=log_id.index).map(|(i, _)| *i).collect();
-        for i in doomed {
-            g.entries.remove(&i);
-            let _ = fs::remove_file(g.log_dir.join(entry_name(i)));
-        }
+        let doomed = {
+            let mut g = self.inner.lock();
+            g.last_purged = Some(log_id);
+            let doomed: Vec<u64> = g.entries.range(..=log_id.index).map(|(i, _)| *i).collect();
+            for i in &doomed {
+                g.entries.remove(i);
+            }
+            doomed
+        };
+        // Removing purged entries is housekeeping (`open` drops leftovers).
+        let _ = on_disk(move || {
+            for i in doomed {
+                let _ = fs::remove_file(log_dir.join(entry_name(i)));
+            }
+            Ok(())
+        })
+        .await;
         Ok(())
     }
 }
@@ -373,21 +420,36 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let mut g = self.inner.lock();
-        g.snapshots_built += 1;
-        let snapshot_id = match g.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, g.snapshots_built),
-            None => format!("empty-{}", g.snapshots_built),
+        let (dir, meta, state) = {
+            let mut g = self.inner.lock();
+            g.snapshots_built += 1;
+            let snapshot_id = match g.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, g.snapshots_built),
+                None => format!("empty-{}", g.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: g.last_applied,
+                last_membership: g.membership.clone(),
+                snapshot_id,
+            };
+            (g.dir.clone(), meta, g.state.clone())
         };
-        let meta = SnapshotMeta {
-            last_log_id: g.last_applied,
-            last_membership: g.membership.clone(),
-            snapshot_id,
-        };
-        Self::persist_snapshot(&g.dir, &meta, &g.state)
+        let (m, s) = (meta.clone(), state.clone());
+        on_disk(move || Self::persist_snapshot(&dir, &m, &s))
+            .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let bytes = json(&*g.state);
-        g.snapshot = Some((meta.clone(), bytes.clone()));
+        let bytes = json(&*state);
+        {
+            // A snapshot installed from the leader meanwhile is newer: keep it.
+            let mut g = self.inner.lock();
+            let newer = g
+                .snapshot
+                .as_ref()
+                .is_some_and(|(m, _)| m.last_log_id > meta.last_log_id);
+            if !newer {
+                g.snapshot = Some((meta.clone(), bytes.clone()));
+            }
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -76,7 +76,16 @@ pub fn admin_input(data: &[u8]) {
         if let Ok(c) = toml::from_str::<cluster::ClusterConfig>(text) {
             let _ = c.validate();
         }
+        // `config import` and `zoning set` files.
+        if let Ok(d) = toml::from_str::<mgmt::model::ConfigDoc>(text) {
+            let _ = toml::to_string(&d);
+        }
+        let _ = toml::from_str::<fcwwn::Masking>(text);
     }
+    let _ = serde_json::from_slice::<mgmt::model::CreateVolumeRequest>(data);
+    let _ = serde_json::from_slice::<mgmt::model::ZoningRequest>(data);
+    let _ = serde_json::from_slice::<mgmt::model::AddBackendRequest>(data);
+    let _ = serde_json::from_slice::<mgmt::model::ExportView>(data);
     let _ = serde_json::from_slice::<mgmt::model::RemapRequest>(data);
     let _ = serde_json::from_slice::<mgmt::model::NodeStateRequest>(data);
     let _ = serde_json::from_slice::<mgmt::model::MigrateRequest>(data);

@@ -665,6 +665,55 @@ data_dir = "raft"
             expected_epoch: 0,
             table: t0,
         },
+        // The catalog: an array, a volume on it, exports, zoning, and back.
+        Command::AddBackend(cluster::BackendSpec {
+            id: "arr".into(),
+            portal: "127.0.0.1:3260".into(),
+            target: "iqn.2026-11.org.example:arr".into(),
+            chap: None,
+            sessions: 1,
+            queue_depth: 32,
+            timeout_secs: 15,
+        }),
+        Command::CreateVolume {
+            def: volume::VolumeDef {
+                name: "v2".into(),
+                wwn: "naa.6005359000000000000000000000a002".into(),
+                extents: vec![volume::Extent {
+                    vstart: 0,
+                    blocks: 2048,
+                    backend: "arr/lun0".into(),
+                    bstart: 0,
+                    mirror: None,
+                }],
+                ..vol("x")
+            },
+            exports: vec![cluster::Export {
+                target: "iqn.2026-11.org.example:t".into(),
+                lun: 1,
+                volume: "v2".into(),
+            }],
+        },
+        Command::Export(cluster::Export {
+            target: "iqn.2026-11.org.example:t".into(),
+            lun: 2,
+            volume: "v2".into(),
+        }),
+        Command::SetZoning {
+            expected_version: 0,
+            zoning: Some(fcwwn::Masking::open()),
+        },
+        // Refused: the array is in use.
+        Command::RemoveBackend { id: "arr".into() },
+        Command::Unexport {
+            target: "iqn.2026-11.org.example:t".into(),
+            lun: 2,
+        },
+        Command::DeleteVolume {
+            name: "v2".into(),
+            pr_key: Some("6005359000000000000000000000a002".into()),
+        },
+        Command::RemoveBackend { id: "arr".into() },
     ];
     let commands: Vec<String> = commands
         .iter()
@@ -677,6 +726,10 @@ data_dir = "raft"
         br#"{"state":"draining","alua":"standby"}"#.to_vec(),
         br#"{"to":"array/lun1","at":0,"vstart":0,"blocks":2048,"window_mib":1,"engine":"node"}"#.to_vec(),
         br#"{"failpoint":"remap::switch","actions":"return"}"#.to_vec(),
+        br#"{"name":"db","extents":[{"vstart":0,"blocks":8,"backend":"a/lun0","bstart":0}],"exports":[{"target":"iqn.2026-11.org.example:t","lun":1}]}"#.to_vec(),
+        br#"{"expected_version":0,"zoning":{"groups":[{"name":"g","members":["iqn.1994-05.com.redhat:h1","21:00:00:24:ff:4b:9c:10"]}],"rules":[{"target":"iqn.2026-11.org.example:t","group":"g","luns":[0,1]}]}}"#.to_vec(),
+        br#"{"id":"arr","portal":"127.0.0.1:3260","target":"iqn.2026-11.org.example:arr","chap_username":"u","chap_secret":"0123456789ab"}"#.to_vec(),
+        b"[[backends]]\nid = \"arr\"\nportal = \"127.0.0.1:3260\"\ntarget = \"iqn.2026-11.org.example:arr\"\nsessions = 1\nqueue_depth = 32\ntimeout_secs = 15\n[mapping]\nepoch = 1\n[[exports]]\ntarget = \"iqn.2026-11.org.example:t\"\nlun = 0\nvolume = \"vol1\"\n[zoning]\n[[zoning.groups]]\nname = \"g\"\nmembers = [\"iqn.1994-05.com.redhat:h1\"]\n".to_vec(),
         commands.join("\n").into_bytes(),
     ]
 }
