@@ -566,10 +566,17 @@ async fn single_node_change_log_is_validated_and_durable() {
     // Snapshots were taken and the log before them dropped.
     let data = dir.path().join("n1");
     assert!(data.join("snapshot.json").exists());
-    let entries = std::fs::read_dir(data.join("log")).unwrap().count() as u64;
+    // log.bin: records of [length u32 LE][CRC32C u32 LE][entry].
+    let log = std::fs::read(data.join("log.bin")).unwrap();
+    let (mut entries, mut at) = (0u64, 0usize);
+    while at + 8 <= log.len() {
+        at += 8 + u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        entries += 1;
+    }
+    assert_eq!(at, log.len(), "log.bin ends with a whole record");
     assert!(
         entries < applied,
-        "{entries} log files for {applied} entries"
+        "{entries} log records for {applied} entries"
     );
 
     // Restart mid-change (several snapshots were taken): the change is where it was,
