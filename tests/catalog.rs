@@ -316,6 +316,21 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
         "the data written through member 1 differs through member 0"
     );
 
+    // Who is logged in where: every member's sessions, asked through member 0.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = cli_ok(&rig, 0, &["sessions", "--all"]);
+        let on = |who: &str, node: &str| {
+            s.lines()
+                .any(|l| l.contains(who) && l.split_whitespace().next() == Some(node))
+        };
+        if on("org.test:early", "n2") && on("org.test:other", "n1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions --all:\n{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Grow (a remap) through member 1: 6 MiB, the new blocks further on LUN 1.
     let out = cli_ok(
         &rig,

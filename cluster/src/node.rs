@@ -82,6 +82,8 @@ pub(crate) struct Inner {
     pub release: parking_lot::RwLock<Option<ReleaseHandler>>,
     /// Woken when a direct acknowledgement arrives (the remap driver waits on it).
     pub ack_arrived: tokio::sync::Notify,
+    /// The management API URL this node registers (set once the API listens).
+    pub api: parking_lot::Mutex<Option<String>>,
 }
 
 /// Called with a change id when the leader tells this node it may release the hold of
@@ -168,6 +170,7 @@ impl ClusterNode {
             acks: parking_lot::Mutex::new(BTreeMap::new()),
             release: parking_lot::RwLock::new(None),
             ack_arrived: tokio::sync::Notify::new(),
+            api: parking_lot::Mutex::new(None),
         });
         let mut tasks = Vec::new();
         let app = crate::server::router(inner.clone());
@@ -412,6 +415,37 @@ impl ClusterNode {
     }
 
     /// What to do when the leader says every participant of a change has switched.
+    /// Register this node's management API URL in the replicated state (every member
+    /// then lists it), retrying in the background until it is committed.
+    pub fn set_api_url(&self, url: String) {
+        *self.inner.api.lock() = Some(url);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            for _ in 0..30 {
+                let info = inner.self_info();
+                let registered = inner.published.state.load().nodes.get(&inner.id).map(|n| {
+                    let mut n = n.clone();
+                    n.health = info.health.clone();
+                    n
+                });
+                if registered.as_ref() == Some(&info) {
+                    return;
+                }
+                if inner
+                    .execute(AdminRequest::Propose(Command::RegisterNode(info)))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            tracing::warn!("could not register this node's management URL");
+        });
+    }
+
     pub fn set_release_handler(&self, f: ReleaseHandler) {
         *self.inner.release.write() = Some(f);
     }
@@ -528,7 +562,7 @@ fn write_err(
 
 impl Inner {
     fn self_info(&self) -> NodeInfo {
-        if self.cfg.witness {
+        let mut info = if self.cfg.witness {
             NodeInfo::witness(self.id, &self.cfg.name, &self.addr)
         } else {
             NodeInfo::voter(
@@ -537,7 +571,9 @@ impl Inner {
                 &self.addr,
                 self.cfg.portals.clone(),
             )
-        }
+        };
+        info.api = self.api.lock().clone();
+        info
     }
 
     pub(crate) fn status(&self) -> Status {

@@ -62,6 +62,9 @@ pub struct NodeInfo {
     pub portals: Vec<String>,
     pub role: Role,
     pub health: Health,
+    /// The node's management API URL (so admins and the CLI can reach every member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 impl NodeInfo {
@@ -74,6 +77,7 @@ impl NodeInfo {
             portals,
             role: Role::Voter,
             health: Health::Active,
+            api: None,
         }
     }
 

@@ -77,8 +77,12 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: Option<NodesCmd>,
     },
-    /// Host sessions logged in to the node.
-    Sessions,
+    /// Host sessions logged in to the node; `--all`: to every cluster member (each
+    /// asked through its own API, with the same token).
+    Sessions {
+        #[arg(long)]
+        all: bool,
+    },
     /// Targets and their LUNs.
     Targets,
     /// Back-end arrays and stores, with their LUs; `backends add|remove` change the
@@ -537,8 +541,28 @@ pub fn run(conn: &ConnOpts, cmd: &AdminCmd) -> Result<(), String> {
                 );
             }
         }
-        AdminCmd::Sessions => {
-            let s: Vec<SessionView> = c.get("/api/v1/sessions").map_err(e)?;
+        AdminCmd::Sessions { all } => {
+            let mut s: Vec<SessionView> = Vec::new();
+            if *all {
+                let nodes: Vec<NodeView> = c.get("/api/v1/nodes").map_err(e)?;
+                for n in nodes.iter().filter(|n| n.role != "witness") {
+                    let Some(api) = &n.api else {
+                        eprintln!(
+                            "node {}: its management URL is not known (no [management]?)",
+                            n.name
+                        );
+                        continue;
+                    };
+                    match Client::new(api, conn.token.clone())
+                        .get::<Vec<SessionView>>("/api/v1/sessions")
+                    {
+                        Ok(v) => s.extend(v),
+                        Err(err) => eprintln!("node {}: {err}", n.name),
+                    }
+                }
+            } else {
+                s = c.get("/api/v1/sessions").map_err(e)?;
+            }
             if json {
                 print_json(&s);
             } else {

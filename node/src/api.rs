@@ -912,7 +912,7 @@ impl NodeMgmt {
                     api: if m.id == me {
                         self.0.api_url.clone()
                     } else {
-                        None
+                        info.as_ref().and_then(|i| i.api.clone())
                     },
                     is_self: m.id == me,
                     id: Some(m.id),

@@ -420,6 +420,7 @@ async fn start_api(
     );
     let node = match member {
         Some(m) => {
+            m.node.set_api_url(url.clone());
             let node = node.with_cluster(m.node, Some(m.catalog));
             m.remapper
                 .set_journal(mgmt::NodeApi::journal(&node).clone());
