@@ -140,106 +140,64 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
     assert_eq!(report_luns(&mut early).await, [0]);
 
     // Bad input: precise errors, nothing changes.
-    cli_err(
-        &rig,
-        0,
-        &[
-            "volumes",
-            "create",
-            "bad",
-            "--on",
-            "array/lun0",
-            "--size",
-            "1MiB",
-        ],
-        "used twice",
-    );
-    cli_err(
-        &rig,
-        0,
-        &[
-            "volumes",
-            "create",
-            "big",
-            "--on",
+    let taken = format!("{tgt}:0");
+    let bad: [(&[&str], &str); 10] = [
+        (
+            &["create", "bad", "--on", "array/lun0", "--size", "1MiB"],
+            "used twice",
+        ),
+        (
+            &["create", "big", "--on", "array/lun1", "--size", "32MiB"],
             "array/lun1",
-            "--size",
-            "32MiB",
-        ],
-        "array/lun1",
-    );
-    cli_err(
-        &rig,
-        0,
-        &[
-            "volumes",
-            "create",
-            "x",
-            "--on",
-            "array/lun9",
-            "--size",
-            "1MiB",
-        ],
-        "no back-end LU \"array/lun9\"",
-    );
-    cli_err(
-        &rig,
-        0,
-        &["volumes", "create", "bad name", "--size", "1MiB"],
-        "not a valid volume name",
-    );
-    cli_err(
-        &rig,
-        0,
-        &[
-            "volumes", "create", "w", "--size", "1MiB", "--wwn", "naa.12",
-        ],
-        "wwn",
-    );
-    cli_err(
-        &rig,
-        0,
-        &[
-            "volumes",
-            "create",
-            "db",
-            "--on",
-            "array/lun1",
-            "--size",
-            "4MiB",
-            "--export",
-            &format!("{tgt}:0"),
-        ],
-        "LUN 0 of",
-    );
-    cli_err(
-        &rig,
-        0,
-        &[
-            "volumes",
-            "create",
-            "db",
-            "--on",
-            "array/lun1",
-            "--size",
-            "4MiB",
-            "--export",
-            "iqn.2026-11.org.nowhere:x:1",
-        ],
-        "serves no target",
-    );
-    cli_err(
-        &rig,
-        0,
-        &["volumes", "export", "nope", "--target", tgt, "--lun", "3"],
-        "no volume named \"nope\"",
-    );
-    cli_err(
-        &rig,
-        0,
-        &["volumes", "delete", "vol1"],
-        "in this node's config",
-    );
+        ),
+        (
+            &["create", "x", "--on", "array/lun9", "--size", "1MiB"],
+            "no back-end LU \"array/lun9\"",
+        ),
+        (
+            &["create", "bad name", "--size", "1MiB"],
+            "not a valid volume name",
+        ),
+        (&["create", "w", "--size", "1MiB", "--wwn", "naa.12"], "wwn"),
+        (
+            &[
+                "create",
+                "db",
+                "--on",
+                "array/lun1",
+                "--size",
+                "4MiB",
+                "--export",
+                &taken,
+            ],
+            "LUN 0 of",
+        ),
+        (
+            &[
+                "create",
+                "db",
+                "--on",
+                "array/lun1",
+                "--size",
+                "4MiB",
+                "--export",
+                "iqn.2026-11.org.nowhere:x:1",
+            ],
+            "serves no target",
+        ),
+        (
+            &["export", "nope", "--target", tgt, "--lun", "3"],
+            "no volume named \"nope\"",
+        ),
+        (&["delete", "vol1"], "in this node's config"),
+        (&["delete", "nope"], "no volume named \"nope\""),
+    ];
+    for (args, want) in bad {
+        let args: Vec<&str> = std::iter::once("volumes")
+            .chain(args.iter().copied())
+            .collect();
+        cli_err(&rig, 0, &args, want);
+    }
     cli_err(
         &rig,
         0,

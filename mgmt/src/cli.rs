@@ -212,7 +212,7 @@ pub enum MigrationsCmd {
     Abort { id: u64 },
 }
 
-pub use crate::cli_catalog::{BackendsCmd, VolumesCmd, ZoningCmd};
+pub use crate::cli_catalog::{parse_size, BackendsCmd, VolumesCmd, ZoningCmd};
 pub use crate::cli_config::ConfigCmd;
 
 #[derive(Subcommand, Debug, Clone)]

@@ -192,14 +192,8 @@ pub enum ZoningCmd {
     Allow {
         #[arg(long)]
         target: String,
-        #[arg(
-            long,
-            conflicts_with = "initiator",
-            required_unless_present = "initiator"
-        )]
-        group: Option<String>,
-        #[arg(long)]
-        initiator: Option<String>,
+        #[command(flatten)]
+        who: Who,
         /// all, or a list: 0,1,5
         #[arg(long, default_value = "all")]
         luns: String,
@@ -208,35 +202,47 @@ pub enum ZoningCmd {
     Deny {
         #[arg(long)]
         target: String,
-        #[arg(
-            long,
-            conflicts_with = "initiator",
-            required_unless_present = "initiator"
-        )]
-        group: Option<String>,
-        #[arg(long)]
-        initiator: Option<String>,
+        #[command(flatten)]
+        who: Who,
     },
 }
 
-/// Parse a size: bytes, or a number with K/M/G/T (powers of 1024, `iB` optional).
+/// Whom a zoning rule names: a group or one initiator.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Who {
+    #[arg(
+        long,
+        conflicts_with = "initiator",
+        required_unless_present = "initiator"
+    )]
+    group: Option<String>,
+    #[arg(long)]
+    initiator: Option<String>,
+}
+
+/// Parse "1GiB", "512MiB", "4096", "10G" (binary units) into bytes: what configs
+/// and the CLI accept as sizes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("size {s:?}: expected a number with an optional unit (512MiB, 1G)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" | "kb" => 10,
-        "m" | "mib" | "mb" => 20,
-        "g" | "gib" | "gb" => 30,
-        "t" | "tib" | "tb" => 40,
-        u => return Err(format!("size {s:?}: unknown unit {u:?} (use K, M, G or T)")),
+        .map_err(|_| format!("size \"{s}\": expected a number with an optional unit, e.g. 1GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        u => {
+            return Err(format!(
+                "size \"{s}\": unknown unit \"{u}\" (use KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" is too large"))
 }
 
 fn blocks_of(size: &str, block_size: u32) -> Result<u64, String> {
@@ -485,8 +491,8 @@ pub fn read_zoning(path: &std::path::Path) -> Result<Masking, String> {
     parsed.map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn subject(group: &Option<String>, initiator: &Option<String>) -> Result<Subject, String> {
-    match (group, initiator) {
+fn subject(who: &Who) -> Result<Subject, String> {
+    match (&who.group, &who.initiator) {
         (Some(g), None) => Ok(Subject::Group(g.clone())),
         (None, Some(i)) => InitiatorId::parse(i)
             .map(Subject::Initiator)
@@ -562,13 +568,8 @@ fn edit(cmd: &ZoningCmd, cur: &Masking) -> Result<Option<Masking>, String> {
                 }
             }
         }
-        ZoningCmd::Allow {
-            target,
-            group,
-            initiator,
-            luns,
-        } => {
-            let who = subject(group, initiator)?;
+        ZoningCmd::Allow { target, who, luns } => {
+            let who = subject(who)?;
             let luns = parse_luns(luns)?;
             rules.retain(|r| !(same_target(&r.target, target) && r.subject == who));
             rules.push(AccessRule {
@@ -577,12 +578,8 @@ fn edit(cmd: &ZoningCmd, cur: &Masking) -> Result<Option<Masking>, String> {
                 luns,
             });
         }
-        ZoningCmd::Deny {
-            target,
-            group,
-            initiator,
-        } => {
-            let who = subject(group, initiator)?;
+        ZoningCmd::Deny { target, who } => {
+            let who = subject(who)?;
             let before = rules.len();
             rules.retain(|r| !(same_target(&r.target, target) && r.subject == who));
             if rules.len() == before {
@@ -669,8 +666,10 @@ mod tests {
         assert_eq!(z.groups()[0].members.len(), 2);
         let allow = ZoningCmd::Allow {
             target: t.into(),
-            group: Some("esx".into()),
-            initiator: None,
+            who: Who {
+                group: Some("esx".into()),
+                initiator: None,
+            },
             luns: "0,1".into(),
         };
         let z = edit(&allow, &z).unwrap().unwrap();
@@ -695,8 +694,10 @@ mod tests {
         assert!(e.contains("invalid"), "{e}");
         let deny = ZoningCmd::Deny {
             target: t.to_uppercase().replace("IQN", "iqn"),
-            group: Some("esx".into()),
-            initiator: None,
+            who: Who {
+                group: Some("esx".into()),
+                initiator: None,
+            },
         };
         let z = edit(&deny, &z).unwrap().unwrap();
         assert!(z.rules().is_empty());

@@ -642,29 +642,7 @@ impl Config {
     }
 }
 
-/// Parse "1GiB", "512MiB", "4096", "10G" (binary units) into bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size \"{s}\": expected a number with an optional unit, e.g. 1GiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        "t" | "tib" | "tb" => 1 << 40,
-        u => {
-            return Err(format!(
-                "size \"{s}\": unknown unit \"{u}\" (use KiB, MiB, GiB, TiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size \"{s}\" is too large"))
-}
+pub use mgmt::cli::parse_size;
 
 /// Config files holding CHAP secrets should be readable by their owner only.
 fn warn_if_secrets_readable(path: &Path, cfg: &Config) {
