@@ -112,15 +112,23 @@ async fn past_ua(
     panic!("unit attentions never end: {seen:?}");
 }
 
-/// Wait until `f` holds (the other member applies committed changes a moment later).
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// Wait until `GET path` on member `i` answers a text for which `ok` holds (the other
+/// member applies committed changes a moment later).
+async fn until_get(rig: &ClusterRig, i: usize, path: &str, what: &str, ok: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+    loop {
+        let c = rig.nodes[i].client();
+        let p = path.to_string();
+        let got = tokio::task::spawn_blocking(move || c.get_text(&p))
+            .await
+            .unwrap();
+        if got.as_deref().is_ok_and(&ok) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting: {what} ({got:?})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -241,14 +249,8 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
     // The live session on member 1 is told, and sees the new LUN.
     let (r, uas) = past_ua(&mut early, 0, &[0, 0, 0, 0, 0, 0], &[], 0).await;
     assert_eq!(r.status, 0);
-    eventually("member 1 shows LUN 1", || {
-        let c = rig.nodes[1].client();
-        async move {
-            tokio::task::spawn_blocking(move || c.get_text("/api/v1/targets"))
-                .await
-                .unwrap()
-                .is_ok_and(|t| t.contains("\"db\""))
-        }
+    until_get(&rig, 1, "/api/v1/targets", "member 1 shows LUN 1", |t| {
+        t.contains("\"db\"")
     })
     .await;
     let (r, more) = past_ua(&mut early, 0, &[0, 0, 0, 0, 0, 0], &[], 0).await;
@@ -363,15 +365,13 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
         z.contains("iqn.2026-11.org.test:other") && z.contains("cluster"),
         "{z}"
     );
-    eventually("the early session is ended", || {
-        let c = rig.nodes[1].client();
-        async move {
-            tokio::task::spawn_blocking(move || c.get_text("/api/v1/sessions"))
-                .await
-                .unwrap()
-                .is_ok_and(|t| !t.contains("org.test:early"))
-        }
-    })
+    until_get(
+        &rig,
+        1,
+        "/api/v1/sessions",
+        "the early session is ended",
+        |t| !t.contains("org.test:early"),
+    )
     .await;
     let refused = login(&rig, 1, "early", 3).await;
     assert!(refused.is_err(), "a zoned-out initiator logged in");
@@ -394,15 +394,13 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
     // Delete: refused while exported; --force takes the LUN away from live sessions.
     cli_err(&rig, 1, &["volumes", "delete", "db"], "exported as");
     cli_ok(&rig, 1, &["volumes", "delete", "db", "--force"]);
-    eventually("member 0 no longer shows db", || {
-        let c = rig.nodes[0].client();
-        async move {
-            tokio::task::spawn_blocking(move || c.get_text("/api/v1/volumes"))
-                .await
-                .unwrap()
-                .is_ok_and(|t| !t.contains("\"db\""))
-        }
-    })
+    until_get(
+        &rig,
+        0,
+        "/api/v1/volumes",
+        "member 0 no longer shows db",
+        |t| !t.contains("\"db\""),
+    )
     .await;
     let (r, _) = past_ua(&mut other, 0, &[0, 0, 0, 0, 0, 0], &[], 0).await;
     assert_eq!(r.status, 0);
@@ -496,15 +494,13 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
         ],
     );
     assert!(out.contains("arr3/lun0"), "{out}");
-    eventually("member 1 logs in to arr3", || {
-        let c = rig.nodes[1].client();
-        async move {
-            tokio::task::spawn_blocking(move || c.get_text("/api/v1/backends"))
-                .await
-                .unwrap()
-                .is_ok_and(|t| t.contains("arr3/lun0"))
-        }
-    })
+    until_get(
+        &rig,
+        1,
+        "/api/v1/backends",
+        "member 1 logs in to arr3",
+        |t| t.contains("arr3/lun0"),
+    )
     .await;
     cli_ok(
         &rig,
@@ -523,14 +519,8 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
     );
     let mut host = login(&rig, 0, "h3", 5).await.expect("login");
     host.clear_ua(0).await;
-    eventually("member 0 shows LUN 2", || {
-        let c = rig.nodes[0].client();
-        async move {
-            tokio::task::spawn_blocking(move || c.get_text("/api/v1/volumes/v3"))
-                .await
-                .unwrap()
-                .is_ok_and(|t| t.contains("\"lun\":2"))
-        }
+    until_get(&rig, 0, "/api/v1/volumes/v3", "member 0 shows LUN 2", |t| {
+        t.contains("\"lun\":2")
     })
     .await;
     let data: Vec<u8> = (0..16).flat_map(|b| pattern(3, 100 + b, BS)).collect();
@@ -551,18 +541,14 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
     cli_err(&rig, 0, &["backends", "remove", "array"], "config");
     cli_ok(&rig, 0, &["volumes", "delete", "v3", "--force"]);
     cli_ok(&rig, 1, &["backends", "remove", "arr3"]);
-    eventually("both members let go of arr3", || {
-        let (a, b) = (rig.nodes[0].client(), rig.nodes[1].client());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                [a, b].iter().all(|c| {
-                    c.get_text("/api/v1/backends")
-                        .is_ok_and(|t| !t.contains("arr3"))
-                })
-            })
-            .await
-            .unwrap()
-        }
-    })
-    .await;
+    for i in [0, 1] {
+        until_get(
+            &rig,
+            i,
+            "/api/v1/backends",
+            "the member lets go of arr3",
+            |t| !t.contains("arr3"),
+        )
+        .await;
+    }
 }
