@@ -434,7 +434,7 @@ async fn volumes_and_zoning_change_online_through_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_array_added_online_serves_a_new_volume_on_every_member() {
-    let rig = ClusterRig::start(RigOpts::default()).await;
+    let mut rig = ClusterRig::start(RigOpts::default()).await;
     // A second array, started after the cluster.
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -530,6 +530,16 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
     other.clear_ua(0).await;
     let (r, _) = past_ua(&mut other, 2, &cdb10(0x28, 100, 16), &[], (16 * BS) as u32).await;
     assert!(r.status == 0 && r.data == data, "through member 1: {r:?}");
+
+    // A restarted member opens the array added online at start and serves v3 again.
+    drop(other);
+    rig.kill(1);
+    rig.restart(1).await;
+    let mut again = login(&rig, 1, "h5", 7).await.expect("login");
+    again.clear_ua(0).await;
+    assert_eq!(report_luns(&mut again).await, [0, 2]);
+    let (r, _) = past_ua(&mut again, 2, &cdb10(0x28, 100, 16), &[], (16 * BS) as u32).await;
+    assert!(r.status == 0 && r.data == data, "after the restart: {r:?}");
 
     // Removal is refused while a volume uses the array, allowed once it is gone.
     cli_err(

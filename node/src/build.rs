@@ -90,6 +90,9 @@ pub async fn build(cfg: &Config, cl: Option<&ClusterCtx>) -> Result<Node, String
         let mut luns = Vec::new();
         for l in &t.luns {
             let (store, volume_wwn): (Arc<dyn BlockStore>, Option<Wwn>) = match &l.volume {
+                // A member leaves out a LUN whose volume it does not serve (deleted by
+                // the cluster, or on a back-end it does not reach): `join` warned.
+                Some(v) if cl.is_some() && !volumes.contains_key(v) => continue,
                 Some(v) => volumes.get(v).cloned().ok_or_else(|| {
                     format!(
                         "target {name} LUN {}: volume \"{v}\" is not in the mapping table",
@@ -317,10 +320,27 @@ async fn open_volumes(
             Err(e) => return Err(e),
         }
     }
-    table
+    // A cluster member serves the volumes whose back-ends it reaches (the others serve
+    // the rest); a single node must reach them all.
+    let mut servable = table.clone();
+    if cfg.cluster.is_some() {
+        let cat = registry.catalog();
+        servable.volumes.retain(|v| {
+            let missing = v
+                .extents
+                .iter()
+                .flat_map(|e| std::iter::once(&e.backend).chain(e.mirror.iter().map(|m| &m.backend)))
+                .find(|b| !cat.contains_key(*b));
+            if let Some(b) = missing {
+                tracing::warn!(volume = %v.name, backend = %b, "not served by this node: it does not reach that back-end");
+            }
+            missing.is_none()
+        });
+    }
+    servable
         .validate_with(&registry.catalog())
         .map_err(|e| format!("[mapping] does not fit the back-ends: {e}"))?;
-    for def in &table.volumes {
+    for def in &servable.volumes {
         let vv = VirtualVolume::new(def, &registry, table.epoch)
             .map_err(|e| format!("volume {}: {e}", def.name))?;
         let wwn = def

@@ -83,14 +83,39 @@ impl Catalog {
         prs: PrLus,
         base: Vec<TargetDef>,
     ) -> Arc<Catalog> {
+        // `join` put the arrays the cluster added online among the config's back-ends,
+        // so `build` opened them; they stay the cluster's (removable online).
+        let online: BTreeSet<String> = ctx
+            .cluster
+            .state()
+            .catalog
+            .backends
+            .keys()
+            .cloned()
+            .collect();
+        let registry = managed.registry();
+        let opened = registry.ids();
+        let arrays = Arrays {
+            online: online
+                .iter()
+                .filter(|id| opened.iter().any(|lu| lu.starts_with(&format!("{id}/"))))
+                .cloned()
+                .collect(),
+            ..Arrays::default()
+        };
         Arc::new(Catalog {
             ctx,
             served: managed.served(),
-            registry: managed.registry(),
+            registry,
             managed,
             node_name: cfg.node.name.clone(),
-            config_backends: cfg.backends.iter().map(|b| b.id.clone()).collect(),
-            arrays: Default::default(),
+            config_backends: cfg
+                .backends
+                .iter()
+                .map(|b| b.id.clone())
+                .filter(|id| !online.contains(id))
+                .collect(),
+            arrays: Arc::new(Mutex::new(arrays)),
             statics: statics(cfg),
             config_zoning: Arc::new(cfg.zoning.clone()),
             prs,

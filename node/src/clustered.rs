@@ -166,13 +166,20 @@ pub async fn join(cfg: &Config) -> Result<(Arc<ClusterNode>, Config), String> {
         }
         cfg.mapping = Some(table);
     }
-    check_volumes(&cfg)?;
+    // Arrays the cluster added online are opened at start like the config's own.
+    for spec in st.catalog.backends.values() {
+        if !cfg.backends.iter().any(|b| b.id == spec.id) {
+            cfg.backends.push(crate::catalog::section_of(spec));
+        }
+    }
+    check_volumes(&cfg);
     Ok((node, cfg))
 }
 
-/// Every `volume = …` LUN must name a volume of the (replicated) table, and every
-/// back-end the table uses must be configured on this node.
-fn check_volumes(cfg: &Config) -> Result<(), String> {
+/// Warn about `volume = …` LUNs that name no volume of the (replicated) table (the
+/// cluster deleted it: the LUN is left out) and about volumes on back-ends this node
+/// does not reach (it does not serve them; the others do).
+fn check_volumes(cfg: &Config) {
     for t in &cfg.targets {
         for l in &t.luns {
             let Some(v) = &l.volume else { continue };
@@ -181,10 +188,11 @@ fn check_volumes(cfg: &Config) -> Result<(), String> {
                 .as_ref()
                 .is_some_and(|m| m.volumes.iter().any(|d| &d.name == v));
             if !known {
-                return Err(format!(
-                    "target {} LUN {}: volume \"{v}\" is not in the cluster's mapping table",
-                    t.name, l.lun
-                ));
+                tracing::warn!(
+                    target = %t.name,
+                    lun = l.lun,
+                    "volume \"{v}\" is not in the cluster's mapping table (deleted?); the LUN is left out: remove it from this config"
+                );
             }
         }
     }
@@ -198,15 +206,15 @@ fn check_volumes(cfg: &Config) -> Result<(), String> {
                     crate::config::BackendRef::Local(id) => cfg.stores.iter().any(|s| s.id == id),
                 };
                 if !known {
-                    return Err(format!(
-                        "the cluster's volume {} uses back-end \"{}\", which this node does not configure: add the [[backend]] or [[store]] it names",
-                        v.name, e.backend
-                    ));
+                    tracing::warn!(
+                        volume = %v.name,
+                        "the cluster's volume uses back-end \"{}\", which this node does not configure: it is not served here (add the [[backend]] or [[store]] it names)",
+                        e.backend
+                    );
                 }
             }
         }
     }
-    Ok(())
 }
 
 /// Keep the node's port group model in step with the replicated state and with its
