@@ -224,9 +224,11 @@ impl ServerShared {
                     let old = s.luns.load_full();
                     if !map.same_luns(&old) {
                         map.replaces(&old, &s.nexus);
-                        s.luns.store(Arc::new(map));
                         out.remapped += 1;
                     }
+                    // Stored even when the LUNs are the same: the map also carries
+                    // the zoning that REGISTER AND MOVE checks against.
+                    s.luns.store(Arc::new(map));
                 }
                 found => {
                     tracing::warn!(
