@@ -440,11 +440,14 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("array3.toml");
     let iqn = "iqn.2026-11.org.switchyard:array3";
+    // The array admits one initiator name: the one the members are given.
+    let client = "iqn.2026-11.org.test:arr3-client";
     std::fs::write(
         &cfg,
         format!(
             "[node]\nname = \"array3\"\ndata_dir = \"{}\"\n[[portal]]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[target]]\nname = \"{iqn}\"\n[[target.lun]]\nlun = 0\npath = \"l0.img\"\nsize = \"8MiB\"\n",
+             [[target]]\nname = \"{iqn}\"\n[[target.lun]]\nlun = 0\npath = \"l0.img\"\nsize = \"8MiB\"\n\
+             [[zoning.rules]]\ntarget = \"{iqn}\"\ninitiator = \"{client}\"\nluns = \"all\"\n",
             dir.path().display()
         ),
     )
@@ -484,13 +487,30 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
         ],
         "not a valid back-end id",
     );
+    // Without the initiator name the array admits, the login check fails.
+    cli_err(
+        &rig,
+        0,
+        &[
+            "backends", "add", "arr3", "--portal", &portal, "--target", iqn,
+        ],
+        "cannot log in",
+    );
     assert!(!cli_ok(&rig, 1, &["backends"]).contains("arr3"));
 
     let out = cli_ok(
         &rig,
         0,
         &[
-            "backends", "add", "arr3", "--portal", &portal, "--target", iqn,
+            "backends",
+            "add",
+            "arr3",
+            "--portal",
+            &portal,
+            "--target",
+            iqn,
+            "--initiator-name",
+            client,
         ],
     );
     assert!(out.contains("arr3/lun0"), "{out}");

@@ -37,6 +37,10 @@ pub struct BackendSpec {
     /// CHAP user name and secret towards the array.
     #[serde(default)]
     pub chap: Option<(String, String)>,
+    /// The members' initiator name towards the array (default: derived from each
+    /// member's name).
+    #[serde(default)]
+    pub initiator_name: Option<String>,
     /// Sessions per member (default 1).
     #[serde(default = "one")]
     pub sessions: usize,
@@ -66,6 +70,7 @@ impl std::fmt::Debug for BackendSpec {
             .field("portal", &self.portal)
             .field("target", &self.target)
             .field("chap_user", &self.chap.as_ref().map(|c| &c.0))
+            .field("initiator_name", &self.initiator_name)
             .field("sessions", &self.sessions)
             .field("queue_depth", &self.queue_depth)
             .field("timeout_secs", &self.timeout_secs)

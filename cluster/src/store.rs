@@ -216,6 +216,12 @@ impl LogStore {
     /// Open (or create) the log in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<LogStore> {
         fs::create_dir_all(dir)?;
+        // The replicated state holds secrets (CHAP secrets of arrays added online):
+        // the owner only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         let vote = read_json(&dir.join("vote.json"))?;
         let committed = read_json(&dir.join("committed.json"))?;
         let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged.json"))?;
@@ -714,6 +720,18 @@ mod tests {
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(indexes(&LogStore::open(dir.path()).unwrap()), [3, 4, 5]);
+    }
+
+    #[test]
+    fn the_data_directory_is_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join("raft");
+        fs::create_dir_all(&raft).unwrap();
+        fs::set_permissions(&raft, fs::Permissions::from_mode(0o755)).unwrap();
+        LogStore::open(&raft).unwrap();
+        let mode = fs::metadata(&raft).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

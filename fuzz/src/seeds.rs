@@ -671,6 +671,7 @@ data_dir = "raft"
             portal: "127.0.0.1:3260".into(),
             target: "iqn.2026-11.org.example:arr".into(),
             chap: None,
+            initiator_name: None,
             sessions: 1,
             queue_depth: 32,
             timeout_secs: 15,

@@ -109,6 +109,9 @@ pub enum BackendsCmd {
             requires = "chap_user"
         )]
         chap_secret: Option<String>,
+        /// The members' initiator name towards the array (default: from each name).
+        #[arg(long)]
+        initiator_name: Option<String>,
         /// Sessions per member (default 1).
         #[arg(long)]
         sessions: Option<usize>,
@@ -130,6 +133,7 @@ pub fn backends(c: &Client, cmd: &BackendsCmd, json: bool) -> Result<(), String>
             target,
             chap_user,
             chap_secret,
+            initiator_name,
             sessions,
             queue_depth,
         } => {
@@ -139,6 +143,7 @@ pub fn backends(c: &Client, cmd: &BackendsCmd, json: bool) -> Result<(), String>
                 target: target.clone(),
                 chap_username: chap_user.clone(),
                 chap_secret: chap_secret.clone(),
+                initiator_name: initiator_name.clone(),
                 sessions: *sessions,
                 queue_depth: *queue_depth,
                 timeout_secs: None,

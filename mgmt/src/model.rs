@@ -157,6 +157,10 @@ pub struct AddBackendRequest {
     pub chap_username: Option<String>,
     #[serde(default)]
     pub chap_secret: Option<String>,
+    /// The members' initiator name towards the array (default: derived from each
+    /// member's name, `iqn.2026-11.org.switchyard:<name>`).
+    #[serde(default)]
+    pub initiator_name: Option<String>,
     /// Sessions per member (default 1).
     #[serde(default)]
     pub sessions: Option<usize>,
@@ -307,6 +311,8 @@ pub struct BackendDoc {
     /// Only in import files: never exported.
     #[serde(default, skip_serializing)]
     pub chap_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_name: Option<String>,
     pub sessions: usize,
     pub queue_depth: usize,
     pub timeout_secs: u64,

@@ -1770,6 +1770,7 @@ impl NodeApi for NodeMgmt {
                     target: b.target.clone(),
                     chap_username: b.chap.as_ref().map(|c| c.0.clone()),
                     chap_secret: None,
+                    initiator_name: b.initiator_name.clone(),
                     sessions: b.sessions,
                     queue_depth: b.queue_depth,
                     timeout_secs: b.timeout_secs,

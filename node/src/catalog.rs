@@ -368,7 +368,7 @@ pub fn section_of(spec: &cluster::BackendSpec) -> crate::config::BackendSection 
         id: spec.id.clone(),
         portal: spec.portal.clone(),
         target: spec.target.clone(),
-        initiator_name: None,
+        initiator_name: spec.initiator_name.clone(),
         chap: spec.chap.as_ref().map(|(u, s)| crate::config::ChapSection {
             username: u.clone(),
             secret: s.clone(),

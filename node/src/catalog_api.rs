@@ -443,11 +443,20 @@ pub fn add_backend(
             ))
         }
     };
+    if let Some(n) = &req.initiator_name {
+        fcwwn::IscsiName::parse(n).map_err(|e| {
+            ApiError::bad_request(
+                format!("initiator_name {n:?}: {e}"),
+                "give an iSCSI name (iqn.…), or leave it out",
+            )
+        })?;
+    }
     let spec = cluster::BackendSpec {
         id: id.to_string(),
         portal: req.portal.clone(),
         target: req.target.clone(),
         chap,
+        initiator_name: req.initiator_name.clone(),
         sessions: req.sessions.unwrap_or(1),
         queue_depth: req.queue_depth.unwrap_or(32),
         timeout_secs: req.timeout_secs.unwrap_or(15),
