@@ -17,7 +17,13 @@ if [ "$profile" = release ]; then cargo build --release -p switchyard -q; else c
 bin=${CARGO_TARGET_DIR:-target}/$profile/switchyard
 
 work=$(mktemp -d /tmp/switchyard-conf.XXXXXX)
-port=$((20000 + RANDOM % 20000))
+pid=""
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+# A random port below Linux's ephemeral range (32768-60999), so no outgoing connection
+# of another test holds it; and a few attempts, in case a listener took it.
+up=0
+for _attempt in 1 2 3; do
+port=$((20000 + RANDOM % 12000))
 cat > "$work/node.toml" <<TOML
 [node]
 name = "conformance"
@@ -36,11 +42,18 @@ size = "256MiB"
 TOML
 RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$work/node.toml" >"$work/node.out" 2>"$work/node.log" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-up=0
 for _ in $(seq 100); do
     if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then up=1; break; fi
+    kill -0 $pid 2>/dev/null || break
     sleep 0.1
+done
+[ $up = 1 ] && break
+if grep -q "Address already in use" "$work/node.log"; then
+    echo "conformance: port $port is taken; trying another" >&2
+    wait $pid 2>/dev/null || true
+    continue
+fi
+break
 done
 if [ $up = 0 ]; then
     echo "conformance: the node did not start listening on 127.0.0.1:$port; its log:" >&2
