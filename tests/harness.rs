@@ -289,7 +289,8 @@ impl Initiator {
         }
     }
 
-    fn login_pdu(&self, csg: Stage, nsg: Stage, transit: bool, data: Bytes) -> pdu::Request {
+    /// A Login request of this session's state (ISID, TSIH, CmdSN) carrying `data`.
+    pub fn login_pdu(&self, csg: Stage, nsg: Stage, transit: bool, data: Bytes) -> pdu::Request {
         pdu::Request::Login(LoginRequest {
             transit,
             cont: false,

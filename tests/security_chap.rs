@@ -9,7 +9,7 @@
 use integration_tests::*;
 use iscsi::{ChapConfig, FabricConfig};
 use iscsi_wire::chap::{chap_md5, CHALLENGE_LEN};
-use iscsi_wire::pdu::{LoginRequest, Request, Response, Stage};
+use iscsi_wire::pdu::{Response, Stage};
 use iscsi_wire::text::{decode_binary, encode_binary, TextPairs, MAX_BINARY_LEN};
 
 const USER: &str = "host1";
@@ -50,21 +50,7 @@ async fn step(
     for (k, v) in keys {
         t.push(*k, v.clone());
     }
-    let req = Request::Login(LoginRequest {
-        transit,
-        cont: false,
-        csg,
-        nsg,
-        version_max: 0,
-        version_min: 0,
-        isid: i.isid,
-        tsih: 0,
-        itt: 0x1000,
-        cid: 1,
-        cmd_sn: i.cmd_sn,
-        exp_stat_sn: i.exp_stat_sn,
-        data: t.to_bytes(),
-    });
+    let req = i.login_pdu(csg, nsg, transit, t.to_bytes());
     i.send(&req).await;
     match i.recv().await {
         Some(Response::Login(r)) if r.status_class == 0 => {

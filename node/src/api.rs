@@ -683,36 +683,7 @@ impl NodeMgmt {
         }
         // Recorded, but not (yet) served here: the cluster's view of it.
         let (c, _) = self.catalog()?;
-        let st = cluster::Cluster::state(&**c);
-        let def = st.table.volume(name).ok_or_else(|| {
-            ApiError::not_found(
-                format!("no volume named {name:?}"),
-                "it was deleted meanwhile",
-            )
-        })?;
-        tracing::warn!(
-            volume = name,
-            "recorded by the cluster but not served by this node (yet)"
-        );
-        Ok(VolumeView {
-            name: def.name.clone(),
-            wwn: def.wwn.clone(),
-            block_size: def.block_size,
-            blocks: def.blocks,
-            holes: def.holes,
-            epoch: st.table.epoch,
-            exports: st
-                .catalog
-                .exports_of(name)
-                .map(|e| ExportView {
-                    target: e.target,
-                    lun: e.lun,
-                })
-                .collect(),
-            map: segments(def),
-            held: Vec::new(),
-            io: Default::default(),
-        })
+        crate::catalog_api::recorded_view(&cluster::Cluster::state(&**c), name)
     }
 
     /// The cluster's exports (target -> LUN -> volume); empty for a single node.
@@ -1750,32 +1721,7 @@ impl NodeApi for NodeMgmt {
             zoning: (z.source == "cluster").then_some(z.zoning),
         };
         if let Some(c) = &self.0.cluster {
-            let st = cluster::Cluster::state(&**c);
-            doc.exports = st
-                .catalog
-                .exports()
-                .map(|e| mgmt::model::ExportDoc {
-                    target: e.target,
-                    lun: e.lun,
-                    volume: e.volume,
-                })
-                .collect();
-            doc.backends = st
-                .catalog
-                .backends
-                .values()
-                .map(|b| mgmt::model::BackendDoc {
-                    id: b.id.clone(),
-                    portal: b.portal.clone(),
-                    target: b.target.clone(),
-                    chap_username: b.chap.as_ref().map(|c| c.0.clone()),
-                    chap_secret: None,
-                    initiator_name: b.initiator_name.clone(),
-                    sessions: b.sessions,
-                    queue_depth: b.queue_depth,
-                    timeout_secs: b.timeout_secs,
-                })
-                .collect();
+            crate::catalog_api::fill_doc(&cluster::Cluster::state(&**c), &mut doc);
         }
         doc
     }

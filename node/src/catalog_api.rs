@@ -538,3 +538,70 @@ pub fn remove_backend(
     );
     Ok(())
 }
+
+/// A volume the cluster recorded but this node does not serve (yet), as the cluster
+/// describes it.
+pub fn recorded_view(
+    st: &cluster::ClusterState,
+    name: &str,
+) -> Result<mgmt::model::VolumeView, ApiError> {
+    let def = st.table.volume(name).ok_or_else(|| {
+        ApiError::not_found(
+            format!("no volume named {name:?}"),
+            "it was deleted meanwhile",
+        )
+    })?;
+    tracing::warn!(
+        volume = name,
+        "recorded by the cluster but not served by this node (yet)"
+    );
+    Ok(mgmt::model::VolumeView {
+        name: def.name.clone(),
+        wwn: def.wwn.clone(),
+        block_size: def.block_size,
+        blocks: def.blocks,
+        holes: def.holes,
+        epoch: st.table.epoch,
+        exports: st
+            .catalog
+            .exports_of(name)
+            .map(|e| ExportView {
+                target: e.target,
+                lun: e.lun,
+            })
+            .collect(),
+        map: crate::moves::segments(def),
+        held: Vec::new(),
+        io: Default::default(),
+    })
+}
+
+/// The catalog's part of `GET /api/v1/config`: the exports and the arrays added
+/// online (never their CHAP secrets).
+pub fn fill_doc(st: &cluster::ClusterState, doc: &mut mgmt::model::ConfigDoc) {
+    doc.exports = st
+        .catalog
+        .exports()
+        .map(|e| mgmt::model::ExportDoc {
+            target: e.target,
+            lun: e.lun,
+            volume: e.volume,
+        })
+        .collect();
+    doc.backends = st
+        .catalog
+        .backends
+        .values()
+        .map(|b| mgmt::model::BackendDoc {
+            id: b.id.clone(),
+            portal: b.portal.clone(),
+            target: b.target.clone(),
+            chap_username: b.chap.as_ref().map(|c| c.0.clone()),
+            chap_secret: None,
+            initiator_name: b.initiator_name.clone(),
+            sessions: b.sessions,
+            queue_depth: b.queue_depth,
+            timeout_secs: b.timeout_secs,
+        })
+        .collect();
+}
