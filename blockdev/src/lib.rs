@@ -12,7 +12,21 @@ mod mem;
 pub use file::{FileStore, FileStoreOptions};
 pub use mem::MemStore;
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// The future of an asynchronous store operation ([`BlockStore::read_async`],
+/// [`BlockStore::write_async`]). Polling it never blocks the thread.
+pub type IoFuture<T> = Pin<Box<dyn Future<Output = Result<T, BlockError>> + Send + 'static>>;
+
+/// An [`IoFuture`] that is ready at once (an error found before any I/O, a hole).
+pub fn ready<T: Send + 'static>(r: Result<T, BlockError>) -> IoFuture<T> {
+    Box::pin(std::future::ready(r))
+}
 
 /// What went wrong in a back-end. The SCSI core turns each into sense data.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +166,34 @@ pub trait BlockStore: Send + Sync + 'static {
     /// methods block on the network, must keep the default `false`.
     fn inline_ok(&self) -> bool {
         false
+    }
+
+    /// True when [`BlockStore::read_async`] and [`BlockStore::write_async`] usually
+    /// start the I/O (return `Some`), so that the fabric runs plain reads and writes
+    /// as futures on its event loop instead of on a blocking thread: remote stores,
+    /// whose I/O waits on the network, and volumes over them. A hint only: callers
+    /// still fall back when the methods return `None`.
+    fn async_ok(&self) -> bool {
+        false
+    }
+
+    /// Start reading `blocks` blocks at `lba` without blocking the calling thread;
+    /// the future yields the data (`blocks * block_size` bytes). `None` when the store
+    /// has no asynchronous path for this request now (the default; a volume whose
+    /// range is held by a remap or spans a mirrored extent): nothing was done, and the
+    /// caller uses [`BlockStore::read`] on a thread that may block. Range errors come
+    /// back through the future.
+    fn read_async(self: Arc<Self>, lba: u64, blocks: u32) -> Option<IoFuture<Vec<u8>>> {
+        let _ = (lba, blocks);
+        None
+    }
+
+    /// Start writing `data` at `lba` (`fua` as for [`BlockStore::write`]) without
+    /// blocking the calling thread. `None` as for [`BlockStore::read_async`]: nothing
+    /// was done, and the caller uses [`BlockStore::write`] instead.
+    fn write_async(self: Arc<Self>, lba: u64, data: Bytes, fua: bool) -> Option<IoFuture<()>> {
+        let _ = (lba, data, fua);
+        None
     }
 
     /// Check that `blocks` blocks at `lba` lie inside the store (overflow-safe).

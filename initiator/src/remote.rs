@@ -38,9 +38,10 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, IoFuture, LbaStatus};
 use bytes::Bytes;
 use futures::stream::{self, TryStreamExt};
 use tokio::runtime::Handle;
@@ -570,6 +571,15 @@ impl RemoteStore {
         sense_error(&self.name, op, cdb, self.num_blocks(), sense)
     }
 
+    /// The checks of a write before anything is sent: range and write protection.
+    fn check_write(&self, lba: u64, len: usize) -> Result<(), BlockError> {
+        self.check_buf(lba, len)?;
+        if self.write_protected.load(Ordering::Acquire) {
+            return Err(BlockError::ReadOnly);
+        }
+        Ok(())
+    }
+
     fn lba_cdb(op: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
         let mut c = [0u8; 16];
         c[0] = op;
@@ -581,59 +591,78 @@ impl RemoteStore {
         c
     }
 
-    async fn read_async(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+    /// READ(16) of `buf.len()` bytes at `lba` into `buf`, in pieces of at most
+    /// `max_blocks` blocks, `opts.parallel` of them in flight.
+    async fn read_pieces(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let bs = self.block_size as usize;
         let piece = self.max_blocks as usize * bs;
+        if buf.len() <= piece {
+            return self.read_piece(lba, buf).await;
+        }
         stream::iter(buf.chunks_mut(piece).enumerate().map(Ok))
             .try_for_each_concurrent(self.opts.parallel.max(1), |(i, chunk)| async move {
-                let at = lba + (i * piece / bs) as u64;
-                let blocks = (chunk.len() / bs) as u32;
-                let cdb = Self::lba_cdb(0x88, at, blocks, false);
-                let out = self
-                    .command("READ(16)", &cdb, Bytes::new(), chunk.len() as u32)
-                    .await?;
-                if out.data.len() < chunk.len() {
-                    return Err(self.io_error(
-                        "READ(16)",
-                        io::ErrorKind::UnexpectedEof,
-                        None,
-                        format!(
-                            "short read: {} of {} bytes at LBA {at}",
-                            out.data.len(),
-                            chunk.len()
-                        ),
-                    ));
-                }
-                chunk.copy_from_slice(&out.data[..chunk.len()]);
-                Ok(())
+                self.read_piece(lba + (i * piece / bs) as u64, chunk).await
             })
             .await
     }
 
-    async fn write_async(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+    async fn read_piece(&self, at: u64, chunk: &mut [u8]) -> Result<(), BlockError> {
+        let blocks = (chunk.len() / self.block_size as usize) as u32;
+        let cdb = Self::lba_cdb(0x88, at, blocks, false);
+        let out = self
+            .command("READ(16)", &cdb, Bytes::new(), chunk.len() as u32)
+            .await?;
+        if out.data.len() < chunk.len() {
+            return Err(self.io_error(
+                "READ(16)",
+                io::ErrorKind::UnexpectedEof,
+                None,
+                format!(
+                    "short read: {} of {} bytes at LBA {at}",
+                    out.data.len(),
+                    chunk.len()
+                ),
+            ));
+        }
+        chunk.copy_from_slice(&out.data[..chunk.len()]);
+        Ok(())
+    }
+
+    /// WRITE(16) of `data` at `lba`, in pieces as [`RemoteStore::read_pieces`]; each
+    /// piece is a slice of `data` (no copy).
+    async fn write_pieces(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
         let bs = self.block_size as usize;
         let piece = self.max_blocks as usize * bs;
-        stream::iter(data.chunks(piece).enumerate().map(Ok))
-            .try_for_each_concurrent(self.opts.parallel.max(1), |(i, chunk)| async move {
-                let at = lba + (i * piece / bs) as u64;
-                let blocks = (chunk.len() / bs) as u32;
-                let cdb = Self::lba_cdb(0x8a, at, blocks, fua);
-                let out = self
-                    .command("WRITE(16)", &cdb, Bytes::copy_from_slice(chunk), 0)
-                    .await?;
-                if let crate::outcome::Residual::Underflow(n) = out.residual {
-                    if n > 0 {
-                        return Err(self.io_error(
-                            "WRITE(16)",
-                            io::ErrorKind::WriteZero,
-                            None,
-                            format!("the back-end took {n} bytes less than sent at LBA {at}"),
-                        ));
-                    }
+        if data.len() <= piece {
+            return self.write_piece(lba, data, fua).await;
+        }
+        let n = data.len().div_ceil(piece);
+        stream::iter((0..n).map(Ok))
+            .try_for_each_concurrent(self.opts.parallel.max(1), |i| {
+                let chunk = data.slice(i * piece..((i + 1) * piece).min(data.len()));
+                async move {
+                    self.write_piece(lba + (i * piece / bs) as u64, chunk, fua)
+                        .await
                 }
-                Ok(())
             })
             .await
+    }
+
+    async fn write_piece(&self, at: u64, chunk: Bytes, fua: bool) -> Result<(), BlockError> {
+        let blocks = (chunk.len() / self.block_size as usize) as u32;
+        let cdb = Self::lba_cdb(0x8a, at, blocks, fua);
+        let out = self.command("WRITE(16)", &cdb, chunk, 0).await?;
+        if let crate::outcome::Residual::Underflow(n) = out.residual {
+            if n > 0 {
+                return Err(self.io_error(
+                    "WRITE(16)",
+                    io::ErrorKind::WriteZero,
+                    None,
+                    format!("the back-end took {n} bytes less than sent at LBA {at}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// COMPARE AND WRITE (SBC-4 5.3) of `compare.len() / block_size` blocks: one
@@ -698,7 +727,7 @@ impl RemoteStore {
     /// Offset of the first byte of `compare` that differs from the medium, or 0.
     async fn miscompare_offset(&self, lba: u64, compare: &[u8]) -> u64 {
         let mut cur = vec![0u8; compare.len()];
-        match self.read_async(lba, &mut cur).await {
+        match self.read_pieces(lba, &mut cur).await {
             Ok(()) => cur
                 .iter()
                 .zip(compare)
@@ -988,18 +1017,47 @@ impl BlockStore for RemoteStore {
         if buf.is_empty() {
             return Ok(());
         }
-        self.handle.block_on(self.read_async(lba, buf))
+        self.handle.block_on(self.read_pieces(lba, buf))
     }
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-        self.check_buf(lba, data.len())?;
-        if self.write_protected.load(Ordering::Acquire) {
-            return Err(BlockError::ReadOnly);
-        }
+        self.check_write(lba, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
-        self.handle.block_on(self.write_async(lba, data, fua))
+        self.handle
+            .block_on(self.write_pieces(lba, Bytes::copy_from_slice(data), fua))
+    }
+
+    /// Every read and write has an asynchronous path.
+    fn async_ok(&self) -> bool {
+        true
+    }
+
+    fn read_async(self: Arc<Self>, lba: u64, blocks: u32) -> Option<IoFuture<Vec<u8>>> {
+        if let Err(e) = self.check_range(lba, u64::from(blocks)) {
+            return Some(blockdev::ready(Err(e)));
+        }
+        let len = blocks as usize * self.block_size as usize;
+        Some(Box::pin(async move {
+            let mut buf = vec![0u8; len];
+            if len > 0 {
+                self.read_pieces(lba, &mut buf).await?;
+            }
+            Ok(buf)
+        }))
+    }
+
+    fn write_async(self: Arc<Self>, lba: u64, data: Bytes, fua: bool) -> Option<IoFuture<()>> {
+        if let Err(e) = self.check_write(lba, data.len()) {
+            return Some(blockdev::ready(Err(e)));
+        }
+        if data.is_empty() {
+            return Some(blockdev::ready(Ok(())));
+        }
+        Some(Box::pin(
+            async move { self.write_pieces(lba, data, fua).await },
+        ))
     }
 
     fn flush(&self) -> Result<(), BlockError> {

@@ -93,6 +93,7 @@ struct Inner {
     issue: tokio::sync::Mutex<()>,
     /// Queue depth.
     slots: Semaphore,
+    depth: usize,
     /// Cancelled when the connection is gone.
     closed: CancellationToken,
 }
@@ -253,6 +254,7 @@ impl Session {
             window: Notify::new(),
             issue: tokio::sync::Mutex::new(()),
             slots: Semaphore::new(depth),
+            depth,
             closed: CancellationToken::new(),
         });
         tracing::info!(
@@ -1014,15 +1016,32 @@ async fn writer(inner: Arc<Inner>, wr: OwnedWriteHalf, mut rx: mpsc::UnboundedRe
         };
         let Some(first) = first else { break };
         let mut next = Some(first);
-        while let Some(req) = next.take() {
-            buf.clear();
-            req.encode(&mut buf, digests);
-            if let Err(e) = w.write_all(&buf).await {
-                inner.fail_all(format!("socket write failed: {e}"), false);
-                return;
+        let mut gathered = false;
+        loop {
+            while let Some(req) = next.take() {
+                buf.clear();
+                req.encode(&mut buf, digests);
+                if let Err(e) = w.write_all(&buf).await {
+                    inner.fail_all(format!("socket write failed: {e}"), false);
+                    return;
+                }
+                if let Ok(r) = rx.try_recv() {
+                    next = Some(r);
+                }
             }
-            if let Ok(r) = rx.try_recv() {
-                next = Some(r);
+            // Other commands in flight: their callers often issue the next ones in
+            // this turn of the scheduler (answers arrive together). Let them run
+            // once so that those commands leave in this write; a lone command is
+            // never delayed.
+            let in_flight = inner.depth - inner.slots.available_permits();
+            if gathered || in_flight <= 1 {
+                break;
+            }
+            gathered = true;
+            tokio::task::yield_now().await;
+            next = rx.try_recv().ok();
+            if next.is_none() {
+                break;
             }
         }
         if let Err(e) = w.flush().await {

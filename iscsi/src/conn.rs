@@ -109,13 +109,23 @@ fn run_command(
     cmd: &ScsiCommand,
     data: &Bytes,
 ) -> Out {
-    let resp = sess.luns.load().execute(&scsi::Request {
+    let resp = sess.luns.load().execute(&scsi_request(sess, cmd, data));
+    command_out(stats, cmd, resp)
+}
+
+/// The SCSI core's view of a command.
+fn scsi_request<'a>(sess: &'a Session, cmd: &'a ScsiCommand, data: &'a Bytes) -> scsi::Request<'a> {
+    scsi::Request {
         lun: decode_lun(cmd.lun),
         cdb: &cmd.cdb,
         data_out: data,
         data_in_len: if cmd.read { cmd.edtl } else { 0 },
         nexus: &sess.nexus,
-    });
+    }
+}
+
+/// A command's response as the writer sends it; it holds its window slot.
+fn command_out(stats: &crate::server::Stats, cmd: &ScsiCommand, resp: scsi::Response) -> Out {
     stats.commands.fetch_add(1, Ordering::Relaxed);
     let mut out = response_out(cmd, resp);
     if let Out::Scsi { holds_slot, .. } = &mut out {
@@ -685,52 +695,59 @@ impl Conn {
                     self.slow_count = 0;
                 }
             }
-            match self.tx.try_send(out) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(out)) => {
-                    // The writer is behind (a slow reader): queue without blocking
-                    // this loop; the response keeps its place after the send. Until
-                    // it is queued the task is visible to task management.
-                    let itt = cmd.itt;
-                    let aborted = Arc::new(AtomicBool::new(false));
-                    self.tasks.lock().insert(
-                        itt,
-                        TaskEntry {
-                            lun,
-                            aborted: aborted.clone(),
-                            running: true,
-                        },
-                    );
-                    let tx = self.tx.clone();
-                    let tasks = self.tasks.clone();
-                    let sess = self.sess.clone();
-                    tokio::spawn(async move {
-                        if aborted.load(Ordering::Acquire) {
-                            release_slot(&sess);
-                        } else {
-                            let _ = tx.send(out).await;
-                        }
-                        tasks.lock().remove(&itt);
-                    });
-                }
-            }
+            self.queue_response(cmd.itt, lun, out);
             return;
         }
-        let aborted = Arc::new(AtomicBool::new(false));
-        self.tasks.lock().insert(
-            cmd.itt,
-            TaskEntry {
-                lun,
-                aborted: aborted.clone(),
-                running: true,
+        let started = self
+            .sess
+            .luns
+            .load()
+            .start(&scsi_request(&self.sess, &cmd, &data), &data);
+        let job = match started {
+            scsi::Started::NotAsync => Job {
+                sess: self.sess.clone(),
+                stats: self.server.stats.clone(),
+                aborted: self.track(cmd.itt, lun),
+                cmd,
+                data,
             },
-        );
-        let job = Job {
-            sess: self.sess.clone(),
-            stats: self.server.stats.clone(),
-            aborted,
-            cmd,
-            data,
+            scsi::Started::Done(resp) => {
+                let out = command_out(&self.server.stats, &cmd, resp);
+                self.queue_response(cmd.itt, lun, out);
+                return;
+            }
+            scsi::Started::Running(io) => {
+                // Runs on the event loop: the back-end's answer wakes it, no thread
+                // waits for it.
+                let aborted = self.track(cmd.itt, lun);
+                let (tx, tasks) = (self.tx.clone(), self.tasks.clone());
+                let (sess, stats) = (self.sess.clone(), self.server.stats.clone());
+                tokio::spawn(async move {
+                    let out = command_out(&stats, &cmd, io.await);
+                    if aborted.load(Ordering::Acquire) {
+                        release_slot(&sess);
+                    } else {
+                        let _ = tx.send(out).await;
+                    }
+                    tasks.lock().remove(&cmd.itt);
+                });
+                return;
+            }
+            scsi::Started::Blocking(finish) => {
+                let aborted = self.track(cmd.itt, lun);
+                let (tx, tasks) = (self.tx.clone(), self.tasks.clone());
+                let (sess, stats) = (self.sess.clone(), self.server.stats.clone());
+                tokio::task::spawn_blocking(move || {
+                    let out = command_out(&stats, &cmd, finish());
+                    if aborted.load(Ordering::Acquire) {
+                        release_slot(&sess);
+                    } else {
+                        let _ = tx.blocking_send(out);
+                    }
+                    tasks.lock().remove(&cmd.itt);
+                });
+                return;
+            }
         };
         let tx = self.tx.clone();
         let tasks = self.tasks.clone();
@@ -743,6 +760,44 @@ impl Conn {
             // response that waits for the task set to drain comes after it.
             tasks.lock().remove(&itt);
         });
+    }
+
+    /// Register a running command for task management; returns its abort flag.
+    fn track(&self, itt: u32, lun: u64) -> Arc<AtomicBool> {
+        let aborted = Arc::new(AtomicBool::new(false));
+        self.tasks.lock().insert(
+            itt,
+            TaskEntry {
+                lun,
+                aborted: aborted.clone(),
+                running: true,
+            },
+        );
+        aborted
+    }
+
+    /// Queue a response computed on this task without blocking the loop.
+    fn queue_response(&self, itt: u32, lun: u64, out: Out) {
+        match self.tx.try_send(out) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                // The writer is behind (a slow reader): queue without blocking
+                // this loop; the response keeps its place after the send. Until
+                // it is queued the task is visible to task management.
+                let aborted = self.track(itt, lun);
+                let tx = self.tx.clone();
+                let tasks = self.tasks.clone();
+                let sess = self.sess.clone();
+                tokio::spawn(async move {
+                    if aborted.load(Ordering::Acquire) {
+                        release_slot(&sess);
+                    } else {
+                        let _ = tx.send(out).await;
+                    }
+                    tasks.lock().remove(&itt);
+                });
+            }
+        }
     }
 
     async fn complete_now(&self, cmd: &ScsiCommand, resp: scsi::Response) {

@@ -193,11 +193,27 @@ pub async fn run(
     };
     'outer: while let Some(first) = rx.recv().await {
         let mut close = encode(first, &mut batch, &sess, &params, &mut stat_sn);
-        while !close && batch.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => close = encode(m, &mut batch, &sess, &params, &mut stat_sn),
-                Err(_) => break,
+        let mut gathered = false;
+        loop {
+            while !close && batch.len() < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(m) => close = encode(m, &mut batch, &sess, &params, &mut stat_sn),
+                    Err(_) => break,
+                }
             }
+            // Commands still running will answer soon, often within this turn of the
+            // scheduler (their back-end answers arrived together): let them run once,
+            // so that their responses leave in this write rather than one write each.
+            // A lone command (queue depth 1) is never delayed.
+            if close
+                || gathered
+                || batch.len() >= BATCH_BYTES
+                || sess.window.lock().outstanding == 0
+            {
+                break;
+            }
+            gathered = true;
+            tokio::task::yield_now().await;
         }
         if batch.len() > 0 {
             if let Err(e) = batch.flush(&mut sock, params.stall_timeout).await {

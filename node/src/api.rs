@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, IoFuture, LbaStatus};
+use bytes::Bytes;
 use iscsi::server::ServerShared;
 use iscsi_initiator::Client;
 use mgmt::histogram::{Histogram, HistogramSnapshot, IO_BUCKETS};
@@ -164,6 +165,35 @@ impl BlockStore for Counted {
     }
     fn inline_ok(&self) -> bool {
         self.inner.inline_ok()
+    }
+    fn async_ok(&self) -> bool {
+        self.inner.async_ok()
+    }
+    fn read_async(self: Arc<Self>, lba: u64, blocks: u32) -> Option<IoFuture<Vec<u8>>> {
+        let io = self.inner.clone().read_async(lba, blocks)?;
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.read_bytes.fetch_add(
+            u64::from(blocks) * u64::from(self.inner.block_size()),
+            Ordering::Relaxed,
+        );
+        let t = Instant::now();
+        Some(Box::pin(async move {
+            let r = io.await;
+            self.stats.read_latency.observe(t.elapsed());
+            self.stats.count(r)
+        }))
+    }
+    fn write_async(self: Arc<Self>, lba: u64, data: Bytes, fua: bool) -> Option<IoFuture<()>> {
+        let len = data.len() as u64;
+        let io = self.inner.clone().write_async(lba, data, fua)?;
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.write_bytes.fetch_add(len, Ordering::Relaxed);
+        let t = Instant::now();
+        Some(Box::pin(async move {
+            let r = io.await;
+            self.stats.write_latency.observe(t.elapsed());
+            self.stats.count(r)
+        }))
     }
 }
 

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 mod alua;
+mod async_io;
 mod caw;
 pub mod cdb;
 pub mod commands;
@@ -57,6 +58,8 @@ pub mod xcopy_builder;
 #[cfg(test)]
 mod alua_tests;
 #[cfg(test)]
+mod async_io_tests;
+#[cfg(test)]
 mod pr_cluster_tests;
 #[cfg(test)]
 mod pr_persist_tests;
@@ -70,6 +73,7 @@ mod thin_tests;
 pub use alua::{
     access_state_changed, AluaError, AluaState, PortGroup, PortGroups, TargetPortGroups,
 };
+pub use async_io::{ResponseFuture, Started};
 pub use cdb::{check_range, parse_cdb, ByteCheck, Cdb, PageControl, PrIn, PrOut};
 pub use commands::{CommandInfo, DataDirection, PrAccess, COMMANDS};
 pub use lu::{Limits, LogicalUnit, LuConfig, PR_COMMIT_ATTEMPTS};

@@ -172,6 +172,42 @@ pub(crate) struct Ctx<'a> {
     pub(crate) map: &'a LunMap,
 }
 
+/// Where a command came from, for [`LogicalUnit::finish`]'s log line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub(crate) lun: u64,
+    pub(crate) nexus: u64,
+    pub(crate) opcode: u8,
+}
+
+impl Origin {
+    pub(crate) fn of(req: &Request<'_>) -> Origin {
+        Origin {
+            lun: req.lun,
+            nexus: req.nexus.id,
+            opcode: req.cdb.first().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A plain command's place on the lock-free path of the range locks, owned so that a
+/// future can carry it ([`LogicalUnit::try_fast`]); dropping it leaves.
+pub(crate) struct FastRange(Arc<LogicalUnit>);
+
+impl Drop for FastRange {
+    fn drop(&mut self) {
+        self.0.ranges.leave_fast();
+    }
+}
+
+/// A command that passed [`LogicalUnit::admit`].
+pub(crate) struct Admitted {
+    pub(crate) cdb: Cdb,
+    pub(crate) nexus: Arc<NexusState>,
+    /// Bytes of data-out the CDB asks for (for the response's residual).
+    pub(crate) data_out_len: u32,
+}
+
 impl LogicalUnit {
     /// A logical unit over `store` with default limits.
     pub fn new(cfg: LuConfig, store: Arc<dyn BlockStore>) -> LogicalUnit {
@@ -533,13 +569,19 @@ impl LogicalUnit {
 
     /// Runs one command for this logical unit.
     pub(crate) fn execute(&self, ctx: &Ctx<'_>, req: &Request<'_>) -> Response {
-        let mut resp = self.run(ctx, req);
+        let resp = self.run(ctx, req);
+        self.finish(Origin::of(req), resp)
+    }
+
+    /// The last touch of every response: the sense format the LU asked for, and a
+    /// debug line for a CHECK CONDITION.
+    pub(crate) fn finish(&self, origin: Origin, mut resp: Response) -> Response {
         resp.descriptor_sense = self.mode.read().d_sense;
         if let Some(sense) = &resp.sense {
             tracing::debug!(
-                lun = req.lun,
-                nexus = req.nexus.id,
-                opcode = req.cdb.first().copied().unwrap_or(0),
+                lun = origin.lun,
+                nexus = origin.nexus,
+                opcode = origin.opcode,
                 %sense,
                 "check condition"
             );
@@ -547,7 +589,17 @@ impl LogicalUnit {
         resp
     }
 
-    fn run(&self, ctx: &Ctx<'_>, req: &Request<'_>) -> Response {
+    /// Enter the lock-free path of the range locks for a plain command that will run
+    /// as a future, without waiting: `None` while an atomic command is active (the
+    /// caller then runs the command where it may wait, under [`Self::lock_shared`]).
+    pub(crate) fn try_fast(self: &Arc<Self>) -> Option<FastRange> {
+        self.ranges.try_fast().then(|| FastRange(self.clone()))
+    }
+
+    /// The checks every command passes before it runs, in SAM-5 order: a pending unit
+    /// attention, the CDB itself, ALUA access state, and reservation conflicts.
+    /// `Err`: the response to send instead.
+    pub(crate) fn admit(&self, req: &Request<'_>) -> Result<Admitted, Response> {
         self.alua.sync(&self.nexuses);
         let nexus = self.nexus(req.nexus.id);
         nexus.set_port(&req.nexus.initiator, req.nexus.relative_port);
@@ -556,13 +608,10 @@ impl LogicalUnit {
         let exempt = matches!(req.cdb.first(), Some(0x12 | 0xA0 | 0x03));
         if !exempt {
             if let Some(ua) = nexus.pop() {
-                return Response::check_condition(ua);
+                return Err(Response::check_condition(ua));
             }
         }
-        let cdb = match parse_cdb(req.cdb) {
-            Ok(cdb) => cdb,
-            Err(sense) => return Response::check_condition(sense),
-        };
+        let cdb = parse_cdb(req.cdb).map_err(Response::check_condition)?;
         let data_out_len = cdb.data_out_len(self.store.block_size());
         let with_len = |mut r: Response| {
             r.data_out_len = data_out_len;
@@ -570,16 +619,36 @@ impl LogicalUnit {
         };
         if let Ok(info) = commands::find(req.cdb) {
             if let Err(sense) = self.alua.check(req.nexus.relative_port, info) {
-                return with_len(Response::check_condition(sense));
+                return Err(with_len(Response::check_condition(sense)));
             }
             if self.spc2_conflicts(req.nexus, info.access)
                 || self
                     .pr
                     .conflicts(req.nexus, info.pr, &cdb, self.spc2_held())
             {
-                return with_len(Response::status(Status::ReservationConflict));
+                return Err(with_len(Response::status(Status::ReservationConflict)));
             }
         }
+        Ok(Admitted {
+            cdb,
+            nexus,
+            data_out_len,
+        })
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, req: &Request<'_>) -> Response {
+        let Admitted {
+            cdb,
+            nexus,
+            data_out_len,
+        } = match self.admit(req) {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
+        let with_len = |mut r: Response| {
+            r.data_out_len = data_out_len;
+            r
+        };
         match (&self.pr_coordinator, &cdb) {
             (Some(c), Cdb::Reserve | Cdb::Release) => {
                 return with_len(self.spc2_commit(c.as_ref(), req, cdb == Cdb::Reserve));

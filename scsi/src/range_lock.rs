@@ -138,8 +138,19 @@ impl RangeLocks {
         }
     }
 
+    /// Enters the fast path unless an atomic command is active (then nothing
+    /// changes). True: the caller must call [`RangeLocks::leave_fast`] when done.
+    pub(crate) fn try_fast(&self) -> bool {
+        self.fast.fetch_add(1, SeqCst);
+        if self.exclusive.load(SeqCst) == 0 {
+            return true;
+        }
+        self.leave_fast();
+        false
+    }
+
     /// Leaves the fast path; wakes an exclusive waiter when this was the last one.
-    fn leave_fast(&self) {
+    pub(crate) fn leave_fast(&self) {
         if self.fast.fetch_sub(1, SeqCst) == 1 && self.exclusive.load(SeqCst) > 0 {
             // Taking the mutex orders this wake-up after the waiter's check.
             let _held = self.held.lock();

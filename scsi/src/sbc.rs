@@ -180,7 +180,7 @@ fn received<'a>(store: &dyn BlockStore, blocks: u32, data_out: &'a [u8]) -> &'a 
     &data_out[..have]
 }
 
-fn check_transfer(lu: &LogicalUnit, blocks: u32, cdb_len: u8) -> Result<(), Sense> {
+pub(crate) fn check_transfer(lu: &LogicalUnit, blocks: u32, cdb_len: u8) -> Result<(), Sense> {
     let max = lu.limits().max_transfer_blocks;
     if max != 0 && blocks > max {
         return Err(Sense::invalid_field_in_cdb(

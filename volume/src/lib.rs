@@ -20,7 +20,9 @@ pub mod range;
 pub mod table;
 pub mod volume;
 
-pub use live::{DrainError, HeldTooLong, HoldGuard, Inflight, LiveVolume, RangeHolds, RemapError};
+pub use live::{
+    DrainError, HeldTooLong, HoldGuard, Inflight, LiveVolume, OwnedInflight, RangeHolds, RemapError,
+};
 pub use range::BlockRange;
 pub use table::{
     ApplyError, BackendCatalog, BackendInfo, Changeset, Extent, ExtentChange, HeaderChange,

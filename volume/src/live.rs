@@ -35,7 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, IoFuture, LbaStatus};
+use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::range::{coalesce, covers, display_ranges, BlockRange};
@@ -146,6 +147,22 @@ impl Drop for Inflight<'_> {
     }
 }
 
+/// An I/O in flight that entered on the fast path and owns its slot, so that a future
+/// can carry it ([`RangeHolds::try_enter`]). Dropping it ends the I/O.
+pub struct OwnedInflight {
+    inner: Arc<Inner>,
+    token: Token,
+}
+
+impl Drop for OwnedInflight {
+    fn drop(&mut self) {
+        match self.token {
+            Token::Slot(i) => self.inner.exit_slot(i),
+            Token::Tracked(id) => self.inner.exit_tracked(id),
+        }
+    }
+}
+
 /// A hold on some ranges of a volume: new I/O touching them waits until the guard is
 /// released or dropped.
 #[must_use = "dropping the guard releases the hold at once"]
@@ -192,9 +209,10 @@ impl Drop for GateRaised<'_> {
 
 impl Inner {
     /// Try to register `range` in a free slot without locking.
-    fn claim(&self, range: BlockRange) -> Option<usize> {
+    /// Try `probe` slots from this thread's hint.
+    fn claim(&self, range: BlockRange, probe: usize) -> Option<usize> {
         let base = HINT.with(|h| h.get());
-        for k in 0..PROBE {
+        for k in 0..probe {
             let i = base.wrapping_add(k) % SLOTS;
             let s = &self.slots[i];
             if s.state.load(Ordering::Relaxed) == FREE
@@ -284,7 +302,7 @@ impl RangeHolds {
     pub fn enter(&self, range: BlockRange, wait: Duration) -> Result<Inflight<'_>, HeldTooLong> {
         let inner = &*self.inner;
         if inner.gate.load(Ordering::Relaxed) == 0 {
-            if let Some(i) = inner.claim(range) {
+            if let Some(i) = inner.claim(range, PROBE) {
                 if inner.gate.load(Ordering::SeqCst) == 0 {
                     return Ok(Inflight {
                         inner,
@@ -296,6 +314,37 @@ impl RangeHolds {
             }
         }
         self.enter_slow(range, wait)
+    }
+
+    /// [`RangeHolds::enter`] without waiting, for I/O that runs as a future: `None`
+    /// when a hold covers part of `range` (the caller takes the path that waits).
+    /// Without holds or drains it takes a slot (any free one: futures in flight
+    /// outnumber threads); otherwise, or when every slot is taken, it registers under
+    /// the lock like the slow path, so I/O outside held ranges keeps flowing.
+    pub fn try_enter(&self, range: BlockRange) -> Option<OwnedInflight> {
+        let inner = &self.inner;
+        if inner.gate.load(Ordering::Relaxed) == 0 {
+            if let Some(slot) = inner.claim(range, SLOTS) {
+                if inner.gate.load(Ordering::SeqCst) == 0 {
+                    return Some(OwnedInflight {
+                        inner: inner.clone(),
+                        token: Token::Slot(slot),
+                    });
+                }
+                inner.exit_slot(slot);
+            }
+        }
+        let mut st = inner.state.lock();
+        if Inner::held(&st, &range) {
+            return None;
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.tracked.push((id, range));
+        Some(OwnedInflight {
+            inner: inner.clone(),
+            token: Token::Tracked(id),
+        })
     }
 
     fn enter_slow(&self, range: BlockRange, wait: Duration) -> Result<Inflight<'_>, HeldTooLong> {
@@ -785,6 +834,48 @@ impl BlockStore for LiveVolume {
     /// decides on each call).
     fn supports_compare_and_write(&self) -> bool {
         self.current.load().supports_compare_and_write()
+    }
+
+    fn async_ok(&self) -> bool {
+        self.current.load().async_ok()
+    }
+
+    /// Through the range gate without waiting ([`RangeHolds::try_enter`]), then
+    /// [`VirtualVolume::read_async`] on the current table; the future counts as in
+    /// flight for a drain until it completes. `None` when a hold covers the range (the
+    /// caller's [`BlockStore::read`] waits at it) or the table has no asynchronous
+    /// path for it.
+    fn read_async(self: Arc<Self>, lba: u64, blocks: u32) -> Option<IoFuture<Vec<u8>>> {
+        let inflight = self
+            .holds
+            .try_enter(BlockRange::at(lba, u64::from(blocks)))?;
+        if let Err(e) = self.check_fence() {
+            return Some(blockdev::ready(Err(e)));
+        }
+        let io = self.current.load_full().read_async(lba, blocks)?;
+        Some(Box::pin(async move {
+            let r = io.await;
+            drop(inflight);
+            r
+        }))
+    }
+
+    /// As [`LiveVolume::read_async`], for writes.
+    fn write_async(self: Arc<Self>, lba: u64, data: Bytes, fua: bool) -> Option<IoFuture<()>> {
+        let range = match self.range_of(lba, data.len()) {
+            Ok(r) => r,
+            Err(e) => return Some(blockdev::ready(Err(e))),
+        };
+        let inflight = self.holds.try_enter(range)?;
+        if let Err(e) = self.check_fence() {
+            return Some(blockdev::ready(Err(e)));
+        }
+        let io = self.current.load_full().write_async(lba, data, fua)?;
+        Some(Box::pin(async move {
+            let r = io.await;
+            drop(inflight);
+            r
+        }))
     }
 }
 

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
-use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, LbaStatus};
+use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, IoFuture, LbaStatus};
+use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::range::BlockRange;
@@ -582,6 +583,65 @@ impl BlockStore for VirtualVolume {
         self.backends
             .iter()
             .any(|b| b.primary && b.store.supports_compare_and_write())
+    }
+
+    /// When every back-end has an asynchronous path.
+    fn async_ok(&self) -> bool {
+        self.backends.iter().all(|b| b.store.async_ok())
+    }
+
+    /// Asynchronous when the blocks lie in one extent without a mirror (passed to its
+    /// back-end, the LBA translated) or in one hole (zeroes, or the hole error). A
+    /// range across extents or on a mirrored extent is `None`: [`BlockStore::read`].
+    fn read_async(self: Arc<Self>, lba: u64, blocks: u32) -> Option<IoFuture<Vec<u8>>> {
+        let n = u64::from(blocks);
+        if let Err(e) = self.check_range(lba, n) {
+            return Some(blockdev::ready(Err(e)));
+        }
+        let len = blocks as usize * self.def.block_size as usize;
+        if n == 0 {
+            return Some(blockdev::ready(Ok(Vec::new())));
+        }
+        let mut pieces = self.pieces(lba, n);
+        match (pieces.next(), pieces.next()) {
+            (Some((_, Piece::Mapped { ext, .. })), None) if ext.mirror.is_none() => ext
+                .primary
+                .store
+                .clone()
+                .read_async(ext.lba(&ext.primary, lba), blocks),
+            (Some((_, Piece::Hole { .. })), None) => Some(blockdev::ready(match self.def.holes {
+                HolePolicy::Zero => Ok(vec![0u8; len]),
+                HolePolicy::Error => Err(hole_error(&self.def.name, "read", lba, n)),
+            })),
+            _ => None,
+        }
+    }
+
+    /// Asynchronous under the same conditions as [`VirtualVolume::read_async`]; a
+    /// write into one hole fails at once.
+    fn write_async(self: Arc<Self>, lba: u64, data: Bytes, fua: bool) -> Option<IoFuture<()>> {
+        let n = match self.check_buf(lba, data.len()) {
+            Ok(n) => n,
+            Err(e) => return Some(blockdev::ready(Err(e))),
+        };
+        if n == 0 {
+            return Some(blockdev::ready(Ok(())));
+        }
+        let mut pieces = self.pieces(lba, n);
+        match (pieces.next(), pieces.next()) {
+            (Some((_, Piece::Mapped { ext, .. })), None) if ext.mirror.is_none() => ext
+                .primary
+                .store
+                .clone()
+                .write_async(ext.lba(&ext.primary, lba), data, fua),
+            (Some((_, Piece::Hole { .. })), None) => Some(blockdev::ready(Err(hole_error(
+                &self.def.name,
+                "write",
+                lba,
+                n,
+            )))),
+            _ => None,
+        }
     }
 
     /// The allocation state in the primary home.
