@@ -56,6 +56,8 @@ pub struct ConnParams {
     pub max_send_data: u32,
     pub nop_interval: Duration,
     pub nop_timeout: Duration,
+    /// See `FabricConfig::busy_poll`.
+    pub busy_poll: Duration,
 }
 
 struct TaskEntry {
@@ -132,6 +134,41 @@ fn command_out(stats: &crate::server::Stats, cmd: &ScsiCommand, resp: scsi::Resp
         *holds_slot = true;
     }
     out
+}
+
+type Reader = FramedRead<OwnedReadHalf, PduCodec>;
+type Framed = Result<crate::codec::Frame, FrameError>;
+
+/// A whole frame from what is already in the reader's buffer, if there is one.
+/// Decoding is stateless (the codec holds only the negotiated settings), so a copy of
+/// the codec decodes exactly as the reader would.
+fn decode_buffered(reader: &mut Reader) -> Option<Framed> {
+    use tokio_util::codec::Decoder;
+    let mut codec = reader.decoder().clone();
+    codec.decode(reader.read_buffer_mut()).transpose()
+}
+
+/// Poll the socket without blocking for up to `budget` until a whole frame has
+/// arrived. `None`: nothing whole yet (what did arrive stays in the reader's buffer,
+/// where the reader finds it), the peer closed, or an error the reader will see too.
+fn poll_for_frame(reader: &mut Reader, budget: Duration) -> Option<Framed> {
+    let start = Instant::now();
+    let mut tmp = [0u8; 8192];
+    while start.elapsed() < budget {
+        let sock: &tokio::net::TcpStream = reader.get_ref().as_ref();
+        match rustix::net::recv(sock, &mut tmp[..], rustix::net::RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return None,
+            Ok((n, _)) => {
+                reader.read_buffer_mut().extend_from_slice(&tmp[..n]);
+                if let Some(f) = decode_buffered(reader) {
+                    return Some(f);
+                }
+            }
+            Err(rustix::io::Errno::AGAIN) => std::hint::spin_loop(),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Free one command-window slot (a command that will send no response).
@@ -219,49 +256,84 @@ impl Conn {
     ) {
         let mut tick = tokio::time::interval(self.params.nop_interval.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let poll = self.params.busy_poll;
         loop {
-            tokio::select! {
-                _ = self.sess.kill.cancelled() => break,
-                _ = self.sess.conn_closed.cancelled() => break,
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if !self.idle_check().await { break; }
+            // Busy polling (off unless configured): a frame already buffered is taken
+            // at once; otherwise, once the writer has had its turn and no command of
+            // this session is running, the host's next command is awaited by polling
+            // the socket for a while instead of sleeping.
+            let mut early = None;
+            if !poll.is_zero() {
+                if !reader.read_buffer().is_empty() {
+                    early = decode_buffered(&mut reader);
+                } else {
+                    tokio::task::yield_now().await;
+                    if self.sess.window.lock().outstanding == 0 {
+                        early = poll_for_frame(&mut reader, poll);
+                    }
                 }
-                f = reader.next() => {
-                    self.last_rx = Instant::now();
-                    self.ping_sent = None;
-                    match f {
-                        None => break,
-                        Some(Ok(frame)) if frame.data_digest_error => {
-                            // §7.8: at ERL 0 the PDU is discarded and rejected; the
-                            // framing is intact, so the connection carries on.
-                            self.send(Out::Reject { reason: reject::DATA_DIGEST, header: Box::new(frame.bhs) }).await;
-                        }
-                        Some(Ok(frame)) => {
-                            match pdu::parse_request(&frame.bhs, &frame.ahs, frame.data) {
-                                Ok(req) => {
-                                    if !self.handle(req, frame.bhs).await { break; }
-                                }
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "malformed PDU");
-                                    let reason = match e.reject_reason() {
-                                        Some(r) => r,
-                                        None => reject::PROTOCOL_ERROR,
-                                    };
-                                    self.send(Out::Reject { reason, header: Box::new(frame.bhs) }).await;
-                                }
-                            }
-                        }
-                        Some(Err(FrameError::DataTooLong { len, max, bhs })) => {
-                            tracing::warn!(len, max, "data segment over MaxRecvDataSegmentLength; closing connection");
-                            self.send(Out::Reject { reason: reject::PROTOCOL_ERROR, header: bhs }).await;
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "connection read failed; closing");
+            }
+            let f = match early {
+                Some(f) => Some(f),
+                None => tokio::select! {
+                    _ = self.sess.kill.cancelled() => break,
+                    _ = self.sess.conn_closed.cancelled() => break,
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if !self.idle_check().await { break; }
+                        continue;
+                    }
+                    f = reader.next() => f,
+                },
+            };
+            self.last_rx = Instant::now();
+            self.ping_sent = None;
+            match f {
+                None => break,
+                Some(Ok(frame)) if frame.data_digest_error => {
+                    // §7.8: at ERL 0 the PDU is discarded and rejected; the
+                    // framing is intact, so the connection carries on.
+                    self.send(Out::Reject {
+                        reason: reject::DATA_DIGEST,
+                        header: Box::new(frame.bhs),
+                    })
+                    .await;
+                }
+                Some(Ok(frame)) => match pdu::parse_request(&frame.bhs, &frame.ahs, frame.data) {
+                    Ok(req) => {
+                        if !self.handle(req, frame.bhs).await {
                             break;
                         }
                     }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "malformed PDU");
+                        let reason = match e.reject_reason() {
+                            Some(r) => r,
+                            None => reject::PROTOCOL_ERROR,
+                        };
+                        self.send(Out::Reject {
+                            reason,
+                            header: Box::new(frame.bhs),
+                        })
+                        .await;
+                    }
+                },
+                Some(Err(FrameError::DataTooLong { len, max, bhs })) => {
+                    tracing::warn!(
+                        len,
+                        max,
+                        "data segment over MaxRecvDataSegmentLength; closing connection"
+                    );
+                    self.send(Out::Reject {
+                        reason: reject::PROTOCOL_ERROR,
+                        header: bhs,
+                    })
+                    .await;
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "connection read failed; closing");
+                    break;
                 }
             }
         }

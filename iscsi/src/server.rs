@@ -45,6 +45,10 @@ pub struct FabricConfig {
     pub nop_interval: Duration,
     pub nop_timeout: Duration,
     pub login_timeout: Duration,
+    /// Busy-poll a connection's socket for this long after its last response while
+    /// none of its commands is running (zero: never). Spends CPU for latency at low
+    /// queue depth: the next command is picked up without waking a sleeping thread.
+    pub busy_poll: Duration,
 }
 
 impl Default for FabricConfig {
@@ -63,6 +67,7 @@ impl Default for FabricConfig {
             nop_interval: Duration::from_secs(15),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(30),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -512,6 +517,7 @@ async fn handle_connection(
             max_send_data: params.max_send_data,
             nop_interval: shared.config.nop_interval,
             nop_timeout: shared.config.nop_timeout,
+            busy_poll: shared.config.busy_poll,
         },
         tx,
     );

@@ -510,6 +510,10 @@ fn fabric_config(cfg: &Config) -> FabricConfig {
             .nop_timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(d.nop_timeout),
+        busy_poll: f
+            .busy_poll_us
+            .map(|us| Duration::from_micros(us.min(crate::config::MAX_BUSY_POLL_US)))
+            .unwrap_or(d.busy_poll),
         ..d
     }
 }

@@ -139,6 +139,10 @@ pub struct NodeSection {
     /// IEEE company ID (OUI) used to derive NAA 6 WWNs for LUs that do not set one.
     #[serde(default = "default_oui")]
     pub oui: u32,
+    /// Event-loop threads (default: one per CPU). See the README's benchmarks: on a
+    /// machine whose cores the hosts or arrays share, fewer can be faster.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl Default for NodeSection {
@@ -147,9 +151,15 @@ impl Default for NodeSection {
             name: default_node_name(),
             data_dir: None,
             oui: default_oui(),
+            workers: None,
         }
     }
 }
+
+/// Upper bound of `[fabric] busy_poll_us`.
+pub const MAX_BUSY_POLL_US: u64 = 1000;
+/// Upper bound of `[node] workers`.
+pub const MAX_WORKERS: usize = 256;
 
 fn default_node_name() -> String {
     "node1".into()
@@ -177,6 +187,10 @@ pub struct FabricSection {
     pub max_sessions_per_initiator: Option<usize>,
     pub nop_interval_secs: Option<u64>,
     pub nop_timeout_secs: Option<u64>,
+    /// Busy-poll each connection for up to this many microseconds for the host's next
+    /// command (0, the default: never). Lower latency at queue depth 1, for up to a
+    /// core of CPU per busy connection. At most 1000.
+    pub busy_poll_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -451,6 +465,16 @@ impl Config {
                 ));
             }
         }
+        if let Some(us) = self.fabric.busy_poll_us.filter(|us| *us > MAX_BUSY_POLL_US) {
+            return bad(format!(
+                "[fabric] busy_poll_us = {us}: at most {MAX_BUSY_POLL_US} (0 turns busy polling off)"
+            ));
+        }
+        if let Some(n) = self.node.workers.filter(|n| *n == 0 || *n > MAX_WORKERS) {
+            return bad(format!(
+                "[node] workers = {n}: use 1..={MAX_WORKERS}, or leave it out for one per CPU"
+            ));
+        }
         if self.portals.is_empty() {
             return bad(
                 "no [[portal]] configured; add one, e.g. listen = \"127.0.0.1:3260\"".into(),
@@ -716,6 +740,23 @@ size = "64MiB"
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn busy_poll_and_workers_are_bounded() {
+        let with = |extra: &str| Config::parse(&format!("{GOOD}\n{extra}"));
+        let c = with("[fabric]\nbusy_poll_us = 50").unwrap();
+        assert_eq!(c.fabric.busy_poll_us, Some(50));
+        let e = with("[fabric]\nbusy_poll_us = 5000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("busy_poll_us = 5000: at most 1000"), "{e}");
+        let e = Config::parse(&format!("[node]\nworkers = 0\n{GOOD}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers = 0"), "{e}");
+        let c = Config::parse(&format!("[node]\nworkers = 1\n{GOOD}")).unwrap();
+        assert_eq!(c.node.workers, Some(1));
     }
 
     #[test]

@@ -213,7 +213,11 @@ fn check(path: &Path) -> Result<(), String> {
 /// Run a node. `api_required`: a management API that cannot start is an error (else a
 /// warning, for `up`).
 fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cfg.node.workers {
+        b.worker_threads(n);
+    }
+    let rt = b
         .enable_all()
         .thread_name("switchyard")
         .build()
