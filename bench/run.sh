@@ -7,9 +7,11 @@
 #   - loadgen (bench/loadgen, on our initiator crate): 4K random write QD32 and a
 #     50/50 random read/write mix QD32, plus a 4K random read QD32 to cross-check
 #     loadgen against iscsi-perf on the same target;
+#   - 4K random read QD1 against a node with `[fabric] busy_poll_us = 50`;
 #   - through the virtualizer: a switchyard node whose volume maps 1:1 onto a LU of a
-#     switchyard array node, against that array directly (4K random read QD32 with
-#     iscsi-perf, 4K random write QD32 with loadgen);
+#     switchyard array node, against that array directly (4K random read QD32 and QD1
+#     with iscsi-perf, 4K random write QD32 with loadgen), the virtual node with the
+#     default event-loop threads and with `workers = 1`;
 #   - peak RSS and CPU seconds per million I/Os of each target (over the comparable
 #     loads), and the RSS of a node serving 16 sessions at QD32 (16 loadgen sessions).
 #
@@ -40,6 +42,8 @@ SY_PORT=23260
 TGT_PORT=23261
 ARRAY_PORT=23262
 VIRT_PORT=23263
+POLL_PORT=23264
+VIRT1_PORT=23265
 CTL_PORT=23999
 pids=()
 cleanup() {
@@ -67,11 +71,12 @@ wait_port() {
     exit 1
 }
 
-node_toml() { # NAME PORT TARGET FILE
+node_toml() { # NAME PORT TARGET FILE [EXTRA NODE LINES]
     cat <<TOML
 [node]
 name = "$1"
 data_dir = "$work"
+${5:-}
 [[portal]]
 listen = "127.0.0.1:$2"
 [[target]]
@@ -83,12 +88,16 @@ TOML
 }
 node_toml bench $SY_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/node.toml"
 node_toml array $ARRAY_PORT iqn.2026-11.org.switchyard:array array.img >"$work/array.toml"
-cat >"$work/virtual.toml" <<TOML
+node_toml poll $POLL_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/poll.toml"
+printf '[fabric]\nbusy_poll_us = 50\n' >>"$work/poll.toml"
+virtual_toml() { # NAME PORT [EXTRA NODE LINES]
+cat <<TOML
 [node]
-name = "virt"
+name = "$1"
 data_dir = "$work"
+${3:-}
 [[portal]]
-listen = "127.0.0.1:$VIRT_PORT"
+listen = "127.0.0.1:$2"
 [[backend]]
 id = "array"
 portal = "127.0.0.1:$ARRAY_PORT"
@@ -114,6 +123,9 @@ name = "iqn.2026-11.org.switchyard:virtual"
 lun = 0
 volume = "v"
 TOML
+}
+virtual_toml virt $VIRT_PORT >"$work/virtual.toml"
+virtual_toml virt1 $VIRT1_PORT "workers = 1" >"$work/virtual1.toml"
 
 start_node() { # CONFIG LOG PORT -> pid in $node_pid
     RUST_LOG=warn "$SY" serve --config "$1" >/dev/null 2>"$2" &
@@ -136,6 +148,8 @@ SY_URL="iscsi://127.0.0.1:$SY_PORT/iqn.2026-11.org.switchyard:bench/0"
 TGT_URL="iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.switchyard:tgtd-bench/1"
 ARRAY_URL="iscsi://127.0.0.1:$ARRAY_PORT/iqn.2026-11.org.switchyard:array/0"
 VIRT_URL="iscsi://127.0.0.1:$VIRT_PORT/iqn.2026-11.org.switchyard:virtual/0"
+VIRT1_URL="iscsi://127.0.0.1:$VIRT1_PORT/iqn.2026-11.org.switchyard:virtual/0"
+POLL_URL="iscsi://127.0.0.1:$POLL_PORT/iqn.2026-11.org.switchyard:bench/0"
 
 # perf URL BLOCKS DEPTH RANDOM -> "IOPS MB/s IOS" (iscsi-perf; 512-byte blocks)
 run_perf() {
@@ -252,28 +266,48 @@ done
 printf '%-30s %12s %12s %7s  %s\n' "RSS, 16 sessions x QD32" "$((sy16_rss / 1024))" "$((tg16_rss / 1024))" \
     "$(ratio "$sy16_rss" "$tg16_rss")" "MiB during a 4K 50/50 load ($sy16_iops / $tg16_iops IOPS); peak RSS since start: $(( $(rss_kb $sy_pid) / 1024 )) / $(( $(rss_kb $tgt_pid) / 1024 )) MiB"
 
-# Through the virtualizer: host -> virtual node -> array node, against the array direct.
+# Queue depth 1 with busy polling on (a second node on the same file), against tgtd.
 kill "$sy_pid" 2>/dev/null || true
+start_node "$work/poll.toml" "$work/poll.log" $POLL_PORT
+poll_pid=$node_pid
+run_perf "$POLL_URL" 8 1 1 >/dev/null
+po=(); tg=()
+for _ in $(seq "$RUNS"); do
+    read -r iops _ _ < <(run_perf "$POLL_URL" 8 1 1); po+=("$iops")
+    read -r iops _ _ < <(run_perf "$TGT_URL" 8 1 1); tg+=("$iops")
+done
+p=$(median "${po[@]}"); t=$(median "${tg[@]}")
+printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "4K rand read QD1, polling" "$p" "$t" "$(ratio "$p" "$t")" \
+    "IOPS with [fabric] busy_poll_us = 50" "${po[*]}" "${tg[*]}"
+printf '%-30s %12s %12s %7s  %s\n' "  QD1 mean latency" "$(python3 -c "print(round(1e6/$p, 1))")" \
+    "$(python3 -c "print(round(1e6/$t, 1))")" "$(ratio "$t" "$p")" "us (1/IOPS; lower is better)"
+kill "$poll_pid" 2>/dev/null || true
+
+# Through the virtualizer: host -> virtual node -> array node, against the array
+# direct; the virtual node with the default event-loop threads (one per CPU) and with
+# `workers = 1` (client, virtual node and array share the two cores).
 start_node "$work/array.toml" "$work/array.log" $ARRAY_PORT
 array_pid=$node_pid
 start_node "$work/virtual.toml" "$work/virt.log" $VIRT_PORT
 virt_pid=$node_pid
-run_perf "$ARRAY_URL" 8 32 1 >/dev/null
-run_perf "$VIRT_URL" 8 32 1 >/dev/null
+start_node "$work/virtual1.toml" "$work/virt1.log" $VIRT1_PORT
+virt1_pid=$node_pid
+for u in "$ARRAY_URL" "$VIRT_URL" "$VIRT1_URL"; do run_perf "$u" 8 32 1 >/dev/null; done
 echo
 printf '%-30s %12s %12s %7s  %s\n' "virtualizer" "virtual" "direct" "ratio" "unit (all runs: virtual / direct)"
-for spec in "perf:4K rand read QD32:8:32:1" "gen:4K rand write QD32:write:32:"; do
+for spec in "perf:4K rand read QD32:8:32:1" "perf:4K rand read QD1:8:1:1" "gen:4K rand write QD32:write:32:"; do
     IFS=: read -r tool name a1 a2 a3 <<<"$spec"
-    vi=(); di=()
+    vi=(); v1=(); di=()
     for _ in $(seq "$RUNS"); do
-        for who in vi di; do
-            url=$VIRT_URL; [ $who = di ] && url=$ARRAY_URL
+        for who in vi v1 di; do
+            url=$VIRT_URL; [ $who = v1 ] && url=$VIRT1_URL; [ $who = di ] && url=$ARRAY_URL
             if [ "$tool" = perf ]; then read -r iops _ _ < <(run_perf "$url" "$a1" "$a2" "$a3")
             else read -r iops _ _ _ < <(gen "$url" "$a1" "$a2"); fi
-            if [ $who = vi ]; then vi+=("$iops"); else di+=("$iops"); fi
+            case $who in vi) vi+=("$iops") ;; v1) v1+=("$iops") ;; di) di+=("$iops") ;; esac
         done
     done
-    v=$(median "${vi[@]}"); d=$(median "${di[@]}")
+    v=$(median "${vi[@]}"); w=$(median "${v1[@]}"); d=$(median "${di[@]}")
     printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "$name" "$v" "$d" "$(ratio "$v" "$d")" IOPS "${vi[*]}" "${di[*]}"
+    printf '%-30s %12s %12s %7s  %s (%s)\n' "  virtual node workers = 1" "$w" "$d" "$(ratio "$w" "$d")" IOPS "${v1[*]}"
 done
-echo "virtual node: peak RSS $(( $(rss_kb $virt_pid) / 1024 )) MiB; array node: peak RSS $(( $(rss_kb $array_pid) / 1024 )) MiB"
+echo "virtual node: peak RSS $(( $(rss_kb $virt_pid) / 1024 )) MiB (workers = 1: $(( $(rss_kb $virt1_pid) / 1024 )) MiB); array node: peak RSS $(( $(rss_kb $array_pid) / 1024 )) MiB"
