@@ -20,6 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use blockdev::IoFuture;
 use bytes::Bytes;
 
 use crate::cdb::{check_range, Cdb};
@@ -122,20 +123,11 @@ fn start_admitted(lu: &Arc<LogicalUnit>, origin: Origin, a: Admitted, data: &Byt
             if blocks == 0 {
                 return Started::Done(respond(lu, Ok(Vec::new())));
             }
-            let Some(range) = lu.try_fast() else {
-                return blocking(lu, a.cdb, data.clone());
-            };
-            let Some(io) = store.clone().read_async(lba, blocks) else {
-                drop(range);
-                return blocking(lu, a.cdb, data.clone());
-            };
-            let lu = lu.clone();
-            Started::Running(Box::pin(async move {
-                let r = io.await;
-                drop(range);
-                let r = r.map_err(|e| Sense::from_block_error(&e, IoKind::Read));
-                respond(&lu, r)
-            }))
+            let start = || store.clone().read_async(lba, blocks);
+            match under_range(lu, start, IoKind::Read, |d| d, respond) {
+                Some(running) => running,
+                None => blocking(lu, a.cdb, data.clone()),
+            }
         }
         Cdb::Write {
             lba,
@@ -159,25 +151,37 @@ fn start_admitted(lu: &Arc<LogicalUnit>, origin: Origin, a: Admitted, data: &Byt
                 return Started::Done(respond(lu, Ok(Vec::new())));
             }
             let fua = fua || !lu.mode().wce;
-            let Some(range) = lu.try_fast() else {
-                return blocking(lu, a.cdb, data.clone());
-            };
-            let Some(io) = store.clone().write_async(lba, data.slice(..have), fua) else {
-                drop(range);
-                return blocking(lu, a.cdb, data.clone());
-            };
-            let lu = lu.clone();
-            Started::Running(Box::pin(async move {
-                let r = io.await;
-                drop(range);
-                let r = r
-                    .map(|()| Vec::new())
-                    .map_err(|e| Sense::from_block_error(&e, IoKind::Write));
-                respond(&lu, r)
-            }))
+            let start = || store.clone().write_async(lba, data.slice(..have), fua);
+            match under_range(lu, start, IoKind::Write, |()| Vec::new(), respond) {
+                Some(running) => running,
+                None => blocking(lu, a.cdb, data.clone()),
+            }
         }
         // Not reached: `plain_read_or_write` admits only these opcodes, and they
         // parse only to `Read` and `Write`. Finished the ordinary way regardless.
         _ => blocking(lu, a.cdb, data.clone()),
     }
+}
+
+/// Start the store's I/O on the lock-free path of the LU's range locks and hold it
+/// there until the I/O completes. `None`, with nothing done, when an atomic command
+/// is active or the store declines: the command then takes the blocking path.
+fn under_range<T: Send + 'static>(
+    lu: &Arc<LogicalUnit>,
+    start: impl FnOnce() -> Option<IoFuture<T>>,
+    kind: IoKind,
+    data_in: fn(T) -> Vec<u8>,
+    respond: impl FnOnce(&LogicalUnit, Result<Vec<u8>, Sense>) -> Response + Send + 'static,
+) -> Option<Started> {
+    let range = lu.try_fast()?;
+    let io = start()?;
+    let lu = lu.clone();
+    Some(Started::Running(Box::pin(async move {
+        let r = io.await;
+        drop(range);
+        let r = r
+            .map(data_in)
+            .map_err(|e| Sense::from_block_error(&e, kind));
+        respond(&lu, r)
+    })))
 }
