@@ -172,6 +172,9 @@ PY
 # gen URL PATTERN DEPTH [SESSIONS] -> "IOPS MB/s IOS P99_US" (loadgen, 4K)
 gen() {
     local url=$1 pattern=$2 depth=$3 sessions=${4:-1}
+    # Every run starts with no dirty pages: otherwise the writeback of the previous
+    # run's writes (to either target's file) competes with this one.
+    sync
     timeout $((SECS + 30)) "$LG" "$url" --pattern "$pattern" --qd "$depth" --sessions "$sessions" \
         --secs "$SECS" >"$work/gen.out" 2>"$work/gen.err" || true
     python3 - "$work/gen.out" <<'PY'

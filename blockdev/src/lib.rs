@@ -168,11 +168,12 @@ pub trait BlockStore: Send + Sync + 'static {
         false
     }
 
-    /// True when [`BlockStore::read_async`] and [`BlockStore::write_async`] usually
-    /// start the I/O (return `Some`), so that the fabric runs plain reads and writes
-    /// as futures on its event loop instead of on a blocking thread: remote stores,
-    /// whose I/O waits on the network, and volumes over them. A hint only: callers
-    /// still fall back when the methods return `None`.
+    /// True when [`BlockStore::read_async`] and [`BlockStore::write_async`] can start
+    /// the I/O (return `Some`), at least for some requests, so that the fabric tries
+    /// to run plain reads and writes as futures on its event loop instead of on a
+    /// blocking thread: remote stores, whose I/O waits on the network, and volumes
+    /// with extents on them. A hint only: callers fall back when the methods return
+    /// `None`.
     fn async_ok(&self) -> bool {
         false
     }

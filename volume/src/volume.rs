@@ -585,9 +585,10 @@ impl BlockStore for VirtualVolume {
             .any(|b| b.primary && b.store.supports_compare_and_write())
     }
 
-    /// When every back-end has an asynchronous path.
+    /// When some back-end has an asynchronous path: requests inside its extents can
+    /// take it; [`VirtualVolume::read_async`] declines the others.
     fn async_ok(&self) -> bool {
-        self.backends.iter().all(|b| b.store.async_ok())
+        self.backends.iter().any(|b| b.store.async_ok())
     }
 
     /// Asynchronous when the blocks lie in one extent without a mirror (passed to its

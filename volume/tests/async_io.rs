@@ -182,14 +182,34 @@ fn one_extent_goes_to_its_backend_the_rest_takes_the_blocking_path() {
 }
 
 #[test]
-fn a_volume_with_a_backend_without_an_async_path_is_not_async() {
+fn a_volume_is_asynchronous_where_its_backends_are() {
     let a = AsyncMem::new(512);
     let plain: Arc<dyn BlockStore> = Arc::new(MemStore::new(BS as u32, 512));
     let v = volume(&a, &plain);
-    assert!(!v.async_ok());
-    // The extent on `a` could still go asynchronously; the one on `plain` cannot.
+    assert!(
+        v.async_ok(),
+        "the extents on `a` can take the asynchronous path"
+    );
     assert!(v.clone().read_async(0, 1).is_some());
+    // The extent on `plain` cannot: declined, nothing done, nothing left in flight.
     assert!(v.clone().read_async(40, 1).is_none());
+    assert!(v
+        .clone()
+        .write_async(40, Bytes::from(pattern(1, 0)), false)
+        .is_none());
+    assert_eq!(v.holds().in_flight(&[BlockRange::new(0, 128)]), 0);
+    // Only plain back-ends: not asynchronous at all.
+    let reg = Registry::new().with("p/lun0", plain.clone());
+    let def = VolumeDef {
+        name: "w".into(),
+        wwn: "naa.6001405000000003".into(),
+        block_size: BS as u32,
+        blocks: 64,
+        holes: HolePolicy::Zero,
+        extents: vec![extent(0, 64, "p/lun0", 0)],
+    };
+    let w = LiveVolume::new(VirtualVolume::new(&def, &reg, 1).unwrap());
+    assert!(!w.async_ok());
 }
 
 #[test]
