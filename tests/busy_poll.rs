@@ -108,3 +108,49 @@ async fn commands_arrive_whole_while_the_node_busy_polls() {
     assert!(i.logout().await.is_some(), "logout answered");
     node.stop();
 }
+
+/// A session ended from outside (here: reinstated by a new login with the same ISID)
+/// while its host keeps it busy at queue depth 1 — so that every command is picked up
+/// by polling — must still end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_polling_session_ended_from_outside_still_ends() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let node = start_node(dir.path(), port);
+    wait_port(port).await;
+
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let busy = tokio::spawn(async move {
+        let mut i = session(port, 9).await;
+        let mut started = Some(started_tx);
+        let mut done = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let cmd = i.command(0, &cdb10(0x28, (done % 1000) as u32, 1), &[], BS as u32);
+            i.send(&iscsi_wire::pdu::Request::ScsiCommand(cmd)).await;
+            if i.recv_timeout(Duration::from_secs(2)).await.is_none() {
+                return (done, Instant::now());
+            }
+            done += 1;
+            if done == 200 {
+                let _ = started.take().map(|t| t.send(()));
+            }
+        }
+        panic!("the session was never ended ({done} commands answered)");
+    });
+    started_rx.await.expect("the busy session got going");
+    let ended_at = Instant::now();
+    // Same initiator name and ISID: the target reinstates, ending the busy session.
+    let mut again = session(port, 9).await;
+    let (done, closed) = busy.await.unwrap();
+    assert!(done >= 200);
+    assert!(
+        closed.duration_since(ended_at) < Duration::from_secs(5),
+        "the old session ended {:?} after the new login",
+        closed.duration_since(ended_at)
+    );
+    let back = again.read10(0, 0, 1, BS).await;
+    assert_eq!(back.status, 0);
+    node.stop();
+}

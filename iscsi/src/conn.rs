@@ -274,6 +274,16 @@ impl Conn {
                 }
             }
             let f = match early {
+                // A frame taken without the select below: check its other arms, so
+                // that a session ended from outside does not go on while the host
+                // keeps the connection busy.
+                Some(_)
+                    if self.sess.kill.is_cancelled()
+                        || self.sess.conn_closed.is_cancelled()
+                        || shutdown.is_cancelled() =>
+                {
+                    break
+                }
                 Some(f) => Some(f),
                 None => tokio::select! {
                     _ = self.sess.kill.cancelled() => break,
