@@ -607,25 +607,28 @@ impl RemoteStore {
     }
 
     async fn read_piece(&self, at: u64, chunk: &mut [u8]) -> Result<(), BlockError> {
-        let blocks = (chunk.len() / self.block_size as usize) as u32;
+        let data = self.read_one(at, chunk.len()).await?;
+        chunk.copy_from_slice(&data);
+        Ok(())
+    }
+
+    /// One READ(16) of `len` bytes (at most `max_blocks` blocks) at `at`: exactly
+    /// `len` bytes, or an error for a short read.
+    async fn read_one(&self, at: u64, len: usize) -> Result<Bytes, BlockError> {
+        let blocks = (len / self.block_size as usize) as u32;
         let cdb = Self::lba_cdb(0x88, at, blocks, false);
         let out = self
-            .command("READ(16)", &cdb, Bytes::new(), chunk.len() as u32)
+            .command("READ(16)", &cdb, Bytes::new(), len as u32)
             .await?;
-        if out.data.len() < chunk.len() {
+        if out.data.len() < len {
             return Err(self.io_error(
                 "READ(16)",
                 io::ErrorKind::UnexpectedEof,
                 None,
-                format!(
-                    "short read: {} of {} bytes at LBA {at}",
-                    out.data.len(),
-                    chunk.len()
-                ),
+                format!("short read: {} of {len} bytes at LBA {at}", out.data.len()),
             ));
         }
-        chunk.copy_from_slice(&out.data[..chunk.len()]);
-        Ok(())
+        Ok(out.data.slice(..len))
     }
 
     /// WRITE(16) of `data` at `lba`, in pieces as [`RemoteStore::read_pieces`]; each
@@ -1040,10 +1043,15 @@ impl BlockStore for RemoteStore {
         }
         let len = blocks as usize * self.block_size as usize;
         Some(Box::pin(async move {
-            let mut buf = vec![0u8; len];
-            if len > 0 {
-                self.read_pieces(lba, &mut buf).await?;
+            if len == 0 {
+                return Ok(Vec::new());
             }
+            if blocks <= self.max_blocks {
+                // One command: its data copied once, into the response.
+                return Ok(self.read_one(lba, len).await?.to_vec());
+            }
+            let mut buf = vec![0u8; len];
+            self.read_pieces(lba, &mut buf).await?;
             Ok(buf)
         }))
     }

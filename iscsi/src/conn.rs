@@ -79,28 +79,6 @@ const INLINE_SLOW_COUNT: u32 = 8;
 const INLINE_SLOW_WINDOW: Duration = Duration::from_secs(1);
 const INLINE_BACKOFF: Duration = Duration::from_secs(2);
 
-/// One SCSI command ready to execute.
-struct Job {
-    sess: Arc<Session>,
-    stats: Arc<crate::server::Stats>,
-    aborted: Arc<AtomicBool>,
-    cmd: ScsiCommand,
-    data: Bytes,
-}
-
-impl Job {
-    /// Execute; returns the response to send (none if the task was aborted: its
-    /// window slot is freed here) and the ITT.
-    fn run(self) -> (Option<Out>, u32) {
-        let out = run_command(&self.sess, &self.stats, &self.cmd, &self.data);
-        if self.aborted.load(Ordering::Acquire) {
-            release_slot(&self.sess);
-            return (None, self.cmd.itt);
-        }
-        (Some(out), self.cmd.itt)
-    }
-}
-
 /// Execute one command. Its slot in the command window stays taken until the writer
 /// hands the response to the socket (see `writer::encode`), so a client that stops
 /// reading can make us hold at most `queue_depth` responses, not one per command it
@@ -785,14 +763,11 @@ impl Conn {
             .luns
             .load()
             .start(&scsi_request(&self.sess, &cmd, &data), &data);
-        let job = match started {
-            scsi::Started::NotAsync => Job {
-                sess: self.sess.clone(),
-                stats: self.server.stats.clone(),
-                aborted: self.track(cmd.itt, lun),
-                cmd,
-                data,
-            },
+        // What runs on the blocking pool: the whole command, or the rest of one the
+        // SCSI core admitted but could not start as a future.
+        let finish = match started {
+            scsi::Started::NotAsync => None,
+            scsi::Started::Blocking(finish) => Some(finish),
             scsi::Started::Done(resp) => {
                 let out = command_out(&self.server.stats, &cmd, resp);
                 self.queue_response(cmd.itt, lun, out);
@@ -815,32 +790,25 @@ impl Conn {
                 });
                 return;
             }
-            scsi::Started::Blocking(finish) => {
-                let aborted = self.track(cmd.itt, lun);
-                let (tx, tasks) = (self.tx.clone(), self.tasks.clone());
-                let (sess, stats) = (self.sess.clone(), self.server.stats.clone());
-                tokio::task::spawn_blocking(move || {
-                    let out = command_out(&stats, &cmd, finish());
-                    if aborted.load(Ordering::Acquire) {
-                        release_slot(&sess);
-                    } else {
-                        let _ = tx.blocking_send(out);
-                    }
-                    tasks.lock().remove(&cmd.itt);
-                });
-                return;
-            }
         };
-        let tx = self.tx.clone();
-        let tasks = self.tasks.clone();
+        let aborted = self.track(cmd.itt, lun);
+        let (tx, tasks) = (self.tx.clone(), self.tasks.clone());
+        let (sess, stats) = (self.sess.clone(), self.server.stats.clone());
         tokio::task::spawn_blocking(move || {
-            let (out, itt) = job.run();
-            if let Some(out) = out {
+            let resp = match finish {
+                Some(finish) => finish(),
+                None => sess.luns.load().execute(&scsi_request(&sess, &cmd, &data)),
+            };
+            let out = command_out(&stats, &cmd, resp);
+            // An aborted task sends no response; its window slot is freed here.
+            if aborted.load(Ordering::Acquire) {
+                release_slot(&sess);
+            } else {
                 let _ = tx.blocking_send(out);
             }
             // Removed only after the response is queued, so a Logout or TMF
             // response that waits for the task set to drain comes after it.
-            tasks.lock().remove(&itt);
+            tasks.lock().remove(&cmd.itt);
         });
     }
 

@@ -846,18 +846,9 @@ impl BlockStore for LiveVolume {
     /// caller's [`BlockStore::read`] waits at it) or the table has no asynchronous
     /// path for it.
     fn read_async(self: Arc<Self>, lba: u64, blocks: u32) -> Option<IoFuture<Vec<u8>>> {
-        let inflight = self
-            .holds
-            .try_enter(BlockRange::at(lba, u64::from(blocks)))?;
-        if let Err(e) = self.check_fence() {
-            return Some(blockdev::ready(Err(e)));
-        }
-        let io = self.current.load_full().read_async(lba, blocks)?;
-        Some(Box::pin(async move {
-            let r = io.await;
-            drop(inflight);
-            r
-        }))
+        self.gated(BlockRange::at(lba, u64::from(blocks)), |v| {
+            v.read_async(lba, blocks)
+        })
     }
 
     /// As [`LiveVolume::read_async`], for writes.
@@ -866,11 +857,23 @@ impl BlockStore for LiveVolume {
             Ok(r) => r,
             Err(e) => return Some(blockdev::ready(Err(e))),
         };
+        self.gated(range, |v| v.write_async(lba, data, fua))
+    }
+}
+
+impl LiveVolume {
+    /// The asynchronous counterpart of [`LiveVolume::io`]: pass the range gate without
+    /// waiting and start `io` on the current table, holding the gate until it ends.
+    fn gated<T: Send + 'static>(
+        &self,
+        range: BlockRange,
+        io: impl FnOnce(Arc<VirtualVolume>) -> Option<IoFuture<T>>,
+    ) -> Option<IoFuture<T>> {
         let inflight = self.holds.try_enter(range)?;
         if let Err(e) = self.check_fence() {
             return Some(blockdev::ready(Err(e)));
         }
-        let io = self.current.load_full().write_async(lba, data, fua)?;
+        let io = io(self.current.load_full())?;
         Some(Box::pin(async move {
             let r = io.await;
             drop(inflight);
