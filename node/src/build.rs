@@ -512,7 +512,7 @@ fn fabric_config(cfg: &Config) -> FabricConfig {
             .unwrap_or(d.nop_timeout),
         busy_poll: f
             .busy_poll_us
-            .map(|us| Duration::from_micros(us.min(crate::config::MAX_BUSY_POLL_US)))
+            .map(Duration::from_micros)
             .unwrap_or(d.busy_poll),
         ..d
     }
