@@ -1033,7 +1033,7 @@ async fn writer(inner: Arc<Inner>, wr: OwnedWriteHalf, mut rx: mpsc::UnboundedRe
             // this turn of the scheduler (answers arrive together). Let them run
             // once so that those commands leave in this write; a lone command is
             // never delayed.
-            let in_flight = inner.depth - inner.slots.available_permits();
+            let in_flight = inner.depth.saturating_sub(inner.slots.available_permits());
             if gathered || in_flight <= 1 {
                 break;
             }

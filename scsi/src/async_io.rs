@@ -144,9 +144,7 @@ fn start_admitted(lu: &Arc<LogicalUnit>, origin: Origin, a: Admitted, data: &Byt
                 return Started::Done(respond(lu, Err(sense)));
             }
             // The whole blocks of data-out that arrived, up to what the CDB asked for.
-            let bs = store.block_size() as usize;
-            let want = (blocks as usize).saturating_mul(bs);
-            let have = data.len().min(want) / bs * bs;
+            let have = sbc::received(store.as_ref(), blocks, data).len();
             if have == 0 {
                 return Started::Done(respond(lu, Ok(Vec::new())));
             }

@@ -173,7 +173,7 @@ fn bytes(store: &dyn BlockStore, blocks: u64) -> usize {
 }
 
 /// The whole blocks of data-out that arrived, up to what the CDB asked for.
-fn received<'a>(store: &dyn BlockStore, blocks: u32, data_out: &'a [u8]) -> &'a [u8] {
+pub(crate) fn received<'a>(store: &dyn BlockStore, blocks: u32, data_out: &'a [u8]) -> &'a [u8] {
     let bs = store.block_size() as usize;
     let want = bytes(store, u64::from(blocks));
     let have = data_out.len().min(want) / bs * bs;
