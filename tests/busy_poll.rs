@@ -1,7 +1,9 @@
-//! `[fabric] busy_poll_us`: with busy polling on, the connection loop reads commands
-//! itself while it polls. Every kind of traffic must still arrive whole and in order:
-//! ping-pong at queue depth 1 (the case polling is for), writes whose data follows in
-//! Data-Out PDUs after an R2T, many commands in flight, and two sessions polling at once.
+//! `[fabric] busy_poll_us` (on by default; here at its largest budget): while a
+//! connection polls, its loop reads commands itself. Every kind of traffic must still
+//! arrive whole and in order: ping-pong at queue depth 1 (the case polling is for, and
+//! the only one it starts for), writes whose data follows in Data-Out PDUs after an
+//! R2T, many commands in flight, and two sessions polling at once. (Dropping the bytes
+//! a poll reads makes the first test hang and the second fail.)
 
 use std::path::Path;
 

@@ -7,7 +7,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{fallocate, FallocateFlags};
+use rustix::fs::{fadvise, fallocate, Advice, FallocateFlags};
 
 use crate::{BlockError, BlockStore, Capabilities, LbaStatus};
 
@@ -20,6 +20,13 @@ pub struct FileStoreOptions {
     pub create_size: Option<u64>,
     /// Open read-only.
     pub read_only: bool,
+    /// Let the kernel read ahead on this file. Off by default: the store is told
+    /// the access is random (`POSIX_FADV_RANDOM`). Hosts read ahead themselves, and
+    /// read-ahead fills the page cache with large folios, into which every later 4K
+    /// write costs time in proportion to the folio's size (ext4 on Linux 6.16 and
+    /// later walks the folio's block buffers under the file's lock): 4K random
+    /// writes measured at half the rate. Reads still read what they ask for.
+    pub readahead: bool,
 }
 
 impl Default for FileStoreOptions {
@@ -28,6 +35,7 @@ impl Default for FileStoreOptions {
             block_size: 512,
             create_size: None,
             read_only: false,
+            readahead: false,
         }
     }
 }
@@ -85,6 +93,10 @@ impl FileStore {
                 "{}: not a regular file or block device",
                 path.display()
             )));
+        }
+        if !opts.readahead {
+            // Advice only: where the kernel or file system ignores it, nothing changes.
+            let _ = fadvise(&file, 0, None, Advice::Random);
         }
         let size = file.seek(SeekFrom::End(0))?;
         let bs = u64::from(opts.block_size);
@@ -235,7 +247,7 @@ mod tests {
             &FileStoreOptions {
                 block_size: bs,
                 create_size: Some(size),
-                read_only: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -317,7 +329,7 @@ mod tests {
         let opts = FileStoreOptions {
             block_size: 512,
             create_size: Some(1 << 20),
-            read_only: false,
+            ..Default::default()
         };
         {
             let s = FileStore::open(&p, &opts).unwrap();

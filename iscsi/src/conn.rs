@@ -14,6 +14,8 @@ use iscsi_wire::lun::decode_lun;
 use iscsi_wire::pdu::{self, LogoutReason, Request, ScsiCommand};
 use iscsi_wire::text;
 use parking_lot::Mutex;
+
+use crate::busy_poll::BusyPoll;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
@@ -142,6 +144,8 @@ fn poll_for_frame(reader: &mut Reader, budget: Duration) -> Option<Framed> {
                     return Some(f);
                 }
             }
+            // Spinning, not sched_yield: measured, yielding between tries caught
+            // fewer commands (17-24K IOPS at QD1 against 25-30K).
             Err(rustix::io::Errno::AGAIN) => std::hint::spin_loop(),
             Err(_) => return None,
         }
@@ -197,6 +201,8 @@ pub struct Conn {
     inline_after: Instant,
     /// Slow inline commands seen since `slow_since`.
     slow_count: u32,
+    /// Whether to poll the socket while idle (see `busy_poll`).
+    poll: BusyPoll,
     slow_since: Instant,
 }
 
@@ -208,6 +214,7 @@ impl Conn {
         tx: mpsc::Sender<Out>,
     ) -> Conn {
         Conn {
+            poll: BusyPoll::new(params.busy_poll),
             sess,
             server,
             params,
@@ -234,20 +241,27 @@ impl Conn {
     ) {
         let mut tick = tokio::time::interval(self.params.nop_interval.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let poll = self.params.busy_poll;
         loop {
-            // Busy polling (off unless configured): a frame already buffered is taken
-            // at once; otherwise, once the writer has had its turn and no command of
-            // this session is running, the host's next command is awaited by polling
-            // the socket for a while instead of sleeping.
+            // Busy polling (see `busy_poll`): a frame already buffered is taken at
+            // once; otherwise, once the writer has had its turn and no command of
+            // this session is running, the host's next command may be awaited by
+            // polling the socket for a while instead of sleeping.
             let mut early = None;
-            if !poll.is_zero() {
+            if self.poll.wanted() {
                 if !reader.read_buffer().is_empty() {
                     early = decode_buffered(&mut reader);
                 } else {
+                    // Only here, at low queue depth: a yield per turn of the loop
+                    // would cost a fifth of the IOPS at QD32 (fewer responses per
+                    // socket write).
                     tokio::task::yield_now().await;
                     if self.sess.window.lock().outstanding == 0 {
-                        early = poll_for_frame(&mut reader, poll);
+                        if self.poll.idle(Instant::now()) {
+                            early = poll_for_frame(&mut reader, self.poll.budget());
+                            self.poll.polled(early.is_some());
+                        }
+                    } else {
+                        self.poll.busy();
                     }
                 }
             }
@@ -275,6 +289,7 @@ impl Conn {
                 },
             };
             self.last_rx = Instant::now();
+            self.poll.arrived(self.last_rx);
             self.ping_sent = None;
             match f {
                 None => break,
@@ -570,8 +585,13 @@ impl Conn {
     }
 
     /// A command now occupies the window until it completes (see `seq::CmdWindow`).
-    fn take_slot(&self) {
-        self.sess.window.lock().outstanding += 1;
+    fn take_slot(&mut self) {
+        let outstanding = {
+            let mut w = self.sess.window.lock();
+            w.outstanding += 1;
+            w.outstanding
+        };
+        self.poll.command(outstanding);
     }
 
     /// `n` commands left without completing (aborted or dropped while waiting for data).

@@ -5,10 +5,12 @@
 //! - [`conn`]: full feature phase — command window, write data gathering, task
 //!   management, text (SendTargets), NOP, logout;
 //! - [`writer`]: the sending half — StatSN numbering, Data-In splitting, batching;
-//! - [`codec`]: bounded PDU framing and digest checks.
+//! - [`codec`]: bounded PDU framing and digest checks;
+//! - [`busy_poll`]: when a connection polls for the host's next command.
 //!
 //! Wire formats live in the `iscsi-wire` crate; SCSI semantics in the `scsi` crate.
 
+pub mod busy_poll;
 pub mod codec;
 pub mod conn;
 pub mod login;

@@ -45,11 +45,16 @@ pub struct FabricConfig {
     pub nop_interval: Duration,
     pub nop_timeout: Duration,
     pub login_timeout: Duration,
-    /// Busy-poll a connection's socket for this long after its last response while
-    /// none of its commands is running (zero: never). Spends CPU for latency at low
-    /// queue depth: the next command is picked up without waking a sleeping thread.
+    /// Busy-poll a connection's socket for up to this long after its last response
+    /// while none of its commands is running, when its host has been sending its
+    /// commands in quick succession (zero: never; see `busy_poll`). Spends CPU for
+    /// latency at low queue depth: the next command is picked up without waking a
+    /// sleeping thread.
     pub busy_poll: Duration,
 }
+
+/// Default [`FabricConfig::busy_poll`].
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 impl Default for FabricConfig {
     fn default() -> Self {
@@ -67,7 +72,7 @@ impl Default for FabricConfig {
             nop_interval: Duration::from_secs(15),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(30),
-            busy_poll: Duration::ZERO,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }

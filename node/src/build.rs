@@ -240,34 +240,36 @@ pub fn volume_lu(
 
 fn open_store(cfg: &Config, l: &LunSection) -> Result<Arc<dyn BlockStore>, String> {
     let path = cfg.resolve(l.path.as_deref().expect("validated: path or volume"));
-    open_file(&path, l.size.as_deref(), l.block_size, l.read_only)
+    open_file(
+        &path,
+        l.size.as_deref(),
+        FileStoreOptions {
+            block_size: l.block_size,
+            read_only: l.read_only,
+            readahead: l.readahead,
+            create_size: None,
+        },
+    )
 }
 
+/// Open a file LU; `size` (a config size string) creates a sparse file if the path
+/// does not exist.
 fn open_file(
     path: &Path,
     size: Option<&str>,
-    block_size: u32,
-    read_only: bool,
+    mut opts: FileStoreOptions,
 ) -> Result<Arc<dyn BlockStore>, String> {
-    let create_size = match size {
+    opts.create_size = match size {
         Some(s) => Some(parse_size(s)?),
         None => None,
     };
-    if create_size.is_none() && !path.exists() {
+    if opts.create_size.is_none() && !path.exists() {
         return Err(format!(
             "{} does not exist; create it or set `size` to create a sparse file",
             path.display()
         ));
     }
-    let store = FileStore::open(
-        path,
-        &FileStoreOptions {
-            block_size,
-            create_size,
-            read_only,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let store = FileStore::open(path, &opts).map_err(|e| e.to_string())?;
     Ok(Arc::new(store))
 }
 
@@ -286,8 +288,12 @@ async fn open_volumes(
         let store = open_file(
             &cfg.resolve(&st.path),
             st.size.as_deref(),
-            st.block_size,
-            st.read_only,
+            FileStoreOptions {
+                block_size: st.block_size,
+                read_only: st.read_only,
+                readahead: st.readahead,
+                create_size: None,
+            },
         )
         .map_err(|e| format!("store {}: {e}", st.id))?;
         let path = cfg.resolve(&st.path);

@@ -109,6 +109,9 @@ pub struct StoreSection {
     pub block_size: u32,
     #[serde(default)]
     pub read_only: bool,
+    /// Let the kernel read ahead on the file (default: off; see the README).
+    #[serde(default)]
+    pub readahead: bool,
 }
 
 /// A back-end LU reference from the mapping table: `<backend>/lun<N>` (remote) or a
@@ -187,9 +190,10 @@ pub struct FabricSection {
     pub max_sessions_per_initiator: Option<usize>,
     pub nop_interval_secs: Option<u64>,
     pub nop_timeout_secs: Option<u64>,
-    /// Busy-poll each connection for up to this many microseconds for the host's next
-    /// command (0, the default: never). Lower latency at queue depth 1, for up to a
-    /// core of CPU per busy connection. At most 1000.
+    /// Busy-poll a connection for up to this many microseconds for the host's next
+    /// command, while its host sends commands in quick succession (default 50; 0:
+    /// never). Lower latency at queue depth 1, for up to a core of CPU per such
+    /// connection. At most 1000.
     pub busy_poll_us: Option<u64>,
 }
 
@@ -334,6 +338,9 @@ pub struct LunSection {
     pub product: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Let the kernel read ahead on the file (default: off; see the README).
+    #[serde(default)]
+    pub readahead: bool,
     /// Thin provisioning (UNMAP, WRITE SAME with UNMAP, GET LBA STATUS). Default: on
     /// for regular files (holes are punched), off for block devices.
     pub thin: Option<bool>,
@@ -757,6 +764,23 @@ size = "64MiB"
         assert!(e.contains("workers = 0"), "{e}");
         let c = Config::parse(&format!("[node]\nworkers = 1\n{GOOD}")).unwrap();
         assert_eq!(c.node.workers, Some(1));
+    }
+
+    #[test]
+    fn readahead_is_off_unless_asked_for() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(!c.targets[0].luns[0].readahead);
+        let c =
+            Config::parse(&GOOD.replace("size = \"64MiB\"", "size = \"64MiB\"\nreadahead = true"))
+                .unwrap();
+        assert!(c.targets[0].luns[0].readahead);
+        let e = Config::parse(&GOOD.replace("size = \"64MiB\"", "readahead = \"yes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 10") && e.contains("expected a boolean"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -212,7 +212,22 @@ fn check(path: &Path) -> Result<(), String> {
 
 /// Run a node. `api_required`: a management API that cannot start is an error (else a
 /// warning, for `up`).
+/// Keep the data buffers of large commands in the heap. glibc's defaults give each
+/// buffer of 128 KiB or more its own mapping, or return the heap's top to the kernel
+/// as soon as it is free; either way every 128K read then page-faults its buffer in
+/// again (a fifth of the node's CPU at 128K sequential reads). Buffers up to 4 MiB
+/// stay in the heap, and up to 16 MiB of free top is kept per arena.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+    }
+}
+
 fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
+    tune_allocator();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cfg.node.workers {
         b.worker_threads(n);

@@ -433,7 +433,7 @@ fn file_store_holes_through_get_lba_status() {
     let opts = FileStoreOptions {
         block_size: 4096,
         create_size: Some(4 << 20),
-        read_only: false,
+        ..Default::default()
     };
     let store = Arc::new(FileStore::open(dir.path().join("thin.img"), &opts).unwrap());
     let blocks = store.num_blocks();
