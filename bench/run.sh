@@ -7,7 +7,8 @@
 #   - loadgen (bench/loadgen, on our initiator crate): 4K random write QD32 and a
 #     50/50 random read/write mix QD32, plus a 4K random read QD32 to cross-check
 #     loadgen against iscsi-perf on the same target;
-#   - 4K random read QD1 against a node with `[fabric] busy_poll_us = 50`;
+#   - 4K random read QD1 against a node with busy polling off (`[fabric]
+#     busy_poll_us = 0`; the default polls at low queue depth);
 #   - through the virtualizer: a switchyard node whose volume maps 1:1 onto a LU of a
 #     switchyard array node, against that array directly (4K random read QD32 and QD1
 #     with iscsi-perf, 4K random write QD32 with loadgen), the virtual node with the
@@ -101,7 +102,7 @@ TOML
 node_toml bench $SY_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/node.toml"
 node_toml array $ARRAY_PORT iqn.2026-11.org.switchyard:array array.img >"$work/array.toml"
 node_toml poll $POLL_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/poll.toml"
-printf '[fabric]\nbusy_poll_us = 50\n' >>"$work/poll.toml"
+printf '[fabric]\nbusy_poll_us = 0\n' >>"$work/poll.toml"
 virtual_toml() { # NAME PORT [EXTRA NODE LINES]
 cat <<TOML
 [node]
@@ -284,7 +285,7 @@ done
 printf '%-30s %12s %12s %7s  %s\n' "RSS, 16 sessions x QD32" "$((sy16_rss / 1024))" "$((tg16_rss / 1024))" \
     "$(ratio "$sy16_rss" "$tg16_rss")" "MiB during a 4K 50/50 load ($sy16_iops / $tg16_iops IOPS); peak RSS since start: $(( $(rss_kb $sy_pid) / 1024 )) / $(( $(rss_kb $tgt_pid) / 1024 )) MiB"
 
-# Queue depth 1 with busy polling on (a second node on the same file), against tgtd.
+# Queue depth 1 with busy polling off (a second node on the same file), against tgtd.
 kill "$sy_pid" 2>/dev/null || true
 start_node "$work/poll.toml" "$work/poll.log" $POLL_PORT
 poll_pid=$node_pid
@@ -295,8 +296,8 @@ for _ in $(seq "$RUNS"); do
     read -r iops _ _ < <(run_perf "$TGT_URL" 8 1 1); tg+=("$iops")
 done
 p=$(median "${po[@]}"); t=$(median "${tg[@]}")
-printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "4K rand read QD1, polling" "$p" "$t" "$(ratio "$p" "$t")" \
-    "IOPS with [fabric] busy_poll_us = 50" "${po[*]}" "${tg[*]}"
+printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "4K rand read QD1, no polling" "$p" "$t" "$(ratio "$p" "$t")" \
+    "IOPS with [fabric] busy_poll_us = 0" "${po[*]}" "${tg[*]}"
 printf '%-30s %12s %12s %7s  %s\n' "  QD1 mean latency" "$(python3 -c "print(round(1e6/$p, 1))")" \
     "$(python3 -c "print(round(1e6/$t, 1))")" "$(ratio "$t" "$p")" "us (1/IOPS; lower is better)"
 kill "$poll_pid" 2>/dev/null || true
