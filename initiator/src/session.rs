@@ -366,10 +366,15 @@ impl Session {
             opcode: cdb[0],
             after: timeout,
         };
-        // Queue depth, then the CmdSN window.
-        let _permit = tokio::select! {
-            p = inner.slots.acquire() => p.map_err(|_| inner.not_connected())?,
-            _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+        // Queue depth, then the CmdSN window. A free slot is taken without arming a
+        // timer.
+        let _permit = match inner.slots.try_acquire() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(inner.not_connected()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::select! {
+                p = inner.slots.acquire() => p.map_err(|_| inner.not_connected())?,
+                _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            },
         };
         let (tx, mut rx) = oneshot::channel();
         let task = ScsiTask {
@@ -1073,6 +1078,9 @@ async fn reader(inner: Arc<Inner>, mut rd: OwnedReadHalf, leftover: BytesMut) {
         .unwrap_or(Duration::from_secs(3600));
     let mut last_rx = Instant::now();
     let mut ping: Option<(u32, Instant)> = None;
+    // One timer for the whole loop, re-armed when it fires (not one per read).
+    let sleep = tokio::time::sleep(tick);
+    tokio::pin!(sleep);
     loop {
         // Everything already buffered first.
         loop {
@@ -1115,7 +1123,8 @@ async fn reader(inner: Arc<Inner>, mut rd: OwnedReadHalf, leftover: BytesMut) {
                     return;
                 }
             },
-            _ = tokio::time::sleep(tick), if nop_interval.is_some() => {
+            _ = &mut sleep, if nop_interval.is_some() => {
+                sleep.as_mut().reset(tokio::time::Instant::now() + tick);
                 let Some(interval) = nop_interval else { continue };
                 let now = Instant::now();
                 match ping {

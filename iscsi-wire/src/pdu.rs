@@ -487,7 +487,9 @@ pub fn write_pdu(
     let mut crc = 0u32;
     for d in data {
         out.put_slice(d);
-        crc = crc32c::crc32c_append(crc, d);
+        if digests.data {
+            crc = crc32c::crc32c_append(crc, d);
+        }
     }
     let zeros = [0u8; 3];
     out.put_slice(&zeros[..pad]);
