@@ -13,6 +13,10 @@
 #     switchyard array node, against that array directly (4K random read QD32 and QD1
 #     with iscsi-perf, 4K random write QD32 with loadgen), the virtual node with the
 #     default event-loop threads and with `workers = 1`;
+#   - during remaps: a 4K 50/50 random read/write load at QD32 through the virtual
+#     node, without remaps and while its volume is remapped ten times a second (split
+#     in two, merged, 1 MiB moved to another LU of the array and back), with the
+#     remaps' durations and holds;
 #   - peak RSS and CPU seconds per million I/Os of each target (over the comparable
 #     loads), and the RSS of a node serving 16 sessions at QD32 (16 loadgen sessions).
 #
@@ -46,6 +50,8 @@ VIRT_PORT=23263
 POLL_PORT=23264
 VIRT1_PORT=23265
 CTL_PORT=23999
+MGMT_PORT=23998
+TOKEN=bench-admin-token-0123456789
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -101,6 +107,8 @@ TOML
 }
 node_toml bench $SY_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/node.toml"
 node_toml array $ARRAY_PORT iqn.2026-11.org.switchyard:array array.img >"$work/array.toml"
+# A second LU on the array: where the remaps during load move 1 MiB of the volume.
+printf '[[target.lun]]\nlun = 1\npath = "spare.img"\nsize = "64MiB"\n' >>"$work/array.toml"
 node_toml poll $POLL_PORT iqn.2026-11.org.switchyard:bench sy.img >"$work/poll.toml"
 printf '[fabric]\nbusy_poll_us = 0\n' >>"$work/poll.toml"
 virtual_toml() { # NAME PORT [EXTRA NODE LINES]
@@ -137,7 +145,9 @@ lun = 0
 volume = "v"
 TOML
 }
-virtual_toml virt $VIRT_PORT >"$work/virtual.toml"
+virtual_toml virt $VIRT_PORT "[management]
+listen = \"127.0.0.1:$MGMT_PORT\"
+admin_token = \"$TOKEN\"" >"$work/virtual.toml"
 virtual_toml virt1 $VIRT1_PORT "workers = 1" >"$work/virtual1.toml"
 
 start_node() { # CONFIG LOG PORT -> pid in $node_pid
@@ -331,3 +341,62 @@ for spec in "perf:4K rand read QD32:8:32:1" "perf:4K rand read QD1:8:1:1" "gen:4
     printf '%-30s %12s %12s %7s  %s (%s)\n' "  virtual node workers = 1" "$w" "$d" "$(ratio "$w" "$d")" IOPS "${v1[*]}"
 done
 echo "virtual node: peak RSS $(( $(rss_kb $virt_pid) / 1024 )) MiB (workers = 1: $(( $(rss_kb $virt1_pid) / 1024 )) MiB); array node: peak RSS $(( $(rss_kb $array_pid) / 1024 )) MiB"
+
+# During remaps: the virtual node's volume remapped ten times a second while loadgen
+# runs a 4K 50/50 load at QD32 through it: split in two, merged, 1 MiB at 64 MiB moved
+# to the array's second LU, moved back (each remap moving data copies it while it holds
+# the range). Against the same load with no remaps.
+half=$((SIZE_MB * 1024))
+all=$((SIZE_MB * 2048))
+ext() { printf '[[extents]]\nvstart = %s\nblocks = %s\nbackend = "%s"\nbstart = %s\n' "$@"; }
+ext 0 $all array/lun0 0 >"$work/whole.toml"
+{ ext 0 $half array/lun0 0; ext $half $half array/lun0 $half; } >"$work/split.toml"
+{ ext 0 131072 array/lun0 0; ext 131072 2048 array/lun1 0; ext 133120 $((all - 133120)) array/lun0 133120; } >"$work/moved.toml"
+remap_loop() {
+    local i=0 layouts=(split whole moved whole)
+    while [ ! -e "$work/stop" ]; do
+        if "$SY" --node "http://127.0.0.1:$MGMT_PORT" --token "$TOKEN" remap v \
+            --extents "$work/${layouts[$((i % 4))]}.toml" >"$work/remap.out" 2>&1; then
+            # "held for N ms" and the "done +N ms" line of the change's report.
+            python3 - "$work/remap.out" >>"$work/remap.times" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+held = re.search(r"held for (\d+) ms", t)
+done = re.search(r"done\s+\+(\d+) ms", t)
+print(done.group(1) if done else -1, held.group(1) if held else -1)
+PY
+        else
+            echo failed >>"$work/remap.fail"
+        fi
+        i=$((i + 1))
+        sleep 0.1
+    done
+}
+: >"$work/remap.times"
+rm -f "$work/remap.fail"
+qu=(); qr=(); pu=(); pr=()
+for _ in $(seq "$RUNS"); do
+    read -r iops _ _ p99 < <(gen "$VIRT_URL" mixed 32); qu+=("$iops"); pu+=("$p99")
+    rm -f "$work/stop"
+    remap_loop &
+    loop=$!
+    read -r iops _ _ p99 < <(gen "$VIRT_URL" mixed 32); qr+=("$iops"); pr+=("$p99")
+    touch "$work/stop"
+    wait $loop
+done
+echo
+printf '%-30s %12s %12s %7s  %s\n' "during remaps (virtual node)" "remapping" "quiet" "ratio" "(all runs: remapping / quiet)"
+a=$(median "${qr[@]}"); b=$(median "${qu[@]}")
+printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "4K 50/50 rand r/w QD32" "$a" "$b" "$(ratio "$a" "$b")" IOPS "${qr[*]}" "${qu[*]}"
+a=$(median "${pr[@]}"); b=$(median "${pu[@]}")
+printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "  p99 latency" "$a" "$b" "$(ratio "$a" "$b")" "us" "${pr[*]}" "${pu[*]}"
+python3 - "$work/remap.times" "$( [ -e "$work/remap.fail" ] && wc -l <"$work/remap.fail" || echo 0)" <<'PY'
+import statistics, sys
+rows = [tuple(int(x) for x in l.split()) for l in open(sys.argv[1]) if l.strip()]
+done = [d for d, _ in rows if d >= 0]
+held = [h for _, h in rows if h >= 0]
+def q(v, f):
+    return sorted(v)[min(len(v) - 1, int(len(v) * f))] if v else 0
+print(f"remaps: {len(rows)} done, {sys.argv[2]} failed; duration median {q(done, 0.5)} ms, "
+      f"max {max(done, default=0)} ms; hold median {q(held, 0.5)} ms, max {max(held, default=0)} ms")
+PY

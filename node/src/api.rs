@@ -1085,6 +1085,15 @@ impl Inner {
         drain_timeout: Duration,
     ) {
         let j = &self.journal;
+        if !mv.is_empty() {
+            // Optional: a failure here shows again, and is reported, at the copy.
+            if let Err(e) = crate::moves::flush_destinations(&self.m.registry, mv) {
+                tracing::debug!(
+                    change = id,
+                    "flushing the destinations before the hold: {e}"
+                );
+            }
+        }
         j.set_state(id, ChangeState::Holding, None, None);
         let hold = live.hold(affected);
         let held_at = Instant::now();

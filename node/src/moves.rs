@@ -257,6 +257,26 @@ fn copy_parallel(
     })
 }
 
+/// Flush every destination of `mv`, before the ranges are held: the flush after the
+/// copy, during the hold, then only has to write what the copy and the last moments
+/// left dirty, not everything the hosts wrote to those LUs since their last flush.
+/// Twice: the hosts go on writing during the first. Moving 1 MiB under a 4K 50/50
+/// load held its range for 120-170 ms without this, 26 ms after one pass.
+pub(crate) fn flush_destinations(reg: &Registry, mv: &[Move]) -> Result<(), BlockError> {
+    let mut dsts: Vec<&str> = Vec::new();
+    for m in mv {
+        if !dsts.contains(&m.dst.0.as_str()) {
+            dsts.push(&m.dst.0);
+        }
+    }
+    for _ in 0..2 {
+        for d in &dsts {
+            store(reg, d)?.flush()?;
+        }
+    }
+    Ok(())
+}
+
 /// Copy every move: by the array (EXTENDED COPY) when `offload` is given and both LUs
 /// are on one array that accepts it, otherwise through this node in 1 MiB chunks —
 /// [`COPY_DEPTH`] at a time when source and destination do not overlap, one at a time
@@ -352,6 +372,54 @@ mod tests {
             src: src.map(|(s, o)| (s.to_string(), o)),
             dst: (dst.0.to_string(), dst.1),
         }
+    }
+
+    /// A store that counts its flushes.
+    struct Flushes(MemStore, std::sync::atomic::AtomicU32);
+
+    impl BlockStore for Flushes {
+        fn block_size(&self) -> u32 {
+            self.0.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.0.num_blocks()
+        }
+        fn capabilities(&self) -> blockdev::Capabilities {
+            self.0.capabilities()
+        }
+        fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+            self.0.read(lba, buf)
+        }
+        fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+            self.0.write(lba, data, fua)
+        }
+        fn flush(&self) -> Result<(), BlockError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.flush()
+        }
+    }
+
+    #[test]
+    fn destinations_are_flushed_before_the_hold_and_after_the_copy() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let counted = || Arc::new(Flushes(MemStore::new(512, 4096), AtomicU32::new(0)));
+        let (a, b, c) = (counted(), counted(), counted());
+        let reg = Registry::new()
+            .with("a", a.clone() as Arc<dyn BlockStore>)
+            .with("b", b.clone() as Arc<dyn BlockStore>)
+            .with("c", c.clone() as Arc<dyn BlockStore>);
+        // Two moves into b, one into c; a is only a source.
+        let mv = [
+            mv(Some(("a", 0)), ("b", 0), 64),
+            mv(Some(("a", 64)), ("b", 64), 64),
+            mv(Some(("a", 128)), ("c", 0), 64),
+        ];
+        flush_destinations(&reg, &mv).unwrap();
+        let n = |s: &Arc<Flushes>| s.1.load(Ordering::Relaxed);
+        assert_eq!((n(&a), n(&b), n(&c)), (0, 2, 2));
+        // The flush after the copy is still there: it is what makes the copy durable.
+        copy(&reg, None, &mv, 512, |_, _| {}).unwrap();
+        assert_eq!((n(&a), n(&b), n(&c)), (0, 3, 3));
     }
 
     #[test]

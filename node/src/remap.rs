@@ -730,25 +730,7 @@ impl Remapper {
 
     /// Copy the blocks whose home the change moves (leader, during the hold).
     async fn copy_moved(&self, st: &ClusterState, rec: &ChangeRecord) -> Result<(), String> {
-        let new = st.table.apply(&rec.changeset).map_err(|e| e.to_string())?;
-        let mut plans = Vec::new();
-        for c in &rec.changeset.volumes {
-            let VolumeChange::Modified(d) = c else {
-                continue;
-            };
-            let (Some(old), Some(newdef)) = (st.table.volume(&d.name), new.volume(&d.name)) else {
-                continue;
-            };
-            // Exactly the ranges every node holds (the changeset's): anything else
-            // keeps its data where it is.
-            let mv = crate::moves::moves(old, newdef, &d.affected);
-            if let Some(why) = crate::moves::crossing_moves(&mv) {
-                return Err(why);
-            }
-            if !mv.is_empty() {
-                plans.push((d.name.clone(), old.block_size, mv));
-            }
-        }
+        let plans = Self::plans(st, rec)?;
         if plans.is_empty() {
             return Ok(());
         }
@@ -772,6 +754,57 @@ impl Remapper {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+
+    /// Flush the destinations of the blocks the change moves before every node holds
+    /// (see `moves::flush_destinations`). Best effort: the copy reports failures.
+    async fn flush_before_hold(&self, st: &ClusterState, rec: &ChangeRecord) {
+        let Ok(plans) = Self::plans(st, rec) else {
+            return;
+        };
+        if plans.is_empty() {
+            return;
+        }
+        let reg = self.registry.clone();
+        let id = rec.id;
+        let _ = tokio::task::spawn_blocking(move || {
+            for (_, _, mv) in plans {
+                if let Err(e) = crate::moves::flush_destinations(&reg, &mv) {
+                    tracing::debug!(
+                        change = id,
+                        "flushing the destinations before the hold: {e}"
+                    );
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Per volume the change modifies: its name, block size and the moves of its data.
+    fn plans(
+        st: &ClusterState,
+        rec: &ChangeRecord,
+    ) -> Result<Vec<(String, u32, Vec<crate::moves::Move>)>, String> {
+        let new = st.table.apply(&rec.changeset).map_err(|e| e.to_string())?;
+        let mut plans = Vec::new();
+        for c in &rec.changeset.volumes {
+            let VolumeChange::Modified(d) = c else {
+                continue;
+            };
+            let (Some(old), Some(newdef)) = (st.table.volume(&d.name), new.volume(&d.name)) else {
+                continue;
+            };
+            // Exactly the ranges every node holds (the changeset's): anything else
+            // keeps its data where it is.
+            let mv = crate::moves::moves(old, newdef, &d.affected);
+            if let Some(why) = crate::moves::crossing_moves(&mv) {
+                return Err(why);
+            }
+            if !mv.is_empty() {
+                plans.push((d.name.clone(), old.block_size, mv));
+            }
+        }
+        Ok(plans)
     }
 
     /// Leader: tell every participant of `rec` (all switched) to release its hold.
@@ -855,6 +888,9 @@ impl Remapper {
                 let next = match phase {
                     Phase::Staged => {
                         fail::fail_point!("remap::driver::staged", |_| std::process::abort());
+                        if rec.copy_data {
+                            self.flush_before_hold(&st, &rec).await;
+                        }
                         Phase::Quiescing
                     }
                     Phase::Quiescing => {
