@@ -14,9 +14,9 @@
 #     with iscsi-perf, 4K random write QD32 with loadgen), the virtual node with the
 #     default event-loop threads and with `workers = 1`;
 #   - during remaps: a 4K 50/50 random read/write load at QD32 through the virtual
-#     node, without remaps and while its volume is remapped ten times a second (split
-#     in two, merged, 1 MiB moved to another LU of the array and back), with the
-#     remaps' durations and holds;
+#     node, without remaps and while its volume is remapped over and over, 0.1 s
+#     apart (split in two, merged, 1 MiB moved to another LU of the array and back),
+#     with the remaps' durations and holds;
 #   - peak RSS and CPU seconds per million I/Os of each target (over the comparable
 #     loads), and the RSS of a node serving 16 sessions at QD32 (16 loadgen sessions).
 #
@@ -342,7 +342,7 @@ for spec in "perf:4K rand read QD32:8:32:1" "perf:4K rand read QD1:8:1:1" "gen:4
 done
 echo "virtual node: peak RSS $(( $(rss_kb $virt_pid) / 1024 )) MiB (workers = 1: $(( $(rss_kb $virt1_pid) / 1024 )) MiB); array node: peak RSS $(( $(rss_kb $array_pid) / 1024 )) MiB"
 
-# During remaps: the virtual node's volume remapped ten times a second while loadgen
+# During remaps: the virtual node's volume remapped 0.1 s apart while loadgen
 # runs a 4K 50/50 load at QD32 through it: split in two, merged, 1 MiB at 64 MiB moved
 # to the array's second LU, moved back (each remap moving data copies it while it holds
 # the range). Against the same load with no remaps.
