@@ -14,13 +14,12 @@ use iscsi_wire::lun::decode_lun;
 use iscsi_wire::pdu::{self, LogoutReason, Request, ScsiCommand};
 use iscsi_wire::text;
 use parking_lot::Mutex;
-
-use crate::busy_poll::BusyPoll;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::busy_poll::BusyPoll;
 use crate::codec::{FrameError, PduCodec};
 use crate::seq::CmdSnCheck;
 use crate::server::ServerShared;

@@ -210,8 +210,6 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Run a node. `api_required`: a management API that cannot start is an error (else a
-/// warning, for `up`).
 /// Keep the data buffers of large commands in the heap. glibc's defaults give each
 /// buffer of 128 KiB or more its own mapping, or return the heap's top to the kernel
 /// as soon as it is free; either way every 128K read then page-faults its buffer in
@@ -226,6 +224,8 @@ fn tune_allocator() {
     }
 }
 
+/// Run a node. `api_required`: a management API that cannot start is an error (else a
+/// warning, for `up`).
 fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
     tune_allocator();
     let mut b = tokio::runtime::Builder::new_multi_thread();
