@@ -12,7 +12,9 @@
 #   - through the virtualizer: a switchyard node whose volume maps 1:1 onto a LU of a
 #     switchyard array node, against that array directly (4K random read QD32 and QD1
 #     with iscsi-perf, 4K random write QD32 with loadgen), the virtual node with the
-#     default event-loop threads and with `workers = 1`;
+#     default event-loop threads and with `workers = 1`, and a byte-for-byte TCP relay
+#     (bench/loadgen/src/bin/relay.rs) in the virtual node's place: the ceiling for
+#     anything in the path on this machine;
 #   - during remaps: a 4K 50/50 random read/write load at QD32 through the virtual
 #     node, without remaps and while its volume is remapped over and over, 0.1 s
 #     apart (split in two, merged, 1 MiB moved to another LU of the array and back),
@@ -41,6 +43,7 @@ fi
 cargo build --release -q -p switchyard -p loadgen
 SY=$TD/release/switchyard
 LG=$TD/release/loadgen
+RELAY=$TD/release/relay
 
 work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 SY_PORT=23260
@@ -49,6 +52,7 @@ ARRAY_PORT=23262
 VIRT_PORT=23263
 POLL_PORT=23264
 VIRT1_PORT=23265
+RELAY_PORT=23266
 CTL_PORT=23999
 MGMT_PORT=23998
 TOKEN=bench-admin-token-0123456789
@@ -173,6 +177,7 @@ ARRAY_URL="iscsi://127.0.0.1:$ARRAY_PORT/iqn.2026-11.org.switchyard:array/0"
 VIRT_URL="iscsi://127.0.0.1:$VIRT_PORT/iqn.2026-11.org.switchyard:virtual/0"
 VIRT1_URL="iscsi://127.0.0.1:$VIRT1_PORT/iqn.2026-11.org.switchyard:virtual/0"
 POLL_URL="iscsi://127.0.0.1:$POLL_PORT/iqn.2026-11.org.switchyard:bench/0"
+RELAY_URL="iscsi://127.0.0.1:$RELAY_PORT/iqn.2026-11.org.switchyard:array/0"
 
 # perf URL BLOCKS DEPTH RANDOM -> "IOPS MB/s IOS" (iscsi-perf; 512-byte blocks)
 run_perf() {
@@ -314,31 +319,37 @@ kill "$poll_pid" 2>/dev/null || true
 
 # Through the virtualizer: host -> virtual node -> array node, against the array
 # direct; the virtual node with the default event-loop threads (one per CPU) and with
-# `workers = 1` (client, virtual node and array share the two cores).
+# `workers = 1` (client, virtual node and array share the two cores); and the array
+# through a relay that copies bytes and parses nothing (two blocking threads per
+# connection, the fastest of its modes here): no virtualizer can beat it.
 start_node "$work/array.toml" "$work/array.log" $ARRAY_PORT
 array_pid=$node_pid
+"$RELAY" --listen 127.0.0.1:$RELAY_PORT --upstream 127.0.0.1:$ARRAY_PORT --blocking 2>"$work/relay.log" &
+pids+=($!)
+wait_port $RELAY_PORT
 start_node "$work/virtual.toml" "$work/virt.log" $VIRT_PORT
 virt_pid=$node_pid
 start_node "$work/virtual1.toml" "$work/virt1.log" $VIRT1_PORT
 virt1_pid=$node_pid
 run_perf "$ARRAY_URL" 256 16 0 >/dev/null
-for u in "$ARRAY_URL" "$VIRT_URL" "$VIRT1_URL"; do run_perf "$u" 8 32 1 >/dev/null; done
+for u in "$ARRAY_URL" "$VIRT_URL" "$VIRT1_URL" "$RELAY_URL"; do run_perf "$u" 8 32 1 >/dev/null; done
 echo
 printf '%-30s %12s %12s %7s  %s\n' "virtualizer" "virtual" "direct" "ratio" "unit (all runs: virtual / direct)"
 for spec in "perf:4K rand read QD32:8:32:1" "perf:4K rand read QD1:8:1:1" "gen:4K rand write QD32:write:32:"; do
     IFS=: read -r tool name a1 a2 a3 <<<"$spec"
-    vi=(); v1=(); di=()
+    vi=(); v1=(); di=(); re=()
     for _ in $(seq "$RUNS"); do
-        for who in vi v1 di; do
-            url=$VIRT_URL; [ $who = v1 ] && url=$VIRT1_URL; [ $who = di ] && url=$ARRAY_URL
+        for who in vi v1 di re; do
+            case $who in vi) url=$VIRT_URL ;; v1) url=$VIRT1_URL ;; di) url=$ARRAY_URL ;; re) url=$RELAY_URL ;; esac
             if [ "$tool" = perf ]; then read -r iops _ _ < <(run_perf "$url" "$a1" "$a2" "$a3")
             else read -r iops _ _ _ < <(gen "$url" "$a1" "$a2"); fi
-            case $who in vi) vi+=("$iops") ;; v1) v1+=("$iops") ;; di) di+=("$iops") ;; esac
+            case $who in vi) vi+=("$iops") ;; v1) v1+=("$iops") ;; di) di+=("$iops") ;; re) re+=("$iops") ;; esac
         done
     done
-    v=$(median "${vi[@]}"); w=$(median "${v1[@]}"); d=$(median "${di[@]}")
+    v=$(median "${vi[@]}"); w=$(median "${v1[@]}"); d=$(median "${di[@]}"); r=$(median "${re[@]}")
     printf '%-30s %12s %12s %7s  %s (%s / %s)\n' "$name" "$v" "$d" "$(ratio "$v" "$d")" IOPS "${vi[*]}" "${di[*]}"
     printf '%-30s %12s %12s %7s  %s (%s)\n' "  virtual node workers = 1" "$w" "$d" "$(ratio "$w" "$d")" IOPS "${v1[*]}"
+    printf '%-30s %12s %12s %7s  %s (%s)\n' "  byte relay (the ceiling)" "$r" "$d" "$(ratio "$r" "$d")" IOPS "${re[*]}"
 done
 echo "virtual node: peak RSS $(( $(rss_kb $virt_pid) / 1024 )) MiB (workers = 1: $(( $(rss_kb $virt1_pid) / 1024 )) MiB); array node: peak RSS $(( $(rss_kb $array_pid) / 1024 )) MiB"
 
