@@ -27,6 +27,7 @@ use crate::cdb::{check_range, Cdb};
 use crate::lu::{Admitted, LogicalUnit, Origin};
 use crate::sense::{IoKind, Sense};
 use crate::target::LunMap;
+use crate::write_drain::WriteTicket;
 use crate::{sbc, Request, Response};
 
 /// A command's response, computed on the fabric's event loop.
@@ -96,9 +97,13 @@ fn start_admitted(lu: &Arc<LogicalUnit>, origin: Origin, a: Admitted, data: &Byt
         resp.data_out_len = data_out_len;
         lu.finish(origin, resp)
     };
-    let blocking = |lu: &Arc<LogicalUnit>, cdb: Cdb, data: Bytes| {
+    // A write's ticket (`write_drain.rs`) goes with the command to wherever it
+    // finishes: into the future, or into the closure for the blocking path.
+    let mut ticket = a.ticket;
+    let blocking = |lu: &Arc<LogicalUnit>, cdb: Cdb, data: Bytes, ticket: Option<WriteTicket>| {
         let lu = lu.clone();
         Started::Blocking(Box::new(move || {
+            let _ticket = ticket;
             let r = {
                 let _range = crate::range_lock::plain_range(&cdb, lu.store().num_blocks())
                     .map(|(lba, blocks)| lu.lock_shared(lba, blocks));
@@ -124,9 +129,9 @@ fn start_admitted(lu: &Arc<LogicalUnit>, origin: Origin, a: Admitted, data: &Byt
                 return Started::Done(respond(lu, Ok(Vec::new())));
             }
             let start = || store.clone().read_async(lba, blocks);
-            match under_range(lu, start, IoKind::Read, |d| d, respond) {
+            match under_range(lu, start, IoKind::Read, |d| d, respond, &mut ticket) {
                 Some(running) => running,
-                None => blocking(lu, a.cdb, data.clone()),
+                None => blocking(lu, a.cdb, data.clone(), ticket),
             }
         }
         Cdb::Write {
@@ -150,33 +155,44 @@ fn start_admitted(lu: &Arc<LogicalUnit>, origin: Origin, a: Admitted, data: &Byt
             }
             let fua = fua || !lu.mode().wce;
             let start = || store.clone().write_async(lba, data.slice(..have), fua);
-            match under_range(lu, start, IoKind::Write, |()| Vec::new(), respond) {
+            match under_range(
+                lu,
+                start,
+                IoKind::Write,
+                |()| Vec::new(),
+                respond,
+                &mut ticket,
+            ) {
                 Some(running) => running,
-                None => blocking(lu, a.cdb, data.clone()),
+                None => blocking(lu, a.cdb, data.clone(), ticket),
             }
         }
         // Not reached: `plain_read_or_write` admits only these opcodes, and they
         // parse only to `Read` and `Write`. Finished the ordinary way regardless.
-        _ => blocking(lu, a.cdb, data.clone()),
+        _ => blocking(lu, a.cdb, data.clone(), ticket),
     }
 }
 
 /// Start the store's I/O on the lock-free path of the LU's range locks and hold it
 /// there until the I/O completes. `None`, with nothing done, when an atomic command
-/// is active or the store declines: the command then takes the blocking path.
+/// is active or the store declines: the command then takes the blocking path. A
+/// started future holds the write's `ticket` until the I/O completes.
 fn under_range<T: Send + 'static>(
     lu: &Arc<LogicalUnit>,
     start: impl FnOnce() -> Option<IoFuture<T>>,
     kind: IoKind,
     data_in: fn(T) -> Vec<u8>,
     respond: impl FnOnce(&LogicalUnit, Result<Vec<u8>, Sense>) -> Response + Send + 'static,
+    ticket: &mut Option<WriteTicket>,
 ) -> Option<Started> {
     let range = lu.try_fast()?;
     let io = start()?;
     let lu = lu.clone();
+    let ticket = ticket.take();
     Some(Started::Running(Box::pin(async move {
         let r = io.await;
         drop(range);
+        drop(ticket);
         let r = r
             .map(data_in)
             .map_err(|e| Sense::from_block_error(&e, kind));

@@ -297,3 +297,61 @@ fn other_commands_and_stores_without_an_async_path_are_not_started() {
     );
     assert!(matches!(started, Started::NotAsync));
 }
+
+/// A write running as a future holds off a PREEMPT AND ABORT until the future has
+/// completed (`write_drain.rs`): the preempted initiator's write cannot land after it.
+#[test]
+fn preempt_and_abort_waits_for_a_running_write_future() {
+    use crate::pr_tests::{params, prout_cdb, PREEMPT_AND_ABORT, REGISTER_IGNORE, RESERVE, WE};
+    let r = Arc::new(rig());
+    let (a, b) = (r.ready(1), r.ready(2));
+    let prout = |n: &Nexus, sa: u8, pr_type: u8, key: u64, sa_key: u64| {
+        r.map.execute(&Request {
+            lun: 0,
+            cdb: &prout_cdb(sa, pr_type, 24),
+            data_out: &params(key, sa_key, 0),
+            data_in_len: 0,
+            nexus: n,
+        })
+    };
+    assert_eq!(prout(&a, REGISTER_IGNORE, 0, 0, 0xA).status, Status::Good);
+    assert_eq!(prout(&b, REGISTER_IGNORE, 0, 0, 0xB).status, Status::Good);
+    assert_eq!(prout(&b, RESERVE, WE, 0xB, 0).status, Status::Good);
+    let Started::Running(write) = r.start(&b, &write10(4, 1, 0), &[0xB0; BS as usize]) else {
+        panic!("the write did not start as a future");
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let fencer = {
+        let (r, a, done) = (r.clone(), a.clone(), done.clone());
+        std::thread::spawn(move || {
+            let resp = r.map.execute(&Request {
+                lun: 0,
+                cdb: &prout_cdb(PREEMPT_AND_ABORT, WE, 24),
+                data_out: &params(0xA, 0xB, 0),
+                data_in_len: 0,
+                nexus: &a,
+            });
+            done.store(true, Ordering::SeqCst);
+            resp
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "PREEMPT AND ABORT completed while the preempted write's future was pending"
+    );
+    assert_eq!(finish(write).status, Status::Good);
+    assert_eq!(fencer.join().unwrap().status, Status::Good);
+    // Fenced: the unit attention, then a write is refused before any I/O.
+    let _ = r.map.execute(&Request {
+        lun: 0,
+        cdb: &TUR,
+        data_out: &[],
+        data_in_len: 0,
+        nexus: &b,
+    });
+    match r.start(&b, &write10(5, 1, 0), &[0xB0; BS as usize]) {
+        Started::Done(resp) => assert_eq!(resp.status, Status::ReservationConflict),
+        other => panic!("a fenced write: {other:?}"),
+    }
+}

@@ -52,6 +52,7 @@ mod target;
 mod thin;
 mod tmf;
 mod vpd;
+mod write_drain;
 mod xcopy;
 pub mod xcopy_builder;
 
@@ -65,6 +66,8 @@ mod pr_cluster_tests;
 mod pr_persist_tests;
 #[cfg(test)]
 mod pr_tests;
+#[cfg(test)]
+mod preempt_abort_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

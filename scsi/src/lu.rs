@@ -26,6 +26,7 @@ use crate::reservation::{self, Reservations};
 use crate::sense::Sense;
 use crate::target::LunMap;
 use crate::vpd::{self, VpdSource};
+use crate::write_drain::{WriteDrain, WriteTicket};
 use crate::{caw, inquiry, sbc, spc, thin, tmf, Request, Response, Status};
 
 /// How many times a PERSISTENT RESERVE OUT (or, with a coordinator, an SPC-2 RESERVE
@@ -153,6 +154,8 @@ pub struct LogicalUnit {
     /// Commits persistent reservation changes cluster-wide (replaces `pr_store`).
     pr_coordinator: Option<Arc<dyn PrCoordinator>>,
     ranges: RangeLocks,
+    /// Writes in flight, for PREEMPT AND ABORT to wait for (`write_drain.rs`).
+    writes: Arc<WriteDrain>,
     /// EXTENDED COPY state: copies in progress and held results (xcopy.rs).
     pub(crate) xcopy: crate::xcopy::CopyManager,
 }
@@ -206,6 +209,9 @@ pub(crate) struct Admitted {
     pub(crate) nexus: Arc<NexusState>,
     /// Bytes of data-out the CDB asks for (for the response's residual).
     pub(crate) data_out_len: u32,
+    /// Held by a command that writes the medium until it has finished, so that a
+    /// PREEMPT AND ABORT waits for it (`write_drain.rs`).
+    pub(crate) ticket: Option<WriteTicket>,
 }
 
 impl LogicalUnit {
@@ -231,6 +237,7 @@ impl LogicalUnit {
             pr_store: None,
             pr_coordinator: None,
             ranges: RangeLocks::default(),
+            writes: Arc::default(),
             xcopy: Default::default(),
         }
     }
@@ -617,9 +624,15 @@ impl LogicalUnit {
             r.data_out_len = data_out_len;
             r
         };
+        let mut ticket = None;
         if let Ok(info) = commands::find(req.cdb) {
             if let Err(sense) = self.alua.check(req.nexus.relative_port, info) {
                 return Err(with_len(Response::check_condition(sense)));
+            }
+            // Before the reservation check: a PREEMPT AND ABORT that changes the
+            // reservations after this check waits for this command to finish.
+            if info.access == commands::Access::Write {
+                ticket = Some(self.writes.ticket());
             }
             if self.spc2_conflicts(req.nexus, info.access)
                 || self
@@ -633,6 +646,7 @@ impl LogicalUnit {
             cdb,
             nexus,
             data_out_len,
+            ticket,
         })
     }
 
@@ -641,6 +655,7 @@ impl LogicalUnit {
             cdb,
             nexus,
             data_out_len,
+            ticket: _ticket,
         } = match self.admit(req) {
             Ok(a) => a,
             Err(resp) => return resp,
@@ -734,6 +749,11 @@ impl LogicalUnit {
                 for (to, sense) in attentions {
                     self.nexuses
                         .notify_port(&to.initiator, to.relative_port, &sense);
+                }
+                if action == PrOut::PreemptAndAbort {
+                    // The preemption is installed; writes admitted before it finish
+                    // before this command completes (`write_drain.rs`).
+                    self.writes.drain();
                 }
                 Response::good(Vec::new())
             }

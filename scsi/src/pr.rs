@@ -17,8 +17,9 @@
 //! before the PR OUT completes, and the cluster is the persistent store (PTPL_C=1);
 //! the state then also carries the SPC-2 reservation holder ([`PrState::spc2`]).
 //! REGISTER AND MOVE is in `pr_move.rs`. Not implemented: SPEC_I_PT (refused,
-//! SIP_C=0). PREEMPT AND ABORT preempts and raises the same unit attentions as PREEMPT; aborting the
-//! preempted nexuses' tasks is the fabric's job and is not done yet.
+//! SIP_C=0). PREEMPT AND ABORT preempts and raises the same unit attentions as PREEMPT,
+//! then waits until every write admitted before it has finished (`write_drain.rs`), so
+//! that none of the preempted initiator's writes lands after it completes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -820,8 +821,8 @@ pub(crate) fn execute_out(
         PrOut::Reserve => st.reserve(n, p, scope, pr_type),
         PrOut::Release => st.release(n, p, scope, pr_type),
         PrOut::Clear => st.clear(n, p),
-        // The abort half of PREEMPT AND ABORT (aborting the preempted nexuses' tasks)
-        // needs the fabric; it is not done yet.
+        // The abort half of PREEMPT AND ABORT is the logical unit's drain of the writes
+        // in flight (`LogicalUnit::persistent_reserve_out`, `write_drain.rs`).
         PrOut::Preempt | PrOut::PreemptAndAbort => st.preempt(n, p, scope, pr_type),
     };
     // SPC-4 5.13.5: the APTPL bit of the last register action decides what persists.

@@ -4,7 +4,7 @@
 use crate::tests::{assert_sense, fixture, read10, write10, Fixture, TUR};
 use crate::{Nexus, Response, Sense, SenseKey, Status};
 
-const WE: u8 = 1;
+pub(crate) const WE: u8 = 1;
 const EA: u8 = 3;
 const WE_RO: u8 = 5;
 const EA_RO: u8 = 6;
@@ -13,20 +13,20 @@ const EA_AR: u8 = 8;
 const ALL_TYPES: [u8; 6] = [WE, EA, WE_RO, EA_RO, WE_AR, EA_AR];
 
 const REGISTER: u8 = 0;
-const RESERVE: u8 = 1;
+pub(crate) const RESERVE: u8 = 1;
 const RELEASE: u8 = 2;
 const CLEAR: u8 = 3;
 const PREEMPT: u8 = 4;
-const PREEMPT_AND_ABORT: u8 = 5;
-const REGISTER_IGNORE: u8 = 6;
+pub(crate) const PREEMPT_AND_ABORT: u8 = 5;
+pub(crate) const REGISTER_IGNORE: u8 = 6;
 
-fn prout_cdb(sa: u8, pr_type: u8, len: u32) -> Vec<u8> {
+pub(crate) fn prout_cdb(sa: u8, pr_type: u8, len: u32) -> Vec<u8> {
     let mut c = vec![0x5F, sa, pr_type, 0, 0, 0, 0, 0, 0, 0];
     c[5..9].copy_from_slice(&len.to_be_bytes());
     c
 }
 
-fn params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
+pub(crate) fn params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
     let mut p = vec![0u8; 24];
     p[..8].copy_from_slice(&key.to_be_bytes());
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
