@@ -261,6 +261,43 @@ async fn persistent_reservations_are_enforced_on_every_node() {
     assert_eq!(pr_out(&mut y, 0x03, 0, 0xbb, 0).await.status, 0, "CLEAR");
     x.clear_ua(0).await;
     assert_eq!(x.write10(0, 100, &pattern(4, 100, BS), BS).await.status, 0);
+    // Fencing as fence_scsi does it: X holds WRITE EXCLUSIVE through node 1 and is
+    // writing; Y, through node 2, PREEMPTs AND ABORTs X's key. The change carries the
+    // abort to node 1, which drains its writes before it counts as applied (the
+    // waiting itself is unit-tested in `scsi` and in `clustered.rs`); here: it
+    // completes, and X is fenced on node 1.
+    assert_eq!(
+        pr_out(&mut x, 0x00, 0, 0, 0xcc).await.status,
+        0,
+        "REGISTER X"
+    );
+    assert_eq!(
+        pr_out(&mut x, 0x01, 1, 0xcc, 0).await.status,
+        0,
+        "RESERVE X"
+    );
+    y.clear_ua(0).await;
+    assert_eq!(
+        pr_out(&mut y, 0x00, 0, 0, 0xdd).await.status,
+        0,
+        "REGISTER Y"
+    );
+    assert_eq!(x.write10(0, 100, &pattern(5, 100, BS), BS).await.status, 0);
+    assert_eq!(
+        pr_out(&mut y, 0x05, 1, 0xdd, 0xcc).await.status,
+        0,
+        "PREEMPT AND ABORT"
+    );
+    let r = x.scsi(0, &[0u8; 6], &[], 0).await;
+    assert_eq!((r.status, r.sense_key(), r.asc()), (2, 6, (0x2a, 0x05)));
+    assert_eq!(
+        x.write10(0, 100, &pattern(6, 100, BS), BS).await.status,
+        0x18,
+        "X is fenced on node 1"
+    );
+    assert_eq!(y.write10(0, 100, &pattern(7, 100, BS), BS).await.status, 0);
+    assert_eq!(read_keys(&mut x).await, vec![0xdd]);
+    assert_eq!(pr_out(&mut y, 0x03, 0, 0xdd, 0).await.status, 0, "CLEAR");
 }
 
 /// Writes and reads patterns through member `node` until `stop`; returns (verified

@@ -329,6 +329,10 @@ pub enum Command {
         /// ports to deliver (each node applies the ones for its own ports).
         #[serde(default)]
         attentions: Vec<PrUa>,
+        /// A PREEMPT AND ABORT: each serving node drains the logical unit's writes in
+        /// flight before it reports the entry applied.
+        #[serde(default)]
+        abort: bool,
     },
     /// Add a volume to the table and export it. No quiesce is needed: nothing serves
     /// it yet. Refused while a change is active, when the name or WWN is taken, when
@@ -1065,6 +1069,7 @@ mod tests {
             state: pr.clone(),
             by: 1,
             attentions: Vec::new(),
+            abort: false,
         };
         assert_eq!(s.apply(&set(Some(0))), Outcome::Ok);
         assert!(matches!(s.apply(&set(Some(0))), Outcome::Refused(_)));

@@ -74,7 +74,8 @@ pub(crate) struct Published {
 }
 
 /// A synchronous observer of applied events (must be quick and must not block on the
-/// cluster).
+/// cluster; a PREEMPT AND ABORT's waits for the logical unit's writes in flight, as the
+/// PR OUT that committed it must).
 pub type Applier = Arc<dyn Fn(&ClusterState, &Event) + Send + Sync>;
 
 impl Published {

@@ -291,6 +291,7 @@ fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &
                 attentions,
                 expected_version,
                 state,
+                abort,
             } = &**command
             else {
                 return;
@@ -308,6 +309,12 @@ fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &
             };
             for l in lus.iter().filter(|l| &l.key == lu) {
                 l.apply_remote(version, state, attentions);
+                if *abort {
+                    // PREEMPT AND ABORT: this node reports the entry applied (which
+                    // the PR OUT waits for) only once the writes it admitted before
+                    // have finished.
+                    drain_writes(&l.lu);
+                }
             }
         }
         Event::Snapshot { .. } => {
@@ -318,6 +325,20 @@ fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &
             }
         }
         _ => {}
+    }
+}
+
+/// Wait for `lu`'s writes in flight (`scsi::LogicalUnit::drain_writes`) from the
+/// applier, which runs on a runtime thread: the runtime hands that thread's other
+/// tasks, which may be those writes, to another thread meanwhile. A current-thread
+/// runtime (tests) cannot do that; there the drain runs as it is.
+fn drain_writes(lu: &scsi::LogicalUnit) {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(|| lu.drain_writes());
+    } else {
+        lu.drain_writes();
     }
 }
 
@@ -409,6 +430,7 @@ impl scsi::PrCoordinator for ClusterPr {
         base_version: u64,
         next: &scsi::PrSnapshot,
         attentions: &[scsi::PrAttention],
+        abort: bool,
     ) -> Result<u64, scsi::PrCommitError> {
         let cmd = Command::SetPr {
             lu: self.key.clone(),
@@ -424,6 +446,7 @@ impl scsi::PrCoordinator for ClusterPr {
                     ascq: a.ascq,
                 })
                 .collect(),
+            abort,
         };
         // PR OUT runs on the blocking pool, never on a runtime thread.
         let applied = self.rt.block_on(async {
@@ -541,5 +564,125 @@ mod tests {
         m.groups.pop();
         sync_groups(&groups, &m);
         assert_eq!(groups.snapshot(), m);
+    }
+
+    /// A RAM store whose writes wait until the test lets them through.
+    struct Gated {
+        inner: blockdev::MemStore,
+        arrived: parking_lot::Mutex<std::sync::mpsc::Sender<()>>,
+        gate: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl blockdev::BlockStore for Gated {
+        fn block_size(&self) -> u32 {
+            self.inner.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.inner.num_blocks()
+        }
+        fn capabilities(&self) -> blockdev::Capabilities {
+            self.inner.capabilities()
+        }
+        fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), blockdev::BlockError> {
+            self.inner.read(lba, buf)
+        }
+        fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), blockdev::BlockError> {
+            let _ = self.arrived.lock().send(());
+            let _ = self.gate.lock().recv();
+            self.inner.write(lba, data, fua)
+        }
+        fn flush(&self) -> Result<(), blockdev::BlockError> {
+            self.inner.flush()
+        }
+    }
+
+    /// Another node's PREEMPT AND ABORT, applied here, returns (and so lets this node
+    /// report the entry applied, which the PR OUT waits for) only after the write this
+    /// node admitted before it has finished; a plain PREEMPT does not wait.
+    #[test]
+    fn an_applied_preempt_and_abort_waits_for_local_writes() {
+        let (arrived_tx, arrived) = std::sync::mpsc::channel();
+        let (open, gate) = std::sync::mpsc::channel();
+        let store = Arc::new(Gated {
+            inner: blockdev::MemStore::new(512, 64),
+            arrived: parking_lot::Mutex::new(arrived_tx),
+            gate: parking_lot::Mutex::new(gate),
+        });
+        let lu = Arc::new(scsi::LogicalUnit::new(
+            scsi::LuConfig {
+                serial: "applier-0".into(),
+                ..scsi::LuConfig::default()
+            },
+            store,
+        ));
+        let mut map = scsi::LunMap::new(Arc::new(scsi::TargetInfo {
+            name: "iqn.2026-11.org.switchyard:applier".into(),
+            port_name: "iqn.2026-11.org.switchyard:applier,t,0x0001".into(),
+        }));
+        map.insert(0, lu.clone());
+        let map = Arc::new(map);
+        let lus = vec![Arc::new(ClusteredLu {
+            key: "lu0".into(),
+            lu,
+        })];
+        let host = scsi::Nexus {
+            id: 1,
+            initiator: "iqn.2026-11.test:host,i,0x1".into(),
+            relative_port: 1,
+            port_group: 1,
+        };
+        let run = move |map: &scsi::LunMap, cdb: &[u8], data: &[u8]| {
+            map.execute(&scsi::Request {
+                lun: 0,
+                cdb,
+                data_out: data,
+                data_in_len: 0,
+                nexus: &host,
+            })
+        };
+        let run2 = run.clone();
+        let _ = run(&map, &[0; 6], &[]); // the power-on unit attention
+        let event = |version: u64, abort: bool| Event::Applied {
+            index: version + 1,
+            command: Arc::new(Command::SetPr {
+                lu: "lu0".into(),
+                expected_version: Some(version),
+                state: cluster::PrState::default(),
+                by: 1,
+                attentions: Vec::new(),
+                abort,
+            }),
+            outcome: cluster::Outcome::Ok,
+        };
+        let st = ClusterState::default();
+
+        let writer = {
+            let map = map.clone();
+            std::thread::spawn(move || {
+                run2(&map, &[0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0], &[0x5A; 512]).status
+            })
+        };
+        arrived.recv_timeout(Duration::from_secs(10)).unwrap();
+        // A plain PREEMPT installs and returns with the write still in flight.
+        apply_pr_event(2, &lus, &st, &event(0, false));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let applier = {
+            let (lus, done) = (lus.clone(), done.clone());
+            let ev = event(1, true);
+            std::thread::spawn(move || {
+                apply_pr_event(2, &lus, &ClusterState::default(), &ev);
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "the PREEMPT AND ABORT was applied while a write admitted before it was in flight"
+        );
+        open.send(()).unwrap();
+        assert_eq!(writer.join().unwrap(), scsi::Status::Good);
+        applier.join().unwrap();
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(lus[0].lu.pr_version(), 2);
     }
 }

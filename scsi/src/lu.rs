@@ -359,6 +359,15 @@ impl LogicalUnit {
         (version, PrSnapshot::of(&st))
     }
 
+    /// Wait until every write this logical unit admitted before the call has finished
+    /// (`write_drain.rs`). A PREEMPT AND ABORT does it on the node that received it;
+    /// a coordinator calls it on the other nodes after [`Self::apply_remote_pr`]
+    /// installs a PREEMPT AND ABORT (see [`PrCoordinator::commit`]). Blocks: call it
+    /// where a thread may wait, never on a thread that runs the writes' futures.
+    pub fn drain_writes(&self) {
+        self.writes.drain();
+    }
+
     /// Another node committed `snapshot` as `version` with these unit attentions:
     /// when `version` is newer than the installed one, installs it (commands check
     /// conflicts against it from now on) and raises each attention for the local
@@ -774,9 +783,9 @@ impl LogicalUnit {
     ) -> Response {
         let who = ItNexus::of(req.nexus);
         let out = if reserve {
-            self.commit_change(coordinator, "RESERVE", |st| st.spc2_reserve(&who))
+            self.commit_change(coordinator, "RESERVE", false, |st| st.spc2_reserve(&who))
         } else {
-            self.commit_change(coordinator, "RELEASE", |st| st.spc2_release(&who))
+            self.commit_change(coordinator, "RELEASE", false, |st| st.spc2_release(&who))
         };
         match out {
             Ok(_) => {
@@ -800,7 +809,8 @@ impl LogicalUnit {
         pr_type: u8,
         p: &ProutParams,
     ) -> Result<Vec<pr::Attention>, PrError> {
-        self.commit_change(coordinator, "PR OUT", |st| {
+        let abort = action == PrOut::PreemptAndAbort;
+        self.commit_change(coordinator, "PR OUT", abort, |st| {
             pr::execute_out(st, who, action, scope, pr_type, p)
         })
     }
@@ -815,7 +825,7 @@ impl LogicalUnit {
     /// times; a cluster that cannot commit (or keeps winning the race) is NOT READY
     /// 04/0A, so a multipath host retries, possibly through another node, and nothing
     /// changes here. A change that changes nothing commits nothing. `what` names the
-    /// command in the log.
+    /// command in the log; `abort` is passed on to the coordinator (PREEMPT AND ABORT).
     ///
     /// Locking: `serialize_out` is held across the commit (reservation changes are
     /// rare, and this keeps this node's own from racing each other). The state lock,
@@ -827,6 +837,7 @@ impl LogicalUnit {
         &self,
         coordinator: &dyn PrCoordinator,
         what: &'static str,
+        abort: bool,
         change: impl Fn(&mut PrState) -> Result<Vec<pr::Attention>, PrError>,
     ) -> Result<Vec<pr::Attention>, PrError> {
         let not_ready = || PrError::Sense(Sense::not_ready_state_transition());
@@ -839,7 +850,7 @@ impl LogicalUnit {
                 return Ok(uas);
             }
             let attentions: Vec<PrAttention> = uas.iter().map(PrAttention::of).collect();
-            match coordinator.commit(version, &PrSnapshot::of(&next), &attentions) {
+            match coordinator.commit(version, &PrSnapshot::of(&next), &attentions, abort) {
                 Ok(committed) => {
                     let raise = self.pr.install_committed(committed, next);
                     return Ok(if raise { uas } else { Vec::new() });

@@ -83,11 +83,18 @@ pub trait PrCoordinator: Send + Sync + std::fmt::Debug {
     /// that [`crate::LogicalUnit::apply_remote_pr`] takes: the thread that runs the
     /// command, or for an SPC-2 release after I_T nexus loss or a reset a plain
     /// thread the logical unit starts (outside any async runtime's context).
+    ///
+    /// `abort`: the change is a PREEMPT AND ABORT. Each other node that serves the
+    /// logical unit then counts as having applied it only once its writes admitted
+    /// before it have finished ([`crate::LogicalUnit::drain_writes`] after
+    /// [`crate::LogicalUnit::apply_remote_pr`]); the committing node drains its own
+    /// after `commit` returns.
     fn commit(
         &self,
         base_version: u64,
         next: &PrSnapshot,
         attentions: &[PrAttention],
+        abort: bool,
     ) -> Result<u64, PrCommitError>;
 }
 

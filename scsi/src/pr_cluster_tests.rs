@@ -76,6 +76,7 @@ impl PrCoordinator for Coordinator {
         base_version: u64,
         next: &PrSnapshot,
         attentions: &[PrAttention],
+        abort: bool,
     ) -> Result<u64, PrCommitError> {
         let c = &self.cluster;
         c.commits.fetch_add(1, Ordering::SeqCst);
@@ -101,6 +102,10 @@ impl PrCoordinator for Coordinator {
             if node != self.node || to_self {
                 if let Some(lu) = lu.upgrade() {
                     lu.apply_remote_pr(version, next, attentions);
+                    // As a node does before it reports the entry applied.
+                    if abort && node != self.node {
+                        lu.drain_writes();
+                    }
                 }
             }
         }
@@ -870,4 +875,68 @@ fn a_new_session_of_the_same_initiator_port_is_the_same_i_t_nexus() {
     a.h.map.nexus_gone(&again);
     assert_eq!(b.spc2(), holder(&i1));
     assert_eq!(b.write(&i2), Status::ReservationConflict);
+}
+
+/// PREEMPT AND ABORT through node A waits for a write the preempted host sent through
+/// node B and B admitted before the change: the coordinator counts B as having applied
+/// it only once B has drained its writes (`write_drain.rs`). Afterwards the host's
+/// writes through B get RESERVATION CONFLICT.
+#[test]
+fn preempt_and_abort_waits_for_writes_in_flight_on_the_other_node() {
+    use crate::preempt_abort_tests::gated;
+    const PREEMPT_AND_ABORT: u8 = 5;
+    let cluster = Arc::new(Cluster::default());
+    let (store, arrived, open) = gated(1024);
+    let lu = |node| {
+        LogicalUnit::new(
+            LuConfig {
+                serial: "cluster-0".into(),
+                ..LuConfig::default()
+            },
+            store.clone(),
+        )
+        .with_pr_coordinator(cluster.coordinator(node))
+        .unwrap()
+    };
+    let a = cluster.join(0, lu(0));
+    let b = cluster.join(1, lu(1));
+    let fencer = a.ready(1, PORT_A);
+    let host = b.ready(2, PORT_B);
+    a.ok(&fencer, REGISTER, 0, 0, 0xA);
+    b.ok(&host, REGISTER, 0, 0, 0xB);
+    b.ok(&host, RESERVE, WE, 0xB, 0);
+
+    let writer = {
+        let (b, host) = (b.clone(), host.clone());
+        std::thread::spawn(move || b.write(&host))
+    };
+    arrived
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let fence = {
+        let (a, fencer, done) = (a.clone(), fencer.clone(), done.clone());
+        std::thread::spawn(move || {
+            let r = a.prout(&fencer, PREEMPT_AND_ABORT, WE, 0xA, 0xB, 0);
+            done.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "PREEMPT AND ABORT completed while the host's write through the other node was in flight"
+    );
+    open.send(()).unwrap();
+    assert_eq!(writer.join().unwrap(), Status::Good);
+    let r = fence.join().unwrap();
+    assert_eq!(r.status, Status::Good, "{r:?}");
+    // The host, fenced: REGISTRATIONS PREEMPTED, then its writes conflict.
+    let ua = b.h.run(&host, &TUR, &[]);
+    assert_sense(&ua, SenseKey::UnitAttention, 0x2A, 0x05);
+    assert_eq!(b.write(&host), Status::ReservationConflict);
+    assert!(
+        arrived.try_recv().is_err(),
+        "a fenced write reached the store"
+    );
 }

@@ -17,7 +17,7 @@ const BS: u32 = 512;
 
 /// A RAM store whose writes wait at a gate: each write says it has arrived, then
 /// waits for the test to open the gate.
-struct Gated {
+pub(crate) struct Gated {
     inner: MemStore,
     arrived: Mutex<mpsc::Sender<()>>,
     gate: Mutex<mpsc::Receiver<()>>,
@@ -44,6 +44,19 @@ impl BlockStore for Gated {
     fn flush(&self) -> Result<(), BlockError> {
         self.inner.flush()
     }
+}
+
+/// A gated store of `blocks` blocks, the receiver that hears each write arrive and
+/// the sender that lets one through.
+pub(crate) fn gated(blocks: u64) -> (Arc<Gated>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (arrived_tx, arrived) = mpsc::channel();
+    let (open, gate) = mpsc::channel();
+    let store = Arc::new(Gated {
+        inner: MemStore::new(BS, blocks),
+        arrived: Mutex::new(arrived_tx),
+        gate: Mutex::new(gate),
+    });
+    (store, arrived, open)
 }
 
 fn run(map: &LunMap, n: &Nexus, cdb: &[u8], data: &[u8]) -> Response {
@@ -79,13 +92,7 @@ fn reserved_by_b(map: &LunMap) -> (Nexus, Nexus) {
 
 #[test]
 fn preempt_and_abort_completes_only_after_the_preempted_write_in_flight() {
-    let (arrived_tx, arrived) = mpsc::channel();
-    let (open, gate) = mpsc::channel();
-    let store = Arc::new(Gated {
-        inner: MemStore::new(BS, 1024),
-        arrived: Mutex::new(arrived_tx),
-        gate: Mutex::new(gate),
-    });
+    let (store, arrived, open) = gated(1024);
     let mut map = LunMap::new(Arc::new(TargetInfo {
         name: "iqn.2026-11.org.switchyard:fence".into(),
         port_name: "iqn.2026-11.org.switchyard:fence,t,0x0001".into(),

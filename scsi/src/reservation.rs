@@ -176,7 +176,7 @@ pub(crate) fn commit_release(
     let snapshot = PrSnapshot::of(&released);
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=RELEASE_ATTEMPTS {
-        match coordinator.commit(version, &snapshot, &[]) {
+        match coordinator.commit(version, &snapshot, &[], false) {
             Ok(committed) => {
                 pr.install_committed(committed, released);
                 tracing::debug!(why, version = committed, "SPC-2 release committed");
