@@ -440,13 +440,16 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("array3.toml");
     let iqn = "iqn.2026-11.org.switchyard:array3";
-    // The array admits one initiator name: the one the members are given.
+    // The array admits one initiator name: the one the members are given; and it
+    // wants CHAP.
     let client = "iqn.2026-11.org.test:arr3-client";
+    const ARR3_SECRET: &str = "arr3-chap-sec-0";
     std::fs::write(
         &cfg,
         format!(
             "[node]\nname = \"array3\"\ndata_dir = \"{}\"\n[[portal]]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[target]]\nname = \"{iqn}\"\n[[target.lun]]\nlun = 0\npath = \"l0.img\"\nsize = \"8MiB\"\n\
+             [[target]]\nname = \"{iqn}\"\n[target.chap]\nusername = \"arr3user\"\nsecret = \"{ARR3_SECRET}\"\n\
+             [[target.lun]]\nlun = 0\npath = \"l0.img\"\nsize = \"8MiB\"\n\
              [[zoning.rules]]\ntarget = \"{iqn}\"\ninitiator = \"{client}\"\nluns = \"all\"\n",
             dir.path().display()
         ),
@@ -511,6 +514,10 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
             iqn,
             "--initiator-name",
             client,
+            "--chap-user",
+            "arr3user",
+            "--chap-secret",
+            ARR3_SECRET,
         ],
     );
     assert!(out.contains("arr3/lun0"), "{out}");
@@ -560,6 +567,9 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
     assert_eq!(report_luns(&mut again).await, [0, 2]);
     let (r, _) = past_ua(&mut again, 2, &cdb10(0x28, 100, 16), &[], (16 * BS) as u32).await;
     assert!(r.status == 0 && r.data == data, "after the restart: {r:?}");
+    // The members opened the array with its CHAP secret, which the replicated state
+    // holds sealed: no file of theirs (Raft log, snapshots, configs) contains it.
+    assert_no_file_contains(rig.dir.path(), ARR3_SECRET.as_bytes());
 
     // Removal is refused while a volume uses the array, allowed once it is gone.
     cli_err(
@@ -581,4 +591,26 @@ async fn an_array_added_online_serves_a_new_volume_on_every_member() {
         )
         .await;
     }
+}
+
+/// Panics if any file under `dir` contains `needle`.
+fn assert_no_file_contains(dir: &std::path::Path, needle: &[u8]) {
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                files += 1;
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds the secret",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0, "no files under {}", dir.display());
 }

@@ -35,6 +35,7 @@ pub mod change;
 pub mod config;
 pub mod migration;
 pub mod node;
+pub mod sealed;
 mod server;
 pub mod state;
 pub mod store;
@@ -48,6 +49,7 @@ pub use migration::{
     MigrationState,
 };
 pub use node::{ClusterNode, ReleaseHandler};
+pub use sealed::{SealError, Sealer};
 pub use state::{
     AluaAccess, ClusterState, Command, Health, NodeInfo, Outcome, PrHold, PrRecord, PrReg, PrState,
     PrUa, Role,

@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     pub ack_arrived: tokio::sync::Notify,
     /// The management API URL this node registers (set once the API listens).
     pub api: parking_lot::Mutex<Option<String>>,
+    /// Seals secrets kept in the replicated state (`sealed.rs`).
+    pub sealer: crate::sealed::Sealer,
 }
 
 /// Called with a change id when the leader tells this node it may release the hold of
@@ -171,6 +173,7 @@ impl ClusterNode {
             release: parking_lot::RwLock::new(None),
             ack_arrived: tokio::sync::Notify::new(),
             api: parking_lot::Mutex::new(None),
+            sealer: crate::sealed::Sealer::new(&secret),
         });
         let mut tasks = Vec::new();
         let app = crate::server::router(inner.clone());
@@ -327,6 +330,12 @@ impl ClusterNode {
     /// this node: what `f` does is done when [`ClusterNode::confirm_applied`] (or a
     /// peer's `/v1/status`) reports the index. `f` must be quick and must not wait on
     /// the cluster. Replaces any previous one.
+    /// Seals and opens secrets kept in the replicated state with the cluster secret
+    /// (`sealed.rs`): the CHAP secrets of arrays added online.
+    pub fn sealer(&self) -> &crate::sealed::Sealer {
+        &self.inner.sealer
+    }
+
     pub fn set_applier(&self, f: crate::store::Applier) {
         *self.inner.published.applier.write() = Some(f);
     }

@@ -291,9 +291,16 @@ impl Catalog {
             {
                 continue;
             }
+            let section = match section_of(spec, self.ctx.cluster.sealer()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{e}; retrying in {} s", ARRAY_RETRY.as_secs());
+                    a.failed.insert(id.clone(), std::time::Instant::now());
+                    continue;
+                }
+            };
             a.connecting.insert(id.clone());
             let me = self.clone();
-            let section = section_of(spec);
             tokio::spawn(async move {
                 let r = crate::build::open_backend(
                     &me.node_name,
@@ -362,24 +369,34 @@ impl Catalog {
     }
 }
 
-/// A config back-end section for an array added online.
-pub fn section_of(spec: &cluster::BackendSpec) -> crate::config::BackendSection {
-    crate::config::BackendSection {
+/// A config back-end section for an array added online; its CHAP secret is opened
+/// with the cluster secret (`cluster::sealed`; the replicated state holds it sealed).
+pub fn section_of(
+    spec: &cluster::BackendSpec,
+    sealer: &cluster::Sealer,
+) -> Result<crate::config::BackendSection, String> {
+    let chap = match &spec.chap {
+        None => None,
+        Some((u, s)) => Some(crate::config::ChapSection {
+            username: u.clone(),
+            secret: sealer
+                .open(s)
+                .map_err(|e| format!("back-end array {}: its CHAP secret: {e}", spec.id))?,
+            mutual_username: None,
+            mutual_secret: None,
+        }),
+    };
+    Ok(crate::config::BackendSection {
         id: spec.id.clone(),
         portal: spec.portal.clone(),
         target: spec.target.clone(),
         initiator_name: spec.initiator_name.clone(),
-        chap: spec.chap.as_ref().map(|(u, s)| crate::config::ChapSection {
-            username: u.clone(),
-            secret: s.clone(),
-            mutual_username: None,
-            mutual_secret: None,
-        }),
+        chap,
         sessions: spec.sessions,
         queue_depth: spec.queue_depth,
         timeout_secs: spec.timeout_secs,
         digests: false,
-    }
+    })
 }
 
 /// The LUNs of `cfg` that show volumes.

@@ -467,8 +467,14 @@ pub fn add_backend(
             "",
         ));
     }
-    // Log in once from here, so a wrong portal, name or secret is reported now.
-    let section = crate::catalog::section_of(&spec);
+    // Log in once from here, so a wrong portal, name or secret is reported now. The
+    // secret goes into the replicated state sealed (`cluster::sealed`).
+    let mut spec = spec;
+    if let Some((_, secret)) = &mut spec.chap {
+        *secret = c.sealer().seal(secret);
+    }
+    let section = crate::catalog::section_of(&spec, c.sealer())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, ""))?;
     let probe = rt.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(10),

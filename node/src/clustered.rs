@@ -169,7 +169,11 @@ pub async fn join(cfg: &Config) -> Result<(Arc<ClusterNode>, Config), String> {
     // Arrays the cluster added online are opened at start like the config's own.
     for spec in st.catalog.backends.values() {
         if !cfg.backends.iter().any(|b| b.id == spec.id) {
-            cfg.backends.push(crate::catalog::section_of(spec));
+            match crate::catalog::section_of(spec, node.sealer()) {
+                Ok(section) => cfg.backends.push(section),
+                // Not served here until it opens (logged; the catalog retries).
+                Err(e) => tracing::error!("{e}: not opened"),
+            }
         }
     }
     check_volumes(&cfg);
