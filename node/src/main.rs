@@ -224,6 +224,14 @@ fn tune_allocator() {
     }
 }
 
+/// Scheduler ticks between the runtime's checks for socket readiness while tasks are
+/// runnable (tokio's default is 61). A virtual node is a pipeline of small tasks
+/// between two sockets: checking sooner moves the next command or answer along
+/// sooner. Measured with 4K random reads at QD32 through a virtual node on the 2-core
+/// bench machine: 67-72K IOPS at 61, 74-82K at 7 or 11 (81-88K and 92-94K with
+/// `workers = 1`); a file LU served directly is unchanged (203-215K).
+const EVENT_INTERVAL: u32 = 7;
+
 /// Run a node. `api_required`: a management API that cannot start is an error (else a
 /// warning, for `up`).
 fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
@@ -232,6 +240,7 @@ fn serve(cfg: Config, api_required: bool) -> Result<(), String> {
     if let Some(n) = cfg.node.workers {
         b.worker_threads(n);
     }
+    b.event_interval(EVENT_INTERVAL);
     let rt = b
         .enable_all()
         .thread_name("switchyard")
