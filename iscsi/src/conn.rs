@@ -80,6 +80,10 @@ const INLINE_SLOW_COUNT: u32 = 8;
 const INLINE_SLOW_WINDOW: Duration = Duration::from_secs(1);
 const INLINE_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Free space kept in a connection's read buffer, so that one socket read can take
+/// many PDUs at high queue depth.
+const READ_ROOM: usize = 64 * 1024;
+
 /// Execute one command. Its slot in the command window stays taken until the writer
 /// hands the response to the socket (see `writer::encode`), so a client that stops
 /// reading can make us hold at most `queue_depth` responses, not one per command it
@@ -263,6 +267,13 @@ impl Conn {
                         self.poll.busy();
                     }
                 }
+            }
+            // Room for many PDUs per socket read: the codec reserves only what the
+            // frame it is decoding still needs, so with 4K writes a read would
+            // otherwise take about one PDU.
+            let buf = reader.read_buffer_mut();
+            if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                buf.reserve(READ_ROOM);
             }
             let f = match early {
                 // A frame taken without the select below: check its other arms, so
