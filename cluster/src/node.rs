@@ -326,16 +326,17 @@ impl ClusterNode {
             .ok()
     }
 
-    /// Observe every applied command synchronously, before Raft counts it as applied on
-    /// this node: what `f` does is done when [`ClusterNode::confirm_applied`] (or a
-    /// peer's `/v1/status`) reports the index. `f` must be quick and must not wait on
-    /// the cluster. Replaces any previous one.
     /// Seals and opens secrets kept in the replicated state with the cluster secret
     /// (`sealed.rs`): the CHAP secrets of arrays added online.
     pub fn sealer(&self) -> &crate::sealed::Sealer {
         &self.inner.sealer
     }
 
+    /// Observe every applied command synchronously, before Raft counts it as applied on
+    /// this node: what `f` does is done when [`ClusterNode::confirm_applied`] (or a
+    /// peer's `/v1/status`) reports the index. `f` must be quick and must not wait on
+    /// the cluster (a PREEMPT AND ABORT's drain of writes in flight is the one wait
+    /// allowed: its PR OUT must wait for it too). Replaces any previous one.
     pub fn set_applier(&self, f: crate::store::Applier) {
         *self.inner.published.applier.write() = Some(f);
     }

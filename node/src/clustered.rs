@@ -324,7 +324,11 @@ fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &
         Event::Snapshot { .. } => {
             for l in lus {
                 if let Some(r) = st.pr.get(&l.key) {
-                    l.apply_remote(r.version, &r.state, &[]);
+                    // A snapshot does not say whether the entries it covers held a
+                    // PREEMPT AND ABORT: drain as if one had.
+                    if l.apply_remote(r.version, &r.state, &[]) {
+                        drain_writes(&l.lu);
+                    }
                 }
             }
         }
@@ -494,7 +498,13 @@ impl ClusteredLu {
 
     /// Install a PR change another node committed (version `version`), raising the unit
     /// attentions it names for this node's ports.
-    pub fn apply_remote(&self, version: u64, state: &cluster::PrState, uas: &[cluster::PrUa]) {
+    /// Whether it changed anything (an old or equal version does not).
+    pub fn apply_remote(
+        &self,
+        version: u64,
+        state: &cluster::PrState,
+        uas: &[cluster::PrUa],
+    ) -> bool {
         let uas: Vec<scsi::PrAttention> = uas
             .iter()
             .map(|a| scsi::PrAttention {
@@ -504,7 +514,7 @@ impl ClusteredLu {
                 ascq: a.ascq,
             })
             .collect();
-        self.lu.apply_remote_pr(version, &state.into(), &uas);
+        self.lu.apply_remote_pr(version, &state.into(), &uas)
     }
 }
 
