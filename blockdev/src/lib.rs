@@ -2,14 +2,17 @@
 //!
 //! This crate owns the [`BlockStore`] trait (what a back-end can do, in logical blocks)
 //! and its local implementations: [`FileStore`] (regular files, sparse files and block
-//! devices, with `pread`/`pwrite` and `fdatasync`) and [`MemStore`] (RAM, for tests).
+//! devices, with `pread`/`pwrite` and `fdatasync`), and for tests [`MemStore`] (RAM) and
+//! [`GatedStore`] (RAM whose writes wait until the test lets them through).
 //! It knows nothing about SCSI or iSCSI; the SCSI core maps [`BlockError`] to sense data.
 #![forbid(unsafe_code)]
 
 mod file;
+mod gated;
 mod mem;
 
 pub use file::{FileStore, FileStoreOptions};
+pub use gated::{Gate, GatedStore};
 pub use mem::MemStore;
 
 use std::future::Future;

@@ -379,9 +379,14 @@ pub fn section_of(
         None => None,
         Some((u, s)) => Some(crate::config::ChapSection {
             username: u.clone(),
-            secret: sealer
-                .open(s)
-                .map_err(|e| format!("back-end array {}: its CHAP secret: {e}", spec.id))?,
+            secret: sealer.open(s).map_err(|e| {
+                format!(
+                    "back-end array {id}: its CHAP secret cannot be opened: {e}; remove the \
+                         array (`switchyard backends remove {id}`) and add it again with \
+                         its secret",
+                    id = spec.id
+                )
+            })?,
             mutual_username: None,
             mutual_secret: None,
         }),

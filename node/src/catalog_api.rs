@@ -473,8 +473,13 @@ pub fn add_backend(
     if let Some((_, secret)) = &mut spec.chap {
         *secret = c.sealer().seal(secret);
     }
-    let section = crate::catalog::section_of(&spec, c.sealer())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, ""))?;
+    let section = crate::catalog::section_of(&spec, c.sealer()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e,
+            "nothing was recorded; this is a bug, please report it",
+        )
+    })?;
     let probe = rt.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(10),

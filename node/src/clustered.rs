@@ -580,48 +580,13 @@ mod tests {
         assert_eq!(groups.snapshot(), m);
     }
 
-    /// A RAM store whose writes wait until the test lets them through.
-    struct Gated {
-        inner: blockdev::MemStore,
-        arrived: parking_lot::Mutex<std::sync::mpsc::Sender<()>>,
-        gate: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl blockdev::BlockStore for Gated {
-        fn block_size(&self) -> u32 {
-            self.inner.block_size()
-        }
-        fn num_blocks(&self) -> u64 {
-            self.inner.num_blocks()
-        }
-        fn capabilities(&self) -> blockdev::Capabilities {
-            self.inner.capabilities()
-        }
-        fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), blockdev::BlockError> {
-            self.inner.read(lba, buf)
-        }
-        fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), blockdev::BlockError> {
-            let _ = self.arrived.lock().send(());
-            let _ = self.gate.lock().recv();
-            self.inner.write(lba, data, fua)
-        }
-        fn flush(&self) -> Result<(), blockdev::BlockError> {
-            self.inner.flush()
-        }
-    }
-
     /// Another node's PREEMPT AND ABORT, applied here, returns (and so lets this node
     /// report the entry applied, which the PR OUT waits for) only after the write this
     /// node admitted before it has finished; a plain PREEMPT does not wait.
     #[test]
     fn an_applied_preempt_and_abort_waits_for_local_writes() {
-        let (arrived_tx, arrived) = std::sync::mpsc::channel();
-        let (open, gate) = std::sync::mpsc::channel();
-        let store = Arc::new(Gated {
-            inner: blockdev::MemStore::new(512, 64),
-            arrived: parking_lot::Mutex::new(arrived_tx),
-            gate: parking_lot::Mutex::new(gate),
-        });
+        let (store, gate) = blockdev::GatedStore::new(512, 64);
+        let store = Arc::new(store);
         let lu = Arc::new(scsi::LogicalUnit::new(
             scsi::LuConfig {
                 serial: "applier-0".into(),
@@ -676,7 +641,7 @@ mod tests {
                 run2(&map, &[0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0], &[0x5A; 512]).status
             })
         };
-        arrived.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(gate.arrived(Duration::from_secs(10)));
         // A plain PREEMPT installs and returns with the write still in flight.
         apply_pr_event(2, &lus, &st, &event(0, false));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -693,7 +658,7 @@ mod tests {
             !done.load(std::sync::atomic::Ordering::SeqCst),
             "the PREEMPT AND ABORT was applied while a write admitted before it was in flight"
         );
-        open.send(()).unwrap();
+        gate.open_one();
         assert_eq!(writer.join().unwrap(), scsi::Status::Good);
         applier.join().unwrap();
         assert!(done.load(std::sync::atomic::Ordering::SeqCst));

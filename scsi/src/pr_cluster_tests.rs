@@ -11,6 +11,7 @@ use blockdev::MemStore;
 use parking_lot::Mutex;
 
 use crate::alua_tests::Harness;
+use crate::pr_tests::{params, prout_cdb};
 use crate::tests::{assert_sense, read10, write10, TUR};
 use crate::{
     LogicalUnit, LuConfig, LunMap, MemPrStore, Nexus, PrAttention, PrClusterError, PrCommitError,
@@ -188,20 +189,6 @@ fn two_nodes() -> (Arc<Cluster>, Arc<Node>, Arc<Node>) {
     let a = cluster.join(0, a);
     let b = cluster.join(1, b);
     (cluster, a, b)
-}
-
-fn prout_cdb(sa: u8, pr_type: u8, len: u32) -> Vec<u8> {
-    let mut c = vec![0x5F, sa, pr_type, 0, 0, 0, 0, 0, 0, 0];
-    c[5..9].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-fn params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 24];
-    p[..8].copy_from_slice(&key.to_be_bytes());
-    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
-    p[20] = flags;
-    p
 }
 
 impl Node {
@@ -883,10 +870,10 @@ fn a_new_session_of_the_same_initiator_port_is_the_same_i_t_nexus() {
 /// writes through B get RESERVATION CONFLICT.
 #[test]
 fn preempt_and_abort_waits_for_writes_in_flight_on_the_other_node() {
-    use crate::preempt_abort_tests::gated;
-    const PREEMPT_AND_ABORT: u8 = 5;
+    use crate::pr_tests::PREEMPT_AND_ABORT;
     let cluster = Arc::new(Cluster::default());
-    let (store, arrived, open) = gated(1024);
+    let (store, gate) = blockdev::GatedStore::new(512, 1024);
+    let store = Arc::new(store);
     let lu = |node| {
         LogicalUnit::new(
             LuConfig {
@@ -910,9 +897,7 @@ fn preempt_and_abort_waits_for_writes_in_flight_on_the_other_node() {
         let (b, host) = (b.clone(), host.clone());
         std::thread::spawn(move || b.write(&host))
     };
-    arrived
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    assert!(gate.arrived(std::time::Duration::from_secs(10)));
     let done = Arc::new(AtomicBool::new(false));
     let fence = {
         let (a, fencer, done) = (a.clone(), fencer.clone(), done.clone());
@@ -927,7 +912,7 @@ fn preempt_and_abort_waits_for_writes_in_flight_on_the_other_node() {
         !done.load(Ordering::SeqCst),
         "PREEMPT AND ABORT completed while the host's write through the other node was in flight"
     );
-    open.send(()).unwrap();
+    gate.open_one();
     assert_eq!(writer.join().unwrap(), Status::Good);
     let r = fence.join().unwrap();
     assert_eq!(r.status, Status::Good, "{r:?}");
@@ -935,8 +920,5 @@ fn preempt_and_abort_waits_for_writes_in_flight_on_the_other_node() {
     let ua = b.h.run(&host, &TUR, &[]);
     assert_sense(&ua, SenseKey::UnitAttention, 0x2A, 0x05);
     assert_eq!(b.write(&host), Status::ReservationConflict);
-    assert!(
-        arrived.try_recv().is_err(),
-        "a fenced write reached the store"
-    );
+    assert!(!gate.any_arrived(), "a fenced write reached the store");
 }

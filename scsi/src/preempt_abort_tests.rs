@@ -3,61 +3,16 @@
 //! ABORT completes, never after; its writes after it get RESERVATION CONFLICT.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, MemStore};
-use parking_lot::Mutex;
+use blockdev::GatedStore;
 
 use crate::pr_tests::{params, prout_cdb, PREEMPT_AND_ABORT, REGISTER_IGNORE, RESERVE, WE};
 use crate::tests::{nexus, write10, TUR};
 use crate::{LogicalUnit, LuConfig, LunMap, Nexus, Request, Response, Status, TargetInfo};
 
 const BS: u32 = 512;
-
-/// A RAM store whose writes wait at a gate: each write says it has arrived, then
-/// waits for the test to open the gate.
-pub(crate) struct Gated {
-    inner: MemStore,
-    arrived: Mutex<mpsc::Sender<()>>,
-    gate: Mutex<mpsc::Receiver<()>>,
-}
-
-impl BlockStore for Gated {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.inner.read(lba, buf)
-    }
-    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-        let _ = self.arrived.lock().send(());
-        let _ = self.gate.lock().recv();
-        self.inner.write(lba, data, fua)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.inner.flush()
-    }
-}
-
-/// A gated store of `blocks` blocks, the receiver that hears each write arrive and
-/// the sender that lets one through.
-pub(crate) fn gated(blocks: u64) -> (Arc<Gated>, mpsc::Receiver<()>, mpsc::Sender<()>) {
-    let (arrived_tx, arrived) = mpsc::channel();
-    let (open, gate) = mpsc::channel();
-    let store = Arc::new(Gated {
-        inner: MemStore::new(BS, blocks),
-        arrived: Mutex::new(arrived_tx),
-        gate: Mutex::new(gate),
-    });
-    (store, arrived, open)
-}
 
 fn run(map: &LunMap, n: &Nexus, cdb: &[u8], data: &[u8]) -> Response {
     map.execute(&Request {
@@ -92,7 +47,8 @@ fn reserved_by_b(map: &LunMap) -> (Nexus, Nexus) {
 
 #[test]
 fn preempt_and_abort_completes_only_after_the_preempted_write_in_flight() {
-    let (store, arrived, open) = gated(1024);
+    let (store, gate) = GatedStore::new(BS, 1024);
+    let store = Arc::new(store);
     let mut map = LunMap::new(Arc::new(TargetInfo {
         name: "iqn.2026-11.org.switchyard:fence".into(),
         port_name: "iqn.2026-11.org.switchyard:fence,t,0x0001".into(),
@@ -115,7 +71,7 @@ fn preempt_and_abort_completes_only_after_the_preempted_write_in_flight() {
         let (map, b) = (map.clone(), b.clone());
         std::thread::spawn(move || run(&map, &b, &write10(8, 1, 0), &[0xBB; BS as usize]))
     };
-    arrived.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(gate.arrived(Duration::from_secs(10)));
 
     // A fences B: PREEMPT AND ABORT of B's key, A now holding Write Exclusive.
     let done = Arc::new(AtomicBool::new(false));
@@ -132,7 +88,7 @@ fn preempt_and_abort_completes_only_after_the_preempted_write_in_flight() {
         !done.load(Ordering::SeqCst),
         "PREEMPT AND ABORT completed while the preempted initiator's write was still in flight"
     );
-    open.send(()).unwrap();
+    gate.open_one();
     assert_eq!(writer.join().unwrap().status, Status::Good);
     assert_eq!(fencer.join().unwrap().status, Status::Good);
     assert!(done.load(Ordering::SeqCst));
@@ -145,7 +101,7 @@ fn preempt_and_abort_completes_only_after_the_preempted_write_in_flight() {
     let w = run(&map, &b, &write10(9, 1, 0), &[0xBB; BS as usize]);
     assert_eq!(w.status, Status::ReservationConflict, "{w:?}");
     assert!(
-        arrived.try_recv().is_err(),
+        !gate.any_arrived(),
         "a write from the fenced initiator reached the store"
     );
 }
