@@ -24,8 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 pub mod cluster_rig;
 pub mod host_load;
+#[path = "../initiator/tests/common/ports.rs"]
+pub mod ports;
 #[path = "../initiator/tests/common/tgtd.rs"]
 pub mod tgtd;
+
+pub use ports::free_port;
 
 pub const TARGET: &str = "iqn.2026-11.org.switchyard:test";
 pub const INITIATOR: &str = "iqn.2026-11.org.switchyard:test-initiator";
@@ -703,15 +707,6 @@ pub fn switchyard_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A free TCP port on 127.0.0.1 (for a node started as a separate process).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Wait (up to 20 s) until something listens on 127.0.0.1:`port`.

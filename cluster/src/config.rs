@@ -225,6 +225,26 @@ impl ClusterConfig {
                 self.id
             ));
         }
+        // Two members at one address would have the node there answer for both; a
+        // leader replicating to its own address fails its own log checks.
+        let own = self.advertise.as_deref().unwrap_or(&self.listen);
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.addr == own {
+                return bad(format!(
+                    "cluster.peers: {}@{} is this node's own address",
+                    p.id, p.addr
+                ));
+            }
+            if let Some(q) = self.peers[..i]
+                .iter()
+                .find(|q| q.id == p.id || q.addr == p.addr)
+            {
+                return bad(format!(
+                    "cluster.peers: {}@{} and {}@{} repeat an id or an address",
+                    q.id, q.addr, p.id, p.addr
+                ));
+            }
+        }
         if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
             return bad(format!(
                 "cluster.election_timeout_ms ({}) must be at least 3 × heartbeat_ms ({})",
@@ -284,5 +304,34 @@ mod tests {
         );
         assert!("x@1.2.3.4:5".parse::<Peer>().is_err());
         assert!(toml::from_str::<File>("[cluster]\nid=1\nbogus=2").is_err());
+    }
+
+    #[test]
+    fn peers_must_be_distinct_and_not_this_node() {
+        let mut c = ClusterConfig::new(
+            1,
+            "sy-a",
+            "127.0.0.1:7400",
+            "0123456789abcdef0123",
+            "/tmp/x".into(),
+        );
+        let peers = |list: &[&str]| list.iter().map(|p| p.parse::<Peer>().unwrap()).collect();
+        c.peers = peers(&["2@127.0.0.1:7401", "3@127.0.0.1:7402"]);
+        c.validate().unwrap();
+        for (list, says) in [
+            (&["2@127.0.0.1:7401", "3@127.0.0.1:7400"][..], "own address"),
+            (&["2@127.0.0.1:7401", "3@127.0.0.1:7401"][..], "repeat"),
+            (&["2@127.0.0.1:7401", "2@127.0.0.1:7402"][..], "repeat"),
+        ] {
+            c.peers = peers(list);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{list:?}: {e}");
+        }
+        // With an advertised address, that is the one peers must not repeat.
+        c.advertise = Some("10.0.0.1:7400".into());
+        c.peers = peers(&["2@127.0.0.1:7400"]);
+        c.validate().unwrap();
+        c.peers = peers(&["2@10.0.0.1:7400"]);
+        assert!(c.validate().is_err());
     }
 }

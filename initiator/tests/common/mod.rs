@@ -250,6 +250,7 @@ impl BlockStore for GrowStore {
     }
 }
 
+mod ports;
 mod tgtd;
 pub use tgtd::Tgtd;
 

@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::ports::free_port;
+
 /// A tgtd on private ports with one file-backed LU (LUN 1), killed on drop.
 pub struct Tgtd {
     pub addr: SocketAddr,
@@ -13,14 +15,6 @@ pub struct Tgtd {
     control_port: u16,
     child: Child,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// tgtd refuses control ports of 32768 and above; pick one per test from the
