@@ -812,6 +812,16 @@ impl Inner {
     async fn add_member(&self, info: NodeInfo) -> Result<(), ClusterError> {
         let id = info.id;
         let m = self.raft.metrics().borrow().membership_config.clone();
+        if let Some((other, _)) = m
+            .membership()
+            .nodes()
+            .find(|(n, a)| **n != id && a.addr == info.mgmt_addr)
+        {
+            return Err(ClusterError::Membership(format!(
+                "node {id} at {}: member {other} already has that address",
+                info.mgmt_addr
+            )));
+        }
         let is_voter = m.membership().voter_ids().any(|v| v == id);
         if !is_voter {
             let node = BasicNode {

@@ -82,6 +82,16 @@ async fn rpc(
         )
             .into_response();
     }
+    if from == node.id && matches!(kind.as_str(), "append" | "vote" | "snapshot") {
+        // A member's address leads back here (or two nodes share an id): Raft must not
+        // answer its own replication as a follower would.
+        tracing::error!(%peer, %path, "refused a Raft message from this node's own id {from}: check that no two members share an id or an address");
+        return (
+            StatusCode::CONFLICT,
+            format!("node {from} sent a Raft message to itself: no two members may share an id or an address"),
+        )
+            .into_response();
+    }
     node.transport.saw(from);
     match kind.as_str() {
         "append" => match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&body) {
@@ -127,5 +137,60 @@ async fn rpc(
             Err(e) => bad_request(e),
         },
         _ => (StatusCode::NOT_FOUND, format!("no RPC {path}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use openraft::Vote;
+
+    use crate::auth::Authenticator;
+    use crate::transport::{Faults, RpcError, Transport};
+    use crate::{ClusterConfig, ClusterNode, NodeId};
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    #[tokio::test]
+    async fn a_raft_message_from_this_nodes_own_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ClusterConfig::new(1, "n1", "127.0.0.1:0", SECRET, dir.path().join("n1"));
+        let node = ClusterNode::start(c).await.unwrap();
+        let addr = node.local_addr().to_string();
+        let call = |id: NodeId| {
+            let t = Transport::new(
+                id,
+                Arc::new(Authenticator::new(SECRET)),
+                Arc::new(Faults::default()),
+                Duration::from_secs(5),
+            );
+            let addr = addr.clone();
+            async move {
+                let req = VoteRequest::<NodeId>::new(Vote::new(9, id), None);
+                t.call::<_, Result<VoteResponse<NodeId>, serde_json::Value>>(
+                    1,
+                    &addr,
+                    "/v1/vote",
+                    &req,
+                    Duration::from_secs(5),
+                )
+                .await
+            }
+        };
+        match call(1).await {
+            Err(RpcError::Failed { reason, .. }) => {
+                assert!(
+                    reason.contains("409") && reason.contains("itself"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a self-addressed vote was not refused: {other:?}"),
+        }
+        // Another id is answered.
+        assert!(call(2).await.is_ok());
+        node.shutdown().await;
     }
 }

@@ -418,6 +418,30 @@ fn raw_post(addr: &str, path: &str, headers: &[(&str, String)], body: &str) -> S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_a_members_address_is_not_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = ClusterNode::start(cfg(1, dir.path(), "127.0.0.1:0"))
+        .await
+        .unwrap();
+    assert_eq!(n1.wait_for_leader(Duration::from_secs(5)).await, Some(1));
+    // Node 2 "at" node 1's address: the leader would replicate to itself.
+    let err = n1
+        .add_node(NodeInfo::voter(
+            2,
+            "n2",
+            &n1.local_addr().to_string(),
+            vec![],
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("member 1 already has that address"), "{err}");
+    assert_eq!(n1.voter_ids(), [1].into());
+    assert!(n1.members().iter().all(|m| m.id == 1));
+    n1.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_cannot_join_or_send_rpcs() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(1, dir.path(), "127.0.0.1:0");
