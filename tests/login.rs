@@ -299,6 +299,56 @@ async fn digests_negotiated_and_used() {
 }
 
 #[tokio::test]
+async fn a_guesser_changing_initiator_names_is_throttled_by_address() {
+    use iscsi::server::LoginThrottle;
+    let t = TestTarget::start(TargetSpec {
+        chap: Some(chap(false)),
+        ..Default::default()
+    })
+    .await;
+    // Each name fails fewer times than the per-name limit; together they reach the
+    // per-address one.
+    let per_name = LoginThrottle::LIMIT - 1;
+    let names = LoginThrottle::LIMIT_PER_ADDRESS.div_ceil(per_name);
+    let mut failed = 0;
+    for n in 0..names {
+        for _ in 0..per_name.min(LoginThrottle::LIMIT_PER_ADDRESS - failed) {
+            let mut i = Initiator::connect(t.addr).await;
+            let guess = LoginOpts {
+                initiator: Some(format!("iqn.2026-11.org.example:guess-{n}")),
+                chap: Some(("host1".into(), "wrong-secret-xx".into())),
+                ..Default::default()
+            };
+            assert_eq!(
+                i.login(&guess).await.unwrap_err(),
+                LoginFailure {
+                    class: 2,
+                    detail: 1
+                },
+                "failure {failed}: authentication failed, not throttled yet"
+            );
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, LoginThrottle::LIMIT_PER_ADDRESS);
+    // Now any name from this address is refused for a while, the right secret too.
+    let mut i = Initiator::connect(t.addr).await;
+    let fresh = LoginOpts {
+        initiator: Some("iqn.2026-11.org.example:fresh-name".into()),
+        chap: Some(("host1".into(), "host1-secret-12".into())),
+        ..Default::default()
+    };
+    assert_eq!(
+        i.login(&fresh).await.unwrap_err(),
+        LoginFailure {
+            class: 3,
+            detail: 1
+        }
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn repeated_login_failures_are_throttled_per_initiator() {
     let t = TestTarget::start(TargetSpec {
         chap: Some(chap(false)),

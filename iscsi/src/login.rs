@@ -84,11 +84,10 @@ struct Login<'a> {
     pending: Vec<u8>,
     /// Stage we are in.
     csg: Stage,
-    /// Key for login throttling: initiator name and source address, so a stranger who
-    /// knows a host's name cannot lock that host out from another address.
-    throttle_key: String,
     /// The status the login failed with, if it did.
     failed_with: Option<(u8, u8)>,
+    /// Login throttling is keyed by this and the initiator name, so a stranger who
+    /// knows a host's name cannot lock that host out from another address.
     peer_ip: std::net::IpAddr,
 }
 
@@ -122,7 +121,6 @@ pub async fn run(
         tsih: 0,
         pending: Vec::new(),
         csg: Stage::Security,
-        throttle_key: String::new(),
         failed_with: None,
         peer_ip: peer.ip(),
     };
@@ -156,10 +154,8 @@ pub async fn run(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Only authentication failures count: a host that retries with a stale
                 // TSIH or a wrong target name must not lock itself out.
-                if matches!(st.failed_with, Some(status::AUTH_FAILED))
-                    && !st.throttle_key.is_empty()
-                {
-                    shared.throttle.failed(&st.throttle_key);
+                if matches!(st.failed_with, Some(status::AUTH_FAILED)) && !st.initiator.is_empty() {
+                    shared.throttle.failed(&st.initiator, st.peer_ip);
                 }
                 return None;
             }
@@ -318,10 +314,10 @@ impl Login<'_> {
             return Err(status::MISSING_PARAMETER);
         }
         self.initiator = initiator.to_ascii_lowercase();
-        self.throttle_key = format!("{}@{}", self.initiator, self.peer_ip);
-        if let Some(wait) = self.shared.throttle.blocked(&self.throttle_key) {
+        if let Some(wait) = self.shared.throttle.blocked(&self.initiator, self.peer_ip) {
             tracing::warn!(
                 initiator = %self.initiator,
+                address = %self.peer_ip,
                 "login refused: too many failed logins; retry in {}s",
                 wait.as_secs() + 1
             );

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,40 +85,50 @@ pub struct Stats {
     pub login_failures: AtomicU64,
 }
 
-/// Login failure throttling per initiator name and source address: after `LIMIT`
-/// failed authentications within `WINDOW`, further logins from that initiator at that
-/// address are refused (status 3/1, "service unavailable", which initiators retry
-/// later) until the window has passed. Stops CHAP secret guessing without locking out
-/// a correctly configured host for long, or letting a stranger lock it out.
+/// Login failure throttling: after `LIMIT` failed authentications within `WINDOW` by
+/// one initiator name from one source address, or `LIMIT_PER_ADDRESS` by any names from
+/// one address, further logins from there (by that name, or by any) are refused
+/// (status 3/1, "service unavailable", which initiators retry later) until the window
+/// has passed. Stops CHAP secret guessing, also by a guesser who changes initiator
+/// names, without locking out a correctly configured host for long, or letting a
+/// stranger elsewhere lock it out.
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
+    /// By `name@address`, and by `@address` for every name.
     failures: Mutex<HashMap<String, (std::time::Instant, u32)>>,
 }
 
 impl LoginThrottle {
     pub const LIMIT: u32 = 8;
+    pub const LIMIT_PER_ADDRESS: u32 = 32;
     pub const WINDOW: Duration = Duration::from_secs(30);
 
-    /// Record a failed login.
-    pub fn failed(&self, initiator: &str) {
+    /// Record a failed login by `initiator` from `addr`.
+    pub fn failed(&self, initiator: &str, addr: IpAddr) {
         let now = std::time::Instant::now();
         let mut m = self.failures.lock();
         if m.len() > 4096 {
             m.retain(|_, (t, _)| now.duration_since(*t) < Self::WINDOW);
         }
-        let e = m.entry(initiator.to_string()).or_insert((now, 0));
-        if now.duration_since(e.0) >= Self::WINDOW {
-            *e = (now, 0);
+        for key in [format!("{initiator}@{addr}"), format!("@{addr}")] {
+            let e = m.entry(key).or_insert((now, 0));
+            if now.duration_since(e.0) >= Self::WINDOW {
+                *e = (now, 0);
+            }
+            e.1 += 1;
         }
-        e.1 += 1;
     }
 
-    /// `Some(time left)` when this initiator must wait before logging in again.
-    pub fn blocked(&self, initiator: &str) -> Option<Duration> {
+    /// `Some(time left)` when `initiator` at `addr` must wait before logging in again.
+    pub fn blocked(&self, initiator: &str, addr: IpAddr) -> Option<Duration> {
         let m = self.failures.lock();
-        let (start, n) = m.get(initiator)?;
-        let age = start.elapsed();
-        (*n >= Self::LIMIT && age < Self::WINDOW).then(|| Self::WINDOW - age)
+        let left = |key: String, limit: u32| {
+            let (start, n) = m.get(&key)?;
+            let age = start.elapsed();
+            (*n >= limit && age < Self::WINDOW).then(|| Self::WINDOW - age)
+        };
+        left(format!("{initiator}@{addr}"), Self::LIMIT)
+            .or_else(|| left(format!("@{addr}"), Self::LIMIT_PER_ADDRESS))
     }
 }
 
