@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::{BlockError, BlockStore, Capabilities, MemStore};
+use crate::{BlockError, BlockStore, MemStore};
 
 /// A [`MemStore`] whose writes wait at a gate; reads and flushes do not.
 pub struct GatedStore {
@@ -54,26 +54,12 @@ impl Gate {
 }
 
 impl BlockStore for GatedStore {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.inner.read(lba, buf)
-    }
+    crate::forward_to!(inner: block_size, num_blocks, capabilities, read, flush);
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
         let _ = self.arrived.lock().send(());
         // A dropped gate lets every write through.
         let _ = self.gate.lock().recv();
         self.inner.write(lba, data, fua)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.inner.flush()
     }
 }
 

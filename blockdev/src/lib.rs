@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod file;
+mod forward;
 mod gated;
 mod mem;
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, IoFuture, LbaStatus};
+use blockdev::{BlockError, BlockStore, CawOutcome, IoFuture};
 use bytes::Bytes;
 use iscsi::server::ServerShared;
 use iscsi_initiator::Client;
@@ -104,15 +104,7 @@ pub struct Counted {
 }
 
 impl BlockStore for Counted {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, lba_status);
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -138,9 +130,6 @@ impl BlockStore for Counted {
     }
     fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
         self.stats.count(self.inner.unmap(lba, blocks))
-    }
-    fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
-        self.inner.lba_status(lba)
     }
     fn compare_and_write(
         &self,

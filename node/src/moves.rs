@@ -378,21 +378,7 @@ mod tests {
     struct Flushes(MemStore, std::sync::atomic::AtomicU32);
 
     impl BlockStore for Flushes {
-        fn block_size(&self) -> u32 {
-            self.0.block_size()
-        }
-        fn num_blocks(&self) -> u64 {
-            self.0.num_blocks()
-        }
-        fn capabilities(&self) -> blockdev::Capabilities {
-            self.0.capabilities()
-        }
-        fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-            self.0.read(lba, buf)
-        }
-        fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-            self.0.write(lba, data, fua)
-        }
+        blockdev::forward_to!(0: block_size, num_blocks, capabilities, read, write);
         fn flush(&self) -> Result<(), BlockError> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.0.flush()

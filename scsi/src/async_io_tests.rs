@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use blockdev::{BlockError, BlockStore, Capabilities, IoFuture, MemStore};
+use blockdev::{BlockError, BlockStore, IoFuture, MemStore};
 use bytes::Bytes;
 
 use crate::tests::{assert_sense, nexus, read10, write10, TUR};
@@ -26,15 +26,7 @@ struct AsyncMem {
 }
 
 impl BlockStore for AsyncMem {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, flush);
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         self.sync_ios.fetch_add(1, Ordering::SeqCst);
         self.inner.read(lba, buf)
@@ -43,9 +35,6 @@ impl BlockStore for AsyncMem {
         self.sync_ios.fetch_add(1, Ordering::SeqCst);
         self.fua.lock().push(fua);
         self.inner.write(lba, data, fua)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.inner.flush()
     }
     fn async_ok(&self) -> bool {
         true

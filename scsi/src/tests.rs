@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use blockdev::{BlockError, BlockStore, Capabilities, MemStore};
+use blockdev::{BlockError, BlockStore, MemStore};
 use parking_lot::Mutex;
 
 use crate::commands::{self, COMMANDS};
@@ -20,18 +20,7 @@ struct Recorder {
 }
 
 impl BlockStore for Recorder {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.inner.read(lba, buf)
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, read);
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
         self.writes.lock().push((lba, data.len(), fua));
         self.inner.write(lba, data, fua)

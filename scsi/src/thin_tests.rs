@@ -170,27 +170,13 @@ fn all(data: &[u8], byte: u8) -> bool {
 struct NoUnmap(MemStore);
 
 impl BlockStore for NoUnmap {
-    fn block_size(&self) -> u32 {
-        self.0.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.0.num_blocks()
-    }
+    blockdev::forward_to!(0: block_size, num_blocks, read, write, flush);
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             unmap: false,
             lba_status: false,
             ..self.0.capabilities()
         }
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.0.read(lba, buf)
-    }
-    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-        self.0.write(lba, data, fua)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.0.flush()
     }
 }
 
@@ -545,27 +531,13 @@ fn compare_and_write_field_checks() {
 struct Slow(MemStore);
 
 impl BlockStore for Slow {
-    fn block_size(&self) -> u32 {
-        self.0.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.0.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.0.read(lba, buf)
-    }
+    blockdev::forward_to!(0: block_size, num_blocks, capabilities, read, flush);
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
         for (i, block) in data.chunks(BS as usize).enumerate() {
             self.0.write(lba + i as u64, block, fua)?;
             std::thread::sleep(std::time::Duration::from_micros(20));
         }
         Ok(())
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.0.flush()
     }
 }
 

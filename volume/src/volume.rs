@@ -868,17 +868,12 @@ mod tests {
     }
 
     impl BlockStore for Probe {
+        blockdev::forward_to!(inner: num_blocks, read, lba_status);
         fn block_size(&self) -> u32 {
             512
         }
-        fn num_blocks(&self) -> u64 {
-            self.inner.num_blocks()
-        }
         fn capabilities(&self) -> Capabilities {
             self.caps
-        }
-        fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-            self.inner.read(lba, buf)
         }
         fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
             if self.fail_writes.load(Ordering::SeqCst) {
@@ -903,9 +898,6 @@ mod tests {
                 return Err(BlockError::Unsupported("unmap"));
             }
             self.inner.unmap(lba, blocks)
-        }
-        fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
-            self.inner.lba_status(lba)
         }
         fn compare_and_write(
             &self,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, IoFuture, MemStore};
+use blockdev::{BlockError, BlockStore, IoFuture, MemStore};
 use bytes::Bytes;
 use volume::{
     BlockRange, Extent, HolePolicy, LiveVolume, Mirror, Registry, VirtualVolume, VolumeDef,
@@ -33,21 +33,7 @@ impl AsyncMem {
 }
 
 impl BlockStore for AsyncMem {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.inner.read(lba, buf)
-    }
-    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-        self.inner.write(lba, data, fua)
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, read, write);
     fn flush(&self) -> Result<(), BlockError> {
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, CawOutcome, MemStore};
+use blockdev::{BlockError, BlockStore, CawOutcome, MemStore};
 use parking_lot::{Condvar, Mutex};
 use volume::{BlockRange, Extent, HolePolicy, LiveVolume, Registry, VirtualVolume, VolumeDef};
 
@@ -63,21 +63,7 @@ impl AtomicStore {
 }
 
 impl BlockStore for AtomicStore {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.inner.read(lba, buf)
-    }
-    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-        self.inner.write(lba, data, fua)
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, read, write);
     fn flush(&self) -> Result<(), BlockError> {
         Ok(())
     }

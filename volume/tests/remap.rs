@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, MemStore};
+use blockdev::{BlockError, BlockStore, MemStore};
 use parking_lot::{Condvar, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -339,18 +339,7 @@ impl StickyStore {
 }
 
 impl BlockStore for StickyStore {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.inner.read(lba, buf)
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, read);
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
         if lba < self.stick_below && self.armed.swap(false, Ordering::SeqCst) {
             if let Some(tx) = self.entered.lock().take() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::{BlockError, BlockStore, Capabilities, LbaStatus, MemStore};
+use blockdev::{BlockError, BlockStore, MemStore};
 use fcwwn::Masking;
 use iscsi::{ChapConfig, FabricConfig, LunDef, PortalDef, Server, TargetDef};
 use iscsi_initiator::InitiatorConfig;
@@ -191,27 +191,13 @@ impl SlowStore {
 }
 
 impl BlockStore for SlowStore {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    blockdev::forward_to!(inner: block_size, num_blocks, capabilities, write, flush);
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let d = self.delay_ms.load(Ordering::Acquire);
         if d > 0 {
             std::thread::sleep(Duration::from_millis(d));
         }
         self.inner.read(lba, buf)
-    }
-    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
-        self.inner.write(lba, data, fua)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.inner.flush()
     }
 }
 
@@ -222,14 +208,9 @@ pub struct GrowStore {
 }
 
 impl BlockStore for GrowStore {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
+    blockdev::forward_to!(inner: block_size, capabilities, flush, unmap, lba_status);
     fn num_blocks(&self) -> u64 {
         self.visible.load(Ordering::Acquire)
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
     }
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         self.check_buf(lba, buf.len())?;
@@ -238,15 +219,6 @@ impl BlockStore for GrowStore {
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
         self.check_buf(lba, data.len())?;
         self.inner.write(lba, data, fua)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.inner.flush()
-    }
-    fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
-        self.inner.unmap(lba, blocks)
-    }
-    fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
-        self.inner.lba_status(lba)
     }
 }
 
