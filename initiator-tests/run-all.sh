@@ -29,6 +29,8 @@ cargo build --workspace --bins
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
+    # nextest does not run documentation examples.
+    cargo test --workspace --doc
 else
     cargo test --workspace --no-fail-fast
 fi
