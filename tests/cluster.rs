@@ -263,7 +263,7 @@ async fn persistent_reservations_are_enforced_on_every_node() {
     assert_eq!(x.write10(0, 100, &pattern(4, 100, BS), BS).await.status, 0);
     // Fencing as fence_scsi does it: X holds WRITE EXCLUSIVE through node 1 and is
     // writing; Y, through node 2, PREEMPTs AND ABORTs X's key. The change carries the
-    // abort to node 1, which drains its writes before it counts as applied (the
+    // abort to node 1, which drains its writes before it counts as settled (the
     // waiting itself is unit-tested in `scsi` and in `clustered.rs`); here: it
     // completes, and X is fenced on node 1.
     assert_eq!(

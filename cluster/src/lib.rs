@@ -54,7 +54,7 @@ pub use state::{
     AluaAccess, ClusterState, Command, Health, NodeInfo, Outcome, PrHold, PrRecord, PrReg, PrState,
     PrUa, Role,
 };
-pub use store::Event;
+pub use store::{Event, SettleGuard, Settling};
 pub use transport::Faults;
 
 /// A member's id: unique in the cluster, never reused.

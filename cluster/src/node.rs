@@ -60,6 +60,10 @@ pub struct Status {
     pub term: u64,
     pub state: String,
     pub applied_index: u64,
+    /// Applied and settled (see [`crate::store::Settling`]); absent from nodes that
+    /// predate it, whose applied index is also their settled one.
+    #[serde(default)]
+    pub settled_index: Option<u64>,
     pub table_epoch: u64,
 }
 
@@ -334,15 +338,49 @@ impl ClusterNode {
 
     /// Observe every applied command synchronously, before Raft counts it as applied on
     /// this node: what `f` does is done when [`ClusterNode::confirm_applied`] (or a
-    /// peer's `/v1/status`) reports the index. `f` must be quick and must not wait on
-    /// the cluster (a PREEMPT AND ABORT's drain of writes in flight is the one wait
-    /// allowed: its PR OUT must wait for it too). Replaces any previous one.
+    /// peer's `/v1/status`) reports the index. `f` must be quick and must not block;
+    /// what must finish before the index counts (a PREEMPT AND ABORT's drain of writes
+    /// in flight) holds a guard from [`ClusterNode::settling`] meanwhile. Replaces any
+    /// previous one.
     pub fn set_applier(&self, f: crate::store::Applier) {
         *self.inner.published.applier.write() = Some(f);
     }
 
-    /// Wait until each of `nodes` has *applied* log index `index`, asking each over the
-    /// management network (this node: locally), for at most `timeout`. Returns the
+    /// Applied entries whose local effect is still being completed: an applier holds
+    /// an index here until that effect is done, and
+    /// [`ClusterNode::confirm_applied`] waits for it.
+    pub fn settling(&self) -> Arc<crate::store::Settling> {
+        self.inner.published.settling.clone()
+    }
+
+    /// Wait until this node has applied and settled log index `index`, up to `timeout`.
+    pub async fn wait_settled(&self, index: u64, timeout: Duration) -> bool {
+        let settling = &self.inner.published.settling;
+        let mut rx = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let settled = settling.changed.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let applied = rx.borrow().last_applied.map(|l| l.index).unwrap_or(0);
+            if settling.settled(applied) >= index {
+                return true;
+            }
+            let more = async {
+                tokio::select! {
+                    r = rx.changed() => r.is_ok(),
+                    _ = &mut settled => true,
+                }
+            };
+            if !matches!(tokio::time::timeout_at(deadline, more).await, Ok(true)) {
+                return false;
+            }
+        }
+    }
+
+    /// Wait until each of `nodes` has *applied* log index `index` and settled it (see
+    /// [`ClusterNode::settling`]), asking each over the management network (this node:
+    /// locally), for at most `timeout`. Returns the
     /// nodes that did not confirm in time. A coherent operation (a PR OUT) completes
     /// once every serving node has applied it — or has been silent for longer than its
     /// lease, after which it serves no I/O.
@@ -356,7 +394,7 @@ impl ClusterNode {
         let checks = nodes.iter().map(|&n| async move {
             if n == self.inner.id {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                return (n, self.wait_applied(index, left).await);
+                return (n, self.wait_settled(index, left).await);
             }
             let mut pause = Duration::from_millis(2);
             loop {
@@ -370,7 +408,7 @@ impl ClusterNode {
                         .transport
                         .call::<_, Status>(n, &addr, "/v1/status", &(), left)
                         .await;
-                    if r.is_ok_and(|s| s.applied_index >= index) {
+                    if r.is_ok_and(|s| s.settled_index.unwrap_or(s.applied_index) >= index) {
                         return (n, true);
                     }
                 }
@@ -589,12 +627,14 @@ impl Inner {
     pub(crate) fn status(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
         let st = self.published.state.load();
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
         Status {
             id: self.id,
             leader: m.current_leader,
             term: m.current_term,
             state: format!("{:?}", m.state),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            applied_index: applied,
+            settled_index: Some(self.published.settling.settled(applied)),
             table_epoch: st.table.epoch,
         }
     }

@@ -71,12 +71,68 @@ pub(crate) struct Published {
     /// Called for every event synchronously, after the state is published and before
     /// the entries count as applied (see [`crate::ClusterNode::set_applier`]).
     pub applier: parking_lot::RwLock<Option<Applier>>,
+    /// Applied entries whose local effect is still being completed.
+    pub settling: Arc<Settling>,
 }
 
-/// A synchronous observer of applied events (must be quick and must not block on the
-/// cluster; a PREEMPT AND ABORT's waits for the logical unit's writes in flight, as the
-/// PR OUT that committed it must).
+/// A synchronous observer of applied events. It must be quick and must not block: what
+/// takes longer (a PREEMPT AND ABORT's wait for the logical unit's writes in flight)
+/// holds a [`Settling`] guard for the entry's index instead, and the entry does not
+/// count as *settled* on this node until it is dropped.
 pub type Applier = Arc<dyn Fn(&ClusterState, &Event) + Send + Sync>;
+
+/// Log indexes whose local effect is still being completed after they were applied
+/// (writes being drained after a PREEMPT AND ABORT). A node reports an index
+/// *settled* once it has applied it and nothing at or below it is still settling;
+/// a PR OUT waits for that on every serving node
+/// ([`crate::ClusterNode::confirm_applied`]). Raft itself does not wait: later
+/// entries (a remap's switch, say) apply meanwhile.
+#[derive(Debug, Default)]
+pub struct Settling {
+    pending: parking_lot::Mutex<std::collections::BTreeMap<u64, usize>>,
+    pub(crate) changed: tokio::sync::Notify,
+}
+
+/// Holds its index unsettled until dropped.
+#[derive(Debug)]
+#[must_use = "the index settles when the guard is dropped"]
+pub struct SettleGuard {
+    settling: Arc<Settling>,
+    index: u64,
+}
+
+impl Settling {
+    /// Hold `index` unsettled until the guard is dropped.
+    pub fn hold(self: &Arc<Self>, index: u64) -> SettleGuard {
+        *self.pending.lock().entry(index).or_default() += 1;
+        SettleGuard {
+            settling: self.clone(),
+            index,
+        }
+    }
+
+    /// How far this node has settled, given how far it has applied.
+    pub fn settled(&self, applied: u64) -> u64 {
+        match self.pending.lock().keys().next() {
+            Some(&first) => applied.min(first.saturating_sub(1)),
+            None => applied,
+        }
+    }
+}
+
+impl Drop for SettleGuard {
+    fn drop(&mut self) {
+        let mut p = self.settling.pending.lock();
+        if let Some(n) = p.get_mut(&self.index) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.index);
+            }
+        }
+        drop(p);
+        self.settling.changed.notify_waiters();
+    }
+}
 
 impl Published {
     fn emit(&self, state: &ClusterState, ev: Event) {
@@ -95,6 +151,7 @@ impl Published {
             state: ArcSwap::from_pointee(ClusterState::default()),
             events,
             applier: parking_lot::RwLock::new(None),
+            settling: Arc::default(),
         })
     }
 }

@@ -112,6 +112,36 @@ async fn start_three_by_join(dir: &Path) -> Vec<Option<ClusterNode>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_still_settling_on_a_member_is_not_confirmed_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_three_by_join(dir.path()).await;
+    let (n1, n2) = (nodes[0].as_ref().unwrap(), nodes[1].as_ref().unwrap());
+    // Node 2 holds the next index unsettled (as its applier does while it drains the
+    // writes before a PREEMPT AND ABORT).
+    let guard = n2.settling().hold(n2.status().applied_index + 1);
+    let idx = propose_add_volume(n1, "vol1", 1).await.unwrap();
+    assert!(n2.wait_applied(idx, Duration::from_secs(5)).await);
+    // Applied there, and Raft went on (the entry is in node 2's state), but not settled:
+    // a PR OUT's confirmation waits for it.
+    assert!(n2.state().table.volumes.iter().any(|v| v.name == "vol1"));
+    assert_eq!(
+        n1.confirm_applied(idx, &[2, 3], Duration::from_millis(500))
+            .await,
+        vec![2]
+    );
+    assert!(!n2.wait_settled(idx, Duration::from_millis(100)).await);
+    drop(guard);
+    assert!(n2.wait_settled(idx, Duration::from_secs(5)).await);
+    assert!(n1
+        .confirm_applied(idx, &[2, 3], Duration::from_secs(5))
+        .await
+        .is_empty());
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_forward_fail_over_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_three_by_join(dir.path()).await;

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{Cluster, ClusterNode, ClusterState, Command, Event, Health, NodeId, Role};
+use cluster::{Cluster, ClusterNode, ClusterState, Command, Event, Health, NodeId, Role, Settling};
 use scsi::{AluaState, PortGroup, PortGroups, TargetPortGroups};
 use tokio_util::sync::CancellationToken;
 
@@ -235,8 +235,9 @@ pub fn spawn_follower(
     // entry is applied, so a node that reports the index applied enforces them.
     {
         let lus = lus.clone();
+        let settling = node.settling();
         node.set_applier(Arc::new(move |st: &ClusterState, ev: &Event| {
-            apply_pr_event(me, &lus.read(), st, ev)
+            apply_pr_event(me, &lus.read(), &settling, st, ev)
         }));
     }
     // Changes applied before the applier was installed.
@@ -284,10 +285,20 @@ pub fn spawn_follower(
 }
 
 /// Install another node's PR change (or, after a snapshot, every record) into the LUs.
-fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &Event) {
+/// After a PREEMPT AND ABORT the entry settles (`settling`) once the writes the LU
+/// admitted before it have finished.
+fn apply_pr_event(
+    me: NodeId,
+    lus: &[Arc<ClusteredLu>],
+    settling: &Arc<Settling>,
+    st: &ClusterState,
+    ev: &Event,
+) {
     match ev {
         Event::Applied {
-            command, outcome, ..
+            index,
+            command,
+            outcome,
         } if *outcome == cluster::Outcome::Ok => {
             let Command::SetPr {
                 lu,
@@ -314,20 +325,20 @@ fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &
             for l in lus.iter().filter(|l| &l.key == lu) {
                 l.apply_remote(version, state, attentions);
                 if *abort {
-                    // PREEMPT AND ABORT: this node reports the entry applied (which
+                    // PREEMPT AND ABORT: this node reports the entry settled (which
                     // the PR OUT waits for) only once the writes it admitted before
                     // have finished.
-                    drain_writes(&l.lu);
+                    drain_writes(settling, *index, &l.lu);
                 }
             }
         }
-        Event::Snapshot { .. } => {
+        Event::Snapshot { index } => {
             for l in lus {
                 if let Some(r) = st.pr.get(&l.key) {
                     // A snapshot does not say whether the entries it covers held a
                     // PREEMPT AND ABORT: drain as if one had.
                     if l.apply_remote(r.version, &r.state, &[]) {
-                        drain_writes(&l.lu);
+                        drain_writes(settling, *index, &l.lu);
                     }
                 }
             }
@@ -336,17 +347,20 @@ fn apply_pr_event(me: NodeId, lus: &[Arc<ClusteredLu>], st: &ClusterState, ev: &
     }
 }
 
-/// Wait for `lu`'s writes in flight (`scsi::LogicalUnit::drain_writes`) from the
-/// applier, which runs on a runtime thread: the runtime hands that thread's other
-/// tasks, which may be those writes, to another thread meanwhile. A current-thread
-/// runtime (tests) cannot do that; there the drain runs as it is.
-fn drain_writes(lu: &scsi::LogicalUnit) {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi {
-        tokio::task::block_in_place(|| lu.drain_writes());
-    } else {
+/// Wait for `lu`'s writes in flight (`scsi::LogicalUnit::drain_writes`) on a thread of
+/// its own, holding `index` unsettled meanwhile. The applier does not wait: Raft goes on
+/// applying later entries, such as the switch of a remap that holds one of those
+/// writes.
+fn drain_writes(settling: &Arc<Settling>, index: u64, lu: &Arc<scsi::LogicalUnit>) {
+    let guard = settling.hold(index);
+    let lu = lu.clone();
+    let drain = move || {
         lu.drain_writes();
+        drop(guard);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(drain)),
+        Err(_) => drop(std::thread::spawn(drain)),
     }
 }
 
@@ -584,7 +598,7 @@ mod tests {
     /// report the entry applied, which the PR OUT waits for) only after the write this
     /// node admitted before it has finished; a plain PREEMPT does not wait.
     #[test]
-    fn an_applied_preempt_and_abort_waits_for_local_writes() {
+    fn an_applied_preempt_and_abort_settles_after_local_writes() {
         let (store, gate) = blockdev::GatedStore::new(512, 64);
         let store = Arc::new(store);
         let lu = Arc::new(scsi::LogicalUnit::new(
@@ -634,6 +648,7 @@ mod tests {
             outcome: cluster::Outcome::Ok,
         };
         let st = ClusterState::default();
+        let settling = Arc::new(Settling::default());
 
         let writer = {
             let map = map.clone();
@@ -642,26 +657,29 @@ mod tests {
             })
         };
         assert!(gate.arrived(Duration::from_secs(10)));
-        // A plain PREEMPT installs and returns with the write still in flight.
-        apply_pr_event(2, &lus, &st, &event(0, false));
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let applier = {
-            let (lus, done) = (lus.clone(), done.clone());
-            let ev = event(1, true);
-            std::thread::spawn(move || {
-                apply_pr_event(2, &lus, &ClusterState::default(), &ev);
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-            })
-        };
+        // A plain PREEMPT installs and settles with the write still in flight.
+        apply_pr_event(2, &lus, &settling, &st, &event(0, false));
+        assert_eq!(settling.settled(1), 1);
+        // A PREEMPT AND ABORT (index 2) installs at once (the applier does not wait) but
+        // does not settle while a write admitted before it is in flight.
+        apply_pr_event(2, &lus, &settling, &st, &event(1, true));
+        assert_eq!(lus[0].lu.pr_version(), 2);
         std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !done.load(std::sync::atomic::Ordering::SeqCst),
-            "the PREEMPT AND ABORT was applied while a write admitted before it was in flight"
+        assert_eq!(
+            settling.settled(5),
+            1,
+            "the PREEMPT AND ABORT settled while a write admitted before it was in flight"
         );
         gate.open_one();
         assert_eq!(writer.join().unwrap(), scsi::Status::Good);
-        applier.join().unwrap();
-        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while settling.settled(5) < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the PREEMPT AND ABORT never settled after the write finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(lus[0].lu.pr_version(), 2);
     }
 }
