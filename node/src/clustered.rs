@@ -594,9 +594,9 @@ mod tests {
         assert_eq!(groups.snapshot(), m);
     }
 
-    /// Another node's PREEMPT AND ABORT, applied here, returns (and so lets this node
-    /// report the entry applied, which the PR OUT waits for) only after the write this
-    /// node admitted before it has finished; a plain PREEMPT does not wait.
+    /// Another node's PREEMPT AND ABORT, applied here, is installed at once but settles
+    /// (which the PR OUT waits for) only after the write this node admitted before it
+    /// has finished; a plain PREEMPT settles at once.
     #[test]
     fn an_applied_preempt_and_abort_settles_after_local_writes() {
         let (store, gate) = blockdev::GatedStore::new(512, 64);
