@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster_rig::*;
+use integration_tests::host_load::pr_out;
 use integration_tests::*;
 
 const BS: usize = 512;
@@ -47,20 +48,6 @@ fn lu_designators(page: &[u8]) -> Vec<Vec<u8>> {
         off += 4 + len;
     }
     out
-}
-
-/// PERSISTENT RESERVE OUT with a 24-byte parameter list.
-fn prout(action: u8, pr_type: u8, key: u64, sa_key: u64) -> (Vec<u8>, Vec<u8>) {
-    let cdb = vec![0x5f, action, pr_type, 0, 0, 0, 0, 0, 24, 0];
-    let mut p = vec![0u8; 24];
-    p[..8].copy_from_slice(&key.to_be_bytes());
-    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
-    (cdb, p)
-}
-
-async fn pr_out(i: &mut Initiator, action: u8, pr_type: u8, key: u64, sa_key: u64) -> ScsiResult {
-    let (cdb, p) = prout(action, pr_type, key, sa_key);
-    i.scsi(0, &cdb, &p, 0).await
 }
 
 /// PERSISTENT RESERVE IN READ KEYS: the registered keys.

@@ -32,6 +32,22 @@ pub async fn logged_in(rig: &ClusterRig, node: usize, name: &str, isid: u8) -> I
     i
 }
 
+/// PERSISTENT RESERVE OUT on LUN 0 with a 24-byte parameter list (reservation key,
+/// service action reservation key).
+pub async fn pr_out(
+    i: &mut Initiator,
+    action: u8,
+    pr_type: u8,
+    key: u64,
+    sa_key: u64,
+) -> ScsiResult {
+    let cdb = [0x5f, action, pr_type, 0, 0, 0, 0, 0, 24, 0];
+    let mut p = [0u8; 24];
+    p[..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    i.scsi(0, &cdb, &p, 0).await
+}
+
 /// What a host does: unit attentions (capacity changed, ALUA changed) and NOT READY
 /// are retried; anything else is an error. Returns the result and the retries.
 pub async fn host_cmd(

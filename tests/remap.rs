@@ -557,6 +557,86 @@ async fn the_leader_dies_at_each_step_and_the_next_one_finishes_the_change() {
     }
 }
 
+/// A PREEMPT AND ABORT committed while a remap holds a write of the preempted host on
+/// another member: that member's Raft state machine does not wait for the write
+/// (only the entry's settling does), so it applies the remap's switch, the held write
+/// runs and completes, the PREEMPT AND ABORT completes after it, and the remap
+/// finishes in its first round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preempt_and_abort_during_a_remap_hold_stalls_neither() {
+    let rig = faulty_rig(2).await;
+    let mut x = session(&rig, 0, "x", 1).await;
+    let mut y = session(&rig, 1, "y", 2).await;
+    // X registers and holds WRITE EXCLUSIVE, REGISTRANTS ONLY (as fence_scsi does); Y
+    // registers too.
+    assert_eq!(pr_out(&mut x, 0x00, 0, 0, 0xaa).await.status, 0);
+    assert_eq!(pr_out(&mut y, 0x00, 0, 0, 0xbb).await.status, 0);
+    assert_eq!(pr_out(&mut x, 0x01, 5, 0xaa, 0).await.status, 0);
+    // The leader's driver sleeps once every node holds the moving extent, so the hold
+    // lasts at least that long.
+    let (leader, _) = rig.wait_leader(&[0, 1], Duration::from_secs(15)).await;
+    let li = rig.nodes.iter().position(|n| n.name == leader).unwrap();
+    rig.failpoint(li, "remap::driver::quiesced", "1*sleep(3000)")
+        .await;
+    let fence = async {
+        // Wait until node 0 holds the extent, then X writes into it there: held.
+        let t = Instant::now();
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_str(&rig.get_text(0, "/api/v1/volumes/vol1").await).unwrap();
+            if v["held"].as_array().is_some_and(|a| !a.is_empty()) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "node 0 never held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let held_write = async {
+            let r = x.write10(0, 10, &pattern(7, 10, BS), BS).await;
+            (r, Instant::now())
+        };
+        let preempt = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = pr_out(&mut y, 0x05, 5, 0xbb, 0xaa).await;
+            (r, Instant::now())
+        };
+        tokio::join!(held_write, preempt)
+    };
+    let started = Instant::now();
+    let (rec, ((w, w_at), (p, p_at))) =
+        tokio::join!(async { record(rig.remap(1, live_move()).await) }, fence);
+    eprintln!(
+        "remap {:?} after {:?}; held write {:?} at {:?}; PREEMPT AND ABORT {:?} at {:?}",
+        rec.state,
+        started.elapsed(),
+        w.status,
+        w_at - started,
+        p.status,
+        p_at - started
+    );
+    assert_eq!(rec.state, mgmt::model::ChangeState::Done, "{rec:?}");
+    let rounds = rec
+        .timeline
+        .iter()
+        .filter(|t| t.what.contains("staged") && t.node.is_none())
+        .count();
+    assert_eq!(rounds, 1, "the remap was retried: {:?}", rec.timeline);
+    // The write was admitted before the PREEMPT AND ABORT: it completes, and first.
+    assert_eq!(w.status, 0, "{w:?}");
+    assert_eq!(p.status, 0, "{p:?}");
+    assert!(
+        w_at <= p_at,
+        "the PREEMPT AND ABORT completed before the held write"
+    );
+    // X is fenced now (after the unit attention REGISTRATIONS PREEMPTED); Y's
+    // reservation holds on node 0 too.
+    x.clear_ua(0).await;
+    let after = x.write10(0, 11, &pattern(8, 11, BS), BS).await;
+    assert_eq!(after.status, 0x18, "RESERVATION CONFLICT: {after:?}");
+    assert_eq!(x.read10(0, 10, 1, BS).await.data, pattern(7, 10, BS));
+    rig.failpoint(li, "remap::driver::quiesced", "off").await;
+    assert_no_holds(&rig, &[0, 1]).await;
+}
+
 /// READ block `lba` until the node serves it (a restarted or re-activated node), up to
 /// 15 s.
 async fn read_once_served(s: &mut Initiator, lba: u32, who: &str) -> ScsiResult {

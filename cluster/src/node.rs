@@ -380,25 +380,32 @@ impl ClusterNode {
 
     /// Wait until each of `nodes` has *applied* log index `index` and settled it (see
     /// [`ClusterNode::settling`]), asking each over the management network (this node:
-    /// locally), for at most `timeout`. Returns the
-    /// nodes that did not confirm in time. A coherent operation (a PR OUT) completes
-    /// once every serving node has applied it — or has been silent for longer than its
-    /// lease, after which it serves no I/O.
+    /// locally). Returns the nodes that did not confirm. A node is given up on once it
+    /// has not answered for `silent`, or, while it answers but has not settled, after
+    /// `limit` in all. A coherent operation (a PR OUT) completes once every serving node
+    /// has settled it — or has been silent for longer than its lease, after which it
+    /// serves no I/O; a node that answers is still serving, so it is waited for (its
+    /// settling waits for writes, which its back-end timeout bounds).
     pub async fn confirm_applied(
         &self,
         index: u64,
         nodes: &[NodeId],
-        timeout: Duration,
+        silent: Duration,
+        limit: Duration,
     ) -> Vec<NodeId> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
+        let limit = start + limit.max(silent);
         let checks = nodes.iter().map(|&n| async move {
             if n == self.inner.id {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = limit.saturating_duration_since(tokio::time::Instant::now());
                 return (n, self.wait_settled(index, left).await);
             }
+            let mut heard = start;
             let mut pause = Duration::from_millis(2);
             loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let now = tokio::time::Instant::now();
+                let deadline = limit.min(heard + silent);
+                let left = deadline.saturating_duration_since(now);
                 if left.is_zero() {
                     return (n, false);
                 }
@@ -408,10 +415,16 @@ impl ClusterNode {
                         .transport
                         .call::<_, Status>(n, &addr, "/v1/status", &(), left)
                         .await;
-                    if r.is_ok_and(|s| s.settled_index.unwrap_or(s.applied_index) >= index) {
-                        return (n, true);
+                    if let Ok(s) = r {
+                        if s.settled_index.unwrap_or(s.applied_index) >= index {
+                            return (n, true);
+                        }
+                        heard = tokio::time::Instant::now();
                     }
                 }
+                let left = limit
+                    .min(heard + silent)
+                    .saturating_duration_since(tokio::time::Instant::now());
                 tokio::time::sleep(pause.min(left)).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
             }

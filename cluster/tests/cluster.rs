@@ -125,15 +125,20 @@ async fn an_entry_still_settling_on_a_member_is_not_confirmed_there() {
     // a PR OUT's confirmation waits for it.
     assert!(n2.state().table.volumes.iter().any(|v| v.name == "vol1"));
     assert_eq!(
-        n1.confirm_applied(idx, &[2, 3], Duration::from_millis(500))
-            .await,
+        n1.confirm_applied(
+            idx,
+            &[2, 3],
+            Duration::from_millis(500),
+            Duration::from_millis(500)
+        )
+        .await,
         vec![2]
     );
     assert!(!n2.wait_settled(idx, Duration::from_millis(100)).await);
     drop(guard);
     assert!(n2.wait_settled(idx, Duration::from_secs(5)).await);
     assert!(n1
-        .confirm_applied(idx, &[2, 3], Duration::from_secs(5))
+        .confirm_applied(idx, &[2, 3], Duration::from_secs(5), Duration::from_secs(5))
         .await
         .is_empty());
     for n in nodes.into_iter().flatten() {

@@ -406,9 +406,11 @@ impl ClusterPr {
         })
     }
 
-    /// Committed at `index`: wait until every other serving node has applied it (and so
-    /// enforces it), or has been silent for a whole lease — after which it has stopped
-    /// serving I/O (its port group reports transitioning).
+    /// Committed at `index`: wait until every other serving node has applied and
+    /// settled it (and so enforces it, and has finished the writes a PREEMPT AND ABORT
+    /// cut off), or has been silent for a whole lease — after which it has stopped
+    /// serving I/O (its port group reports transitioning). A node that answers but is
+    /// still settling is waited for up to [`SETTLE_LIMIT`].
     async fn confirm(&self, index: u64) {
         let me = self.node.id();
         let others: Vec<NodeId> = self
@@ -420,10 +422,10 @@ impl ClusterPr {
             .collect();
         let silent = self
             .node
-            .confirm_applied(index, &others, self.lease + LEASE_MARGIN)
+            .confirm_applied(index, &others, self.lease + LEASE_MARGIN, SETTLE_LIMIT)
             .await;
         if !silent.is_empty() {
-            tracing::warn!(lu = %self.key, ?silent, "PR change committed; these nodes did not confirm it within their lease and no longer serve I/O until they catch up");
+            tracing::warn!(lu = %self.key, ?silent, "PR change committed; these nodes did not confirm it: silent for longer than their lease (they serve no I/O until they catch up), or still finishing writes after {SETTLE_LIMIT:?}");
         }
     }
 }
@@ -431,6 +433,12 @@ impl ClusterPr {
 /// Added to a peer's lease before its silence counts as "stopped serving" (clock rate
 /// differences, scheduling).
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a PR OUT waits for a node that answers but has not settled the change (its
+/// writes admitted before a PREEMPT AND ABORT still running): longer than the default
+/// back-end command timeout (15 s), which bounds those writes, and shorter than the
+/// hosts' SCSI command timeout (30 s on Linux).
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
 impl std::fmt::Debug for ClusterPr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
