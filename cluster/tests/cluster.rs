@@ -125,13 +125,8 @@ async fn an_entry_still_settling_on_a_member_is_not_confirmed_there() {
     // a PR OUT's confirmation waits for it.
     assert!(n2.state().table.volumes.iter().any(|v| v.name == "vol1"));
     assert_eq!(
-        n1.confirm_applied(
-            idx,
-            &[2, 3],
-            Duration::from_millis(500),
-            Duration::from_millis(500)
-        )
-        .await,
+        n1.confirm_applied(idx, &[2, 3], Duration::from_secs(2), Duration::from_secs(2))
+            .await,
         vec![2]
     );
     assert!(!n2.wait_settled(idx, Duration::from_millis(100)).await);
@@ -459,6 +454,7 @@ async fn a_node_at_a_members_address_is_not_added() {
         .await
         .unwrap();
     assert_eq!(n1.wait_for_leader(Duration::from_secs(5)).await, Some(1));
+    assert!(wait_until(Duration::from_secs(5), || n1.voter_ids() == [1].into()).await);
     // Node 2 "at" node 1's address: the leader would replicate to itself.
     let err = n1
         .add_node(NodeInfo::voter(
