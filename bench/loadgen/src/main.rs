@@ -117,16 +117,7 @@ struct Tally {
 
 fn main() {
     let args = Args::parse();
-    let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(args.threads);
-        b
-    }
-    .enable_all()
-    .build()
-    .expect("tokio runtime");
+    let rt = loadgen::runtime(args.threads).expect("tokio runtime");
     let local = tokio::task::LocalSet::new();
     if let Err(e) = local.block_on(&rt, run(args)) {
         eprintln!("loadgen: {e}");

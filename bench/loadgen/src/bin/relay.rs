@@ -51,16 +51,7 @@ fn main() {
         }
         return;
     }
-    let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(args.threads);
-        b
-    }
-    .enable_all()
-    .build();
-    let rt = match rt {
+    let rt = match loadgen::runtime(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("relay: cannot start the runtime: {e}");
